@@ -1,0 +1,93 @@
+"""Core routes: the page, the health probe and synchronous generation."""
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, Response, current_app, jsonify, render_template
+
+from api import ApiError, failed_job_error, json_body, services, submit, wait_for
+from api.openapi import doc
+from params import ValidationError, parse_generation_request
+
+bp = Blueprint("core", __name__)
+
+HEALTH_SCHEMA = {"type": "object", "required": ["status"], "properties": {
+    "status": {"type": "string", "enum": ["loading", "healthy", "unhealthy", "shutting_down"]},
+    "device": {"type": "string"}, "model": {"type": "string"}, "dtype": {"type": "string"},
+    "optimizations": {"type": "array", "items": {"type": "string"}},
+    "queue": {"type": "object"}, "error": {"type": "string"}}}
+
+
+def parse_or_400(body) -> object:
+    """Validate a native body; a bad field becomes 400 naming the field and its range."""
+    try:
+        return parse_generation_request(body, services().settings)
+    except ValidationError as exc:
+        raise ApiError(400, "invalid_field", exc.message, param=exc.field) from None
+
+
+@bp.get("/")
+@doc("The web page.", responses={200: "text/html"}, errors=())
+def index():
+    """Serve the browser form."""
+    s = services().settings
+    return render_template("index.html", limits={
+        "max_prompt_length": s.max_prompt_length, "min_size": s.min_size,
+        "max_size": s.max_size, "default_size": s.default_size,
+        "default_steps": s.default_steps, "max_steps": s.max_steps,
+        "default_guidance": s.default_guidance, "api_key_required": bool(s.api_key)})
+
+
+@bp.get("/health")
+@doc("Readiness probe: 200 when the model is loaded, 503 while loading or if loading failed.",
+     responses={200: HEALTH_SCHEMA, 503: HEALTH_SCHEMA}, errors=())
+def health():
+    """Report model state, device, dtype, active optimizations and queue figures."""
+    svc = services()
+    status = svc.engine.status
+    queue = svc.queue.stats()
+    body = {"model": svc.settings.model_id, "queue": queue,
+            "limits": {"max_prompt_length": svc.settings.max_prompt_length,
+                       "min_size": svc.settings.min_size, "max_size": svc.settings.max_size,
+                       "max_steps": svc.settings.max_steps,
+                       "default_steps": svc.settings.default_steps,
+                       "default_size": svc.settings.default_size}}
+    if status.state == "ready" and not queue["accepting"]:
+        body.update(status="shutting_down")
+        return jsonify(body), 503
+    if status.state == "ready":
+        body.update(status="healthy", **svc.engine.info())
+        return jsonify(body), 200
+    if status.state == "failed":
+        body.update(status="unhealthy", error=status.error)
+        return jsonify(body), 503
+    body.update(status="loading", message="the model is loading; generation is available "
+                "when status is 'healthy'")
+    response = jsonify(body)
+    response.headers["Retry-After"] = "5"
+    return response, 503
+
+
+@bp.post("/generate")
+@doc("Generate one image and wait for it (minutes on a CPU). Answers the PNG, with the seed "
+     "and timings in headers and an A1111 'parameters' PNG text chunk.",
+     request="generation", responses={200: "image/png"},
+     errors=(400, 401, 409, 413, 415, 429, 500, 503), tags=("native",))
+def generate():
+    """Queue the request, wait for the image, answer image/png."""
+    req = parse_or_400(json_body())
+    started = time.monotonic()
+    job = submit(req)
+    if not wait_for(job):
+        return Response(status=499)  # nobody is listening; waitress drops it
+    if job.png is None:
+        raise failed_job_error(job)
+    response = Response(job.png, mimetype="image/png")
+    response.headers["X-Seed"] = str(job.seed)
+    response.headers["X-Job-Id"] = job.id
+    response.headers["X-Generation-Seconds"] = f"{job.finished_at - job.started_at:.2f}"
+    response.headers["X-Total-Seconds"] = f"{time.monotonic() - started:.2f}"
+    response.headers["X-Seconds-Per-Step"] = f"{job.seconds_per_step or 0:.3f}"
+    response.headers["Content-Disposition"] = f'inline; filename="{job.id}-{job.seed}.png"'
+    current_app.logger.debug("served job %s", job.id)
+    return response

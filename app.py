@@ -1,0 +1,195 @@
+"""The Flask application: `create_app(settings)` wires settings, engine, job queue and routes;
+`main()` serves it with waitress (Flask's dev server if waitress is missing).
+
+    python app.py          # listens on HOST:PORT at once; the model loads in the background
+"""
+from __future__ import annotations
+
+import hmac
+import logging
+import signal
+import sys
+import threading
+from typing import Any
+
+from flask import Flask, request
+from werkzeug.exceptions import HTTPException
+
+from api import ApiError, Services, error_response
+from config import ConfigError, Settings
+
+log = logging.getLogger("sd_server")
+
+# Endpoints that start generations: rate limited. Every endpoint outside OPEN_ENDPOINTS
+# needs the API key when one is set.
+GENERATING_ENDPOINTS = {"core.generate", "jobs.create_job", "a1111.txt2img",
+                        "openai_images.generations"}
+OPEN_ENDPOINTS = {"core.index", "core.health", "static", "openapi.openapi_json"}
+
+
+def create_app(settings: Settings | None = None, start_worker: bool = True) -> Flask:
+    """Build the app; with `start_worker` the model starts loading in the background now."""
+    settings = settings or Settings.from_env()
+    from engine import Engine  # torch is imported here, after settings are known to be valid
+    from jobs import JobQueue
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.json.sort_keys = False
+    engine = Engine(settings)
+    queue = JobQueue(engine, settings)
+    app.extensions["sd_server"] = Services(settings=settings, engine=engine, queue=queue)
+
+    _register_blueprints(app)
+    _install_security(app, settings)
+    _install_error_handlers(app)
+    if start_worker:
+        queue.start()
+    return app
+
+
+def _register_blueprints(app: Flask) -> None:
+    from api import core, jobs, openapi
+
+    for module in (core, jobs, openapi):
+        app.register_blueprint(module.bp)
+    for name in ("a1111", "openai_images"):  # the compatibility dialects, when present
+        try:
+            module = __import__(f"api.{name}", fromlist=["bp"])
+        except ModuleNotFoundError as exc:
+            if exc.name != f"api.{name}":
+                raise
+            continue
+        app.register_blueprint(module.bp)
+
+
+def _install_security(app: Flask, settings: Settings) -> None:
+    """CORS (closed unless CORS_ORIGINS), API key (when API_KEY), rate limits (RATE_LIMIT)."""
+    if settings.cors_origins:
+        from flask_cors import CORS
+
+        origins = "*" if "*" in settings.cors_origins else list(settings.cors_origins)
+        CORS(app, origins=origins, expose_headers=["X-Seed", "X-Job-Id", "Location",
+                                                   "X-Generation-Seconds", "Retry-After"],
+             allow_headers=["Content-Type", "Authorization"])
+
+    if settings.api_key:
+        expected = f"Bearer {settings.api_key}".encode()
+
+        @app.before_request
+        def require_api_key():
+            if request.endpoint in OPEN_ENDPOINTS or request.method == "OPTIONS":
+                return None
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):  # constant time
+                return error_response(401, "unauthorized", "this server needs an API key: "
+                                      "send 'Authorization: Bearer <API_KEY>'",
+                                      {"WWW-Authenticate": "Bearer"})
+            return None
+
+    if settings.rate_limit:
+        from flask_limiter import Limiter
+        from flask_limiter.util import get_remote_address
+
+        limiter = Limiter(get_remote_address, app=app, storage_uri=settings.rate_limit_storage_uri,
+                          headers_enabled=True, default_limits=[])
+        for endpoint in GENERATING_ENDPOINTS & set(app.view_functions):
+            app.view_functions[endpoint] = limiter.limit(settings.rate_limit)(
+                app.view_functions[endpoint])
+        app.extensions["sd_limiter"] = limiter
+
+
+def _install_error_handlers(app: Flask) -> None:
+    """Every error leaves as JSON `{"error", "message"}`, never an HTML page or a trace."""
+    @app.errorhandler(ApiError)
+    def api_error(exc: ApiError):
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        code = (exc.name or "error").lower().replace(" ", "_").replace("'", "")
+        messages = {
+            404: "no such endpoint; see GET /openapi.json for the API",
+            405: f"method {request.method} is not allowed here",
+            413: f"the request body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes",
+            429: f"too many requests ({exc.description}); slow down and retry later",
+        }
+        headers = {}
+        if exc.code == 429:
+            limit = getattr(exc, "limit", None)
+            expiry = getattr(getattr(limit, "limit", None), "get_expiry", lambda: 60)()
+            headers["Retry-After"] = int(expiry)
+        if exc.code == 405 and exc.valid_methods:
+            headers["Allow"] = ", ".join(exc.valid_methods)
+        return error_response(exc.code or 500, code,
+                              messages.get(exc.code, exc.description or code), headers)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal_error", "the server hit an unexpected error; "
+                              "the details are in its log")
+
+
+def serve(app: Flask, settings: Settings) -> str:
+    """Serve with waitress, or Flask's dev server if waitress cannot be imported; returns which."""
+    try:
+        import waitress
+    except ImportError:
+        log.warning("waitress is not installed; falling back to Flask's development server "
+                    "(pip install waitress for production use)")
+        app.run(host=settings.host, port=settings.port, debug=False, threaded=True,
+                use_reloader=False)
+        return "flask"
+    log.info("serving on http://%s:%d with waitress (%d threads)", settings.host,
+             settings.port, settings.threads)
+    # channel_request_lookahead lets waitress notice a client that hung up while its
+    # request waits, so its generation can be cancelled (see api.wait_for).
+    waitress.serve(app, host=settings.host, port=settings.port, threads=settings.threads,
+                   channel_request_lookahead=5, ident="sd-cpu-server")
+    return "waitress"
+
+
+def install_signal_handlers(app: Flask, settings: Settings) -> None:
+    """SIGTERM/SIGINT: refuse new jobs, let the running one finish (or cancel it after the
+    grace period), then exit 0."""
+    queue = app.extensions["sd_server"].queue
+    once = threading.Event()
+
+    def drain_and_exit():
+        queue.stop(settings.shutdown_grace_seconds)
+        log.info("shutdown complete")
+        logging.shutdown()
+        import os
+
+        os._exit(0)  # waitress has no stop API; every accepted job is already finished
+
+    def handler(signum: int, _frame: Any) -> None:
+        if once.is_set():
+            return
+        once.set()
+        log.info("received %s: draining (grace %d s)", signal.Signals(signum).name,
+                 settings.shutdown_grace_seconds)
+        threading.Thread(target=drain_and_exit, name="shutdown", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def main() -> int:
+    """Entry point: validate settings, start loading the model, serve."""
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    install_signal_handlers(app, settings)
+    serve(app, settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

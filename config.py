@@ -1,0 +1,263 @@
+"""Settings: every knob of the server, read once from the environment (and `.env`).
+
+Each knob is declared once in `KNOBS` with its type, default, allowed range and a one-line
+description; `Settings.from_env` reads and validates them all, and a bad value raises
+`ConfigError` whose message names the variable, the value and what is allowed. The same
+table feeds `.env.example` and the README's configuration table (see `knob_table`).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+PROJECT_DIR = Path(__file__).resolve().parent
+TINY_MODEL_ID = "tiny-random"
+
+
+class ConfigError(ValueError):
+    """A setting has a value outside what is allowed; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One environment variable: its parser, default and the documentation users read."""
+
+    name: str
+    default: str
+    help: str
+    parse: Callable[[str, "Knob"], Any]
+    allowed: str = ""
+
+
+def _int(lo: int, hi: int, multiple_of: int = 1) -> Callable[[str, Knob], int]:
+    def parse(raw: str, knob: Knob) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ConfigError(_bad(knob, raw)) from None
+        if not lo <= value <= hi or value % multiple_of:
+            raise ConfigError(_bad(knob, raw))
+        return value
+
+    return parse
+
+
+def _float(lo: float, hi: float) -> Callable[[str, Knob], float]:
+    def parse(raw: str, knob: Knob) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ConfigError(_bad(knob, raw)) from None
+        if not lo <= value <= hi:
+            raise ConfigError(_bad(knob, raw))
+        return value
+
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[str, Knob], str]:
+    def parse(raw: str, knob: Knob) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ConfigError(_bad(knob, raw))
+        return value
+
+    return parse
+
+
+def _text(raw: str, knob: Knob) -> str:
+    return raw.strip()
+
+
+def _origins(raw: str, knob: Knob) -> tuple[str, ...]:
+    return tuple(o.strip() for o in raw.split(",") if o.strip())
+
+
+def _rate_limit(raw: str, knob: Knob) -> str:
+    value = raw.strip()
+    if not value:
+        return ""
+    # Flask-Limiter's grammar is "N per unit" or "N/unit"; check the shape here so a typo
+    # stops startup instead of surfacing on the first request.
+    import re
+
+    one = r"\s*\d+\s*(/|\s+per\s+)\s*(\d+\s*)?(second|minute|hour|day|month|year)s?\s*"
+    if not re.fullmatch(f"{one}([;,]{one})*", value, flags=re.IGNORECASE):
+        raise ConfigError(_bad(knob, raw))
+    return value
+
+
+def _bad(knob: Knob, raw: str) -> str:
+    return f"{knob.name}={raw!r} is not valid: allowed {knob.allowed}"
+
+
+KNOBS: tuple[Knob, ...] = (
+    Knob("MODEL_ID", "CompVis/stable-diffusion-v1-4",
+         "Hub model id, a local diffusers folder, or 'tiny-random' (a tiny random-weight "
+         "model built offline: produces noise, for trying the server and for tests)",
+         _text, "a Hub id, a folder path or 'tiny-random'"),
+    Knob("HF_TOKEN", "", "Hugging Face token for gated models (HF_AUTH_TOKEN is read too); "
+         "v1-4 needs none. Never logged", _text, "any string"),
+    Knob("HOST", "127.0.0.1", "Address to listen on; 0.0.0.0 to serve the LAN or inside a "
+         "container (then set API_KEY)", _text, "an IP address or host name"),
+    Knob("PORT", "5000", "TCP port", _int(1, 65535), "an integer 1..65535"),
+    Knob("THREADS", "16", "waitress worker threads; each synchronous /generate holds one "
+         "while it waits, so keep it above QUEUE_SIZE + 2", _int(2, 256), "an integer 2..256"),
+    Knob("DEFAULT_STEPS", "25", "Denoising steps when a request names none", _int(1, 500),
+         "an integer 1..500 and <= MAX_STEPS"),
+    Knob("MAX_STEPS", "100", "Most steps a request may ask for", _int(1, 500),
+         "an integer 1..500"),
+    Knob("DEFAULT_GUIDANCE", "7.5", "Classifier-free guidance scale when a request names none",
+         _float(0.0, 20.0), "a number 0..20"),
+    Knob("MAX_PROMPT_LENGTH", "200", "Most characters in a prompt (and negative prompt)",
+         _int(1, 10000), "an integer 1..10000"),
+    Knob("DEFAULT_SIZE", "512", "Image width and height when a request names none",
+         _int(64, 2048, 8), "a multiple of 8 in MIN_SIZE..MAX_SIZE"),
+    Knob("MIN_SIZE", "256", "Smallest width/height a request may ask for", _int(64, 2048, 8),
+         "a multiple of 8 in 64..2048"),
+    Knob("MAX_SIZE", "768", "Largest width/height a request may ask for", _int(64, 2048, 8),
+         "a multiple of 8 in 64..2048"),
+    Knob("ATTENTION_SLICING", "auto", "auto = off where PyTorch SDPA is available (measured: "
+         "slicing is 1.6x slower on CPU and saves no memory); on = the seed's behaviour",
+         _choice("auto", "on", "off"), "auto, on or off"),
+    Knob("DTYPE", "float32", "Weights/compute type; auto = bfloat16 where the CPU has native "
+         "bf16 (AMX or AVX512-BF16), else float32. bf16 is ~3x faster but changes pixels "
+         "slightly", _choice("float32", "bfloat16", "auto"), "float32, bfloat16 or auto"),
+    Knob("TORCH_THREADS", "0", "CPU threads for torch; 0 = one per core this process may use",
+         _int(0, 256), "an integer 0..256"),
+    Knob("QUEUE_SIZE", "8", "Jobs that may wait behind the running one; more get 503",
+         _int(1, 1000), "an integer 1..1000"),
+    Knob("MAX_BATCH", "4", "Most images one request may ask for (A1111 batch_size x n_iter, "
+         "OpenAI n)", _int(1, 64), "an integer 1..64"),
+    Knob("JOB_RETENTION_SECONDS", "3600", "How long finished jobs and their images are kept "
+         "in memory", _int(10, 7 * 24 * 3600), "an integer 10..604800"),
+    Knob("JOB_RETENTION_COUNT", "50", "How many finished jobs are kept at most",
+         _int(1, 10000), "an integer 1..10000"),
+    Knob("OUTPUT_DIR", "outputs", "Every finished image is also saved here (empty = don't "
+         "save); a relative path is inside the project folder", _text, "a folder path or empty"),
+    Knob("TINY_MODEL_DIR", "models/tiny-random", "Where MODEL_ID=tiny-random is built",
+         _text, "a folder path"),
+    Knob("SAFETY_CHECKER", "off", "on = load the model's NSFW checker and blank flagged "
+         "images (costs ~1.2 GB RAM and ~1 s per image)", _choice("on", "off"), "on or off"),
+    Knob("LOG_LEVEL", "INFO", "Logging level", _choice("debug", "info", "warning", "error"),
+         "DEBUG, INFO, WARNING or ERROR"),
+    Knob("RATE_LIMIT", "10/minute", "Per-client limit on generating endpoints, Flask-Limiter "
+         "syntax; empty = off", _rate_limit, "e.g. 10/minute, '5 per minute;100/day' or empty"),
+    Knob("RATE_LIMIT_STORAGE_URI", "memory://", "Where rate-limit counters live (memory:// "
+         "or e.g. redis://host:6379 to share between processes)", _text, "a storage URI"),
+    Knob("CORS_ORIGINS", "", "Comma-separated origins allowed to call the API from a browser; "
+         "empty = same origin only; * = anyone", _origins, "origins or *"),
+    Knob("API_KEY", "", "When set, generating, job and compatibility endpoints need "
+         "'Authorization: Bearer <key>'", _text, "any string or empty"),
+    Knob("MAX_REQUEST_BYTES", "65536", "Largest request body; bigger gets 413",
+         _int(1024, 16 * 1024 * 1024), "an integer 1024..16777216"),
+    Knob("SHUTDOWN_GRACE_SECONDS", "30", "On SIGTERM/SIGINT, how long the running job may "
+         "finish before it is cancelled", _int(0, 3600), "an integer 0..3600"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated, typed settings; build with `Settings.from_env()`."""
+
+    model_id: str = "CompVis/stable-diffusion-v1-4"
+    hf_token: str = ""
+    host: str = "127.0.0.1"
+    port: int = 5000
+    threads: int = 16
+    default_steps: int = 25
+    max_steps: int = 100
+    default_guidance: float = 7.5
+    max_prompt_length: int = 200
+    default_size: int = 512
+    min_size: int = 256
+    max_size: int = 768
+    attention_slicing: str = "auto"
+    dtype: str = "float32"
+    torch_threads: int = 0
+    queue_size: int = 8
+    max_batch: int = 4
+    job_retention_seconds: int = 3600
+    job_retention_count: int = 50
+    output_dir: str = "outputs"
+    tiny_model_dir: str = "models/tiny-random"
+    safety_checker: str = "off"
+    log_level: str = "info"
+    rate_limit: str = "10/minute"
+    rate_limit_storage_uri: str = "memory://"
+    cors_origins: tuple[str, ...] = field(default_factory=tuple)
+    api_key: str = ""
+    max_request_bytes: int = 65536
+    shutdown_grace_seconds: int = 30
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Read every knob from `environ` (default: os.environ after loading `.env`)."""
+        if environ is None:
+            from dotenv import load_dotenv
+
+            load_dotenv(PROJECT_DIR / ".env")
+            environ = os.environ
+        environ = dict(environ)
+        if not environ.get("HF_TOKEN") and environ.get("HF_AUTH_TOKEN"):
+            environ["HF_TOKEN"] = environ["HF_AUTH_TOKEN"]  # the seed's name for it
+        values = {}
+        for knob in KNOBS:
+            raw = environ.get(knob.name)
+            raw = knob.default if raw is None or (raw.strip() == "" and knob.default and
+                                                  knob.name not in _EMPTY_MEANS_OFF) else raw
+            values[knob.name.lower()] = knob.parse(raw, knob)
+        return cls(**values)._checked()
+
+    def _checked(self) -> "Settings":
+        """Cross-field rules that a single knob cannot check alone."""
+        if self.min_size > self.max_size:
+            raise ConfigError(f"MIN_SIZE={self.min_size} is not valid: allowed <= MAX_SIZE "
+                              f"({self.max_size})")
+        if not self.min_size <= self.default_size <= self.max_size:
+            raise ConfigError(f"DEFAULT_SIZE={self.default_size} is not valid: allowed a "
+                              f"multiple of 8 in MIN_SIZE..MAX_SIZE ({self.min_size}.."
+                              f"{self.max_size})")
+        if self.default_steps > self.max_steps:
+            raise ConfigError(f"DEFAULT_STEPS={self.default_steps} is not valid: allowed "
+                              f"1..MAX_STEPS ({self.max_steps})")
+        if self.threads < self.queue_size + 2:
+            raise ConfigError(f"THREADS={self.threads} is not valid: allowed >= QUEUE_SIZE + 2 "
+                              f"({self.queue_size + 2}) so /health answers while every "
+                              "queued request waits")
+        return self
+
+    def with_overrides(self, **changes: Any) -> "Settings":
+        """A copy with some fields changed, validated again (for tests and tools)."""
+        known = {f.name for f in fields(self)}
+        unknown = set(changes) - known
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        return Settings(**{**{f.name: getattr(self, f.name) for f in fields(self)},
+                           **changes})._checked()
+
+    def path(self, value: str) -> Path:
+        """Resolve a folder setting: relative paths are inside the project folder."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else PROJECT_DIR / p
+
+    @property
+    def model_source(self) -> str:
+        """What `from_pretrained` loads: the tiny model's folder or MODEL_ID itself."""
+        if self.model_id == TINY_MODEL_ID:
+            return str(self.path(self.tiny_model_dir))
+        return self.model_id
+
+
+# Knobs for which an explicitly empty value means "off" rather than "use the default".
+_EMPTY_MEANS_OFF = {"RATE_LIMIT", "OUTPUT_DIR", "CORS_ORIGINS", "API_KEY", "HF_TOKEN"}
+
+
+def knob_table() -> str:
+    """The configuration table as Markdown, for the README."""
+    rows = ["| Variable | Default | Allowed | What it does |", "|---|---|---|---|"]
+    for k in KNOBS:
+        rows.append(f"| `{k.name}` | `{k.default}` | {k.allowed} | {k.help} |")
+    return "\n".join(rows)

@@ -1,0 +1,400 @@
+"""The engine: the only module that imports torch and diffusers.
+
+It loads the Stable Diffusion pipeline once (memory-mapped safetensors, CPU), turns one
+validated `GenerationRequest` into a PNG, reports every step to a caller's callback (which
+may raise to stop the run), renders cheap latent previews, and builds random-weight
+pipelines (a tiny one for tests and trying the server, the full-size SD v1-4 architecture
+for benchmarks).
+
+torch is imported lazily (on first load or generation), so the HTTP server can be listening
+within a second while the heavy libraries load in the worker thread.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import shutil
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from config import TINY_MODEL_ID, Settings
+from params import SAMPLER_OF_CLASS, SCHEDULERS, GenerationRequest
+
+log = logging.getLogger(__name__)
+
+# A1111's "Approx cheap" latent -> RGB map for SD 1.x latents (4 channels -> 3 colours):
+# a fixed linear map, so a preview costs microseconds and needs no VAE decode.
+LATENT_RGB_FACTORS = ((0.298, 0.207, 0.208), (0.187, 0.286, 0.173),
+                      (-0.158, 0.189, 0.264), (-0.184, -0.271, -0.473))
+PREVIEW_SCALE = 4  # preview pixels per latent pixel (a 512x512 image previews at 256x256)
+
+StepCallback = Callable[[int, int, Any], None]  # (step, total, latents tensor)
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message says what to do about it."""
+
+
+@dataclass
+class GenerationResult:
+    """One finished image and how it was made."""
+
+    png: bytes
+    seed: int
+    width: int
+    height: int
+    steps: int
+    seconds: float
+    seconds_per_step: float
+    nsfw: bool = False
+    parameters: str = ""
+
+
+@dataclass
+class EngineStatus:
+    """What /health reports about the model."""
+
+    state: str = "loading"  # loading | ready | failed
+    error: str = ""
+    load_seconds: float | None = None
+    dtype: str = ""
+    optimizations: list[str] = field(default_factory=list)
+    torch_threads: int = 0
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU computes bfloat16 natively (AMX or AVX512-BF16)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (respects taskset/cgroup affinity)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class Engine:
+    """Owns the diffusers pipeline; not thread-safe, so only the job worker calls it."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.status = EngineStatus()
+        self.pipe = None
+        self._default_scheduler_config = None
+
+    # ----------------------------------------------------------------- loading
+    def load(self) -> None:
+        """Load the pipeline; on failure set status 'failed' with advice, never raise."""
+        started = time.perf_counter()
+        try:
+            self._load()
+        except Exception as exc:  # any failure must leave the server up and explain itself
+            self.status.state = "failed"
+            self.status.error = explain_load_error(self.settings, exc)
+            log.error("model load failed: %s", self.status.error)
+            return
+        self.status.load_seconds = round(time.perf_counter() - started, 2)
+        self.status.state = "ready"
+        log.info("model %s loaded in %.1f s (dtype %s; %s)", self.settings.model_id,
+                 self.status.load_seconds, self.status.dtype,
+                 ", ".join(self.status.optimizations))
+
+    def _load(self) -> None:
+        import torch
+        from diffusers import StableDiffusionPipeline
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()  # server logs, not terminal progress bars
+        s = self.settings
+        threads = s.torch_threads or usable_cores()
+        torch.set_num_threads(threads)
+        self.status.torch_threads = threads
+        if s.model_id == TINY_MODEL_ID:
+            folder = s.path(s.tiny_model_dir)
+            if not (folder / "model_index.json").exists():
+                log.info("building the tiny random-weight model in %s", folder)
+                build_random_pipeline(folder, "tiny")
+        source = s.model_source
+        if source.startswith(("/", ".", "~")) or os.path.isdir(source):
+            folder = Path(source).expanduser()
+            if not (folder / "model_index.json").is_file():
+                raise ModelLoadError(
+                    f"MODEL_ID={s.model_id!r}: {folder} is not a diffusers model folder (no "
+                    "model_index.json); point MODEL_ID at one, use a Hub id such as "
+                    "CompVis/stable-diffusion-v1-4, or MODEL_ID=tiny-random to try the server")
+        dtype = self.resolve_dtype()
+        kwargs: dict[str, Any] = dict(dtype=dtype, use_safetensors=True, low_cpu_mem_usage=True)
+        if s.hf_token:
+            kwargs["token"] = s.hf_token
+        if s.safety_checker == "off":
+            kwargs.update(safety_checker=None, requires_safety_checker=False)
+        pipe = StableDiffusionPipeline.from_pretrained(source, **kwargs)
+        if s.safety_checker == "on" and getattr(pipe, "safety_checker", None) is None:
+            raise ModelLoadError(f"SAFETY_CHECKER=on but model {s.model_id!r} ships no safety "
+                                 "checker; set SAFETY_CHECKER=off or use a model that has one")
+        pipe = pipe.to("cpu")
+        pipe.set_progress_bar_config(disable=True)
+        optimizations = ["mmap-safetensors" if dtype == torch.float32 else
+                         "safetensors (cast to bf16 on load)", "inference-mode",
+                         f"torch-threads={threads}"]
+        if self.attention_slicing_enabled():
+            pipe.enable_attention_slicing()
+            optimizations.insert(0, "attention-slicing")
+        else:
+            optimizations.insert(0, "sdpa-attention")
+        if dtype == torch.bfloat16:
+            optimizations.insert(0, "bfloat16")
+        self.pipe = pipe
+        self._default_scheduler_config = dict(pipe.scheduler.config)
+        self.status.dtype = str(dtype).replace("torch.", "")
+        self.status.optimizations = optimizations
+
+    def resolve_dtype(self) -> "torch.dtype":
+        """The dtype DTYPE asks for on this CPU."""
+        import torch
+
+        choice = self.settings.dtype
+        if choice == "auto":
+            choice = "bfloat16" if cpu_has_native_bf16() else "float32"
+        return torch.bfloat16 if choice == "bfloat16" else torch.float32
+
+    def attention_slicing_enabled(self) -> bool:
+        """Slicing only when asked, or on auto where SDPA is missing (it is slower on CPU)."""
+        import torch
+
+        mode = self.settings.attention_slicing
+        if mode == "auto":
+            return not hasattr(torch.nn.functional, "scaled_dot_product_attention")
+        return mode == "on"
+
+    # -------------------------------------------------------------- generation
+    def generate(self, request: GenerationRequest, seed: int,
+                 on_step: StepCallback | None = None) -> GenerationResult:
+        """Make one image; `on_step(step, total, latents)` runs after every step and may raise."""
+        import torch
+
+        if self.pipe is None:
+            raise RuntimeError("the model is not loaded")
+        pipe = self._pipeline_for(request.scheduler)
+        generator = torch.Generator("cpu").manual_seed(seed)
+        step_times: list[float] = []
+        started = time.perf_counter()
+
+        def callback(pipeline, step_index, _timestep, callback_kwargs):
+            step_times.append(time.perf_counter())
+            if on_step is not None:
+                # Some schedulers run one more UNet step than asked (PNDM: steps + 1), so
+                # report the pipeline's own count.
+                total = getattr(pipeline, "num_timesteps", None) or request.steps
+                on_step(step_index + 1, total, callback_kwargs["latents"])
+            return callback_kwargs
+
+        with torch.inference_mode():
+            out = pipe(prompt=request.prompt, negative_prompt=request.negative_prompt or None,
+                       num_inference_steps=request.steps,
+                       guidance_scale=request.guidance_scale, width=request.width,
+                       height=request.height, generator=generator,
+                       callback_on_step_end=callback,
+                       callback_on_step_end_tensor_inputs=["latents"])
+        seconds = time.perf_counter() - started
+        image = out.images[0]
+        nsfw = bool(out.nsfw_content_detected and out.nsfw_content_detected[0])
+        if nsfw:  # the checker already blacked the pixels; make that unmistakable
+            image = Image.new("RGB", image.size, (0, 0, 0))
+        parameters = request.infotext(seed, self.settings.model_id, self.default_sampler)
+        return GenerationResult(png=encode_png(image, parameters), seed=seed, width=image.width,
+                                height=image.height, steps=request.steps,
+                                seconds=round(seconds, 3),
+                                seconds_per_step=round(seconds_per_step(started, step_times), 3),
+                                nsfw=nsfw, parameters=parameters)
+
+    def _pipeline_for(self, scheduler_name: str):
+        """The shared pipeline, or a view of it with another scheduler for this job only."""
+        if scheduler_name in ("", "default"):
+            return self.pipe
+        import diffusers
+
+        class_name, extra = SCHEDULERS[scheduler_name]
+        scheduler = getattr(diffusers, class_name).from_config(self._default_scheduler_config,
+                                                              **extra)
+        # A new pipeline object over the same modules: the weights are shared (no copy) and
+        # the shared pipeline's scheduler is never touched, so other jobs are unaffected.
+        components = {**self.pipe.components, "scheduler": scheduler}
+        view = type(self.pipe)(**components, requires_safety_checker=False)
+        view.set_progress_bar_config(disable=True)
+        return view
+
+    @property
+    def default_sampler(self) -> str:
+        """A1111's name for the scheduler the model ships with."""
+        name = (self._default_scheduler_config or {}).get("_class_name", "")
+        return SAMPLER_OF_CLASS.get(name, name or "default")
+
+    def preview_png(self, latents) -> bytes:
+        """A small PNG of the current latents through the fixed 4x3 linear map."""
+        import torch
+
+        factors = torch.tensor(LATENT_RGB_FACTORS, dtype=torch.float32)
+        lat = latents[0].detach().to(torch.float32)  # (4, h, w)
+        rgb = torch.einsum("chw,cr->hwr", lat, factors)
+        rgb = ((rgb + 1.0) * 127.5).clamp(0, 255).to(torch.uint8).numpy()
+        image = Image.fromarray(rgb, "RGB")
+        image = image.resize((image.width * PREVIEW_SCALE, image.height * PREVIEW_SCALE),
+                             Image.Resampling.BILINEAR)
+        return encode_png(image)
+
+    def info(self) -> dict[str, Any]:
+        """Model facts for /health and the compatibility APIs."""
+        st = self.status
+        return {"model": self.settings.model_id, "device": "cpu", "dtype": st.dtype,
+                "optimizations": list(st.optimizations), "torch_threads": st.torch_threads,
+                "load_seconds": st.load_seconds}
+
+
+def seconds_per_step(started: float, step_times: list[float]) -> float:
+    """Median step duration; the first step also pays for text encoding, so skip it if we can."""
+    if not step_times:
+        return 0.0
+    marks = [started, *step_times]
+    durations = [b - a for a, b in zip(marks, marks[1:])]
+    return statistics.median(durations[1:] if len(durations) > 1 else durations)
+
+
+def encode_png(image: Image.Image, parameters: str = "") -> bytes:
+    """PNG bytes, with A1111's `parameters` text chunk when given (deterministic output)."""
+    info = None
+    if parameters:
+        info = PngInfo()
+        info.add_text("parameters", parameters)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def explain_load_error(settings: Settings, exc: Exception) -> str:
+    """Turn a loading exception into one line that says what went wrong and what to do."""
+    text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+    model = settings.model_id
+    lowered = text.lower()
+    if isinstance(exc, ModelLoadError):
+        return str(exc)
+    if "gated" in lowered or "401" in lowered or "403" in lowered:
+        return (f"model {model!r} is gated or private: accept its licence on the Hub and set "
+                f"HF_TOKEN. ({text[:300]})")
+    if any(k in lowered for k in ("connect", "offline", "resolve", "not a valid model identifier",
+                                  "cannot find the requested files", "does not appear to have",
+                                  "not a valid local path")):
+        return (f"model {model!r} is not in the local Hugging Face cache and the Hub could not "
+                "be reached: download it once with network access (e.g. `hf download "
+                f"{model}`) or set MODEL_ID to a local diffusers folder, or MODEL_ID=tiny-random "
+                f"to try the server. ({text[:300]})")
+    if "safetensors" in lowered:
+        return (f"model {model!r} has no .safetensors weights; convert it or pick a revision "
+                f"that has them. ({text[:300]})")
+    if isinstance(exc, MemoryError):
+        return "out of memory while loading the model: close other programs or use DTYPE=bfloat16"
+    return f"could not load model {model!r}: {text[:500]}"
+
+
+# --------------------------------------------------------------- random-weight models
+def _byte_characters() -> list[str]:
+    """GPT-2/CLIP's printable stand-in character for each of the 256 byte values."""
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+                 + list(range(ord("®"), ord("ÿ") + 1)))
+    chars, extra = [], 0
+    for b in range(256):
+        if b in printable:
+            chars.append(chr(b))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    return chars
+
+
+def _byte_tokenizer_vocab() -> dict[str, int]:
+    """A CLIP BPE vocab with one token per byte-character (plus word ends): any text tokenizes."""
+    chars = _byte_characters()
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in chars:
+        vocab[ch] = len(vocab)
+    for ch in chars:
+        vocab[ch + "</w>"] = len(vocab)
+    return vocab
+
+
+ARCHITECTURES: dict[str, dict[str, dict[str, Any]]] = {
+    # Small enough that a 64x64 image takes well under a second on one core.
+    "tiny": {
+        "unet": dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                     block_out_channels=(32, 64), norm_num_groups=8,
+                     down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                     cross_attention_dim=32, attention_head_dim=4),
+        "vae": dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+                    block_out_channels=(16, 16, 16, 16), norm_num_groups=8, sample_size=64,
+                    down_block_types=("DownEncoderBlock2D",) * 4,
+                    up_block_types=("UpDecoderBlock2D",) * 4),
+        "text": dict(vocab_size=1000, hidden_size=32, intermediate_size=37,
+                     num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
+                     projection_dim=32, hidden_act="quick_gelu"),
+    },
+    # Exactly CompVis/stable-diffusion-v1-4: compute and memory match the real model.
+    "full": {
+        "unet": dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+                     block_out_channels=(320, 640, 1280, 1280),
+                     down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                     up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+                     cross_attention_dim=768, attention_head_dim=8),
+        "vae": dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+                    block_out_channels=(128, 256, 512, 512), sample_size=512,
+                    down_block_types=("DownEncoderBlock2D",) * 4,
+                    up_block_types=("UpDecoderBlock2D",) * 4),
+        "text": dict(vocab_size=49408, hidden_size=768, intermediate_size=3072,
+                     num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
+                     projection_dim=768, hidden_act="quick_gelu"),
+    },
+}
+
+
+def build_random_pipeline(folder: Path | str, size: str = "tiny", seed: int = 0) -> Path:
+    """Save a random-weight SD pipeline (`tiny` or `full` v1-4 architecture) as a diffusers folder."""
+    import torch
+
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    arch = ARCHITECTURES[size]
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**arch["unet"])
+    vae = AutoencoderKL(**arch["vae"])
+    text_encoder = CLIPTextModel(CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1,
+                                                **arch["text"]))
+    tokenizer = CLIPTokenizer(vocab=_byte_tokenizer_vocab(), merges=[], model_max_length=77)
+    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              skip_prk_steps=True, steps_offset=1, num_train_timesteps=1000)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                   unet=unet, scheduler=scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    # Save beside the target and rename, so a half-written folder is never loaded.
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    if folder.exists():  # another process built it meanwhile
+        shutil.rmtree(tmp)
+    else:
+        tmp.replace(folder)
+    return folder

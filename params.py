@@ -1,0 +1,201 @@
+"""What a generation request may contain: the fields, their limits, and one validator.
+
+Every HTTP dialect (native, jobs, AUTOMATIC1111, OpenAI) turns its body into the native
+field names and calls `parse_generation_request`, so limits and messages are the same
+everywhere. `request_fields` is also what the OpenAPI document is generated from.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+from config import Settings
+
+MAX_SEED = 2**32 - 1
+MIN_GUIDANCE, MAX_GUIDANCE = 0.0, 20.0
+
+# A1111 sampler name -> (diffusers scheduler class, extra config). "default" keeps the
+# model's own scheduler (PNDM for SD v1-4).
+SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "PNDM": ("PNDMScheduler", {"skip_prk_steps": True}),
+    "DDIM": ("DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False}),
+    "Euler": ("EulerDiscreteScheduler", {}),
+    "Euler a": ("EulerAncestralDiscreteScheduler", {}),
+    "LMS": ("LMSDiscreteScheduler", {}),
+    "DPM++ 2M": ("DPMSolverMultistepScheduler", {}),
+    "DPM++ 2M Karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+}
+DEFAULT_SCHEDULER = "default"
+# What A1111 calls the scheduler a diffusers model ships with, for infotexts.
+SAMPLER_OF_CLASS = {"PNDMScheduler": "PNDM", "DDIMScheduler": "DDIM",
+                    "EulerDiscreteScheduler": "Euler", "LMSDiscreteScheduler": "LMS",
+                    "EulerAncestralDiscreteScheduler": "Euler a",
+                    "DPMSolverMultistepScheduler": "DPM++ 2M"}
+
+
+class ValidationError(ValueError):
+    """A request field is missing or out of range; `field` names it for the client."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One request field: JSON type, bounds and description (drives validation and OpenAPI)."""
+
+    name: str
+    type: str  # "string" | "integer" | "number"
+    description: str
+    required: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+    max_length: int | None = None
+    multiple_of: int | None = None
+    enum: tuple[str, ...] | None = None
+    nullable: bool = False
+    default: Any = None
+
+    def schema(self) -> dict[str, Any]:
+        """This field as a JSON Schema (OpenAPI 3.0 flavour)."""
+        out: dict[str, Any] = {"type": self.type, "description": self.description}
+        for key, value in (("minimum", self.minimum), ("maximum", self.maximum),
+                           ("maxLength", self.max_length), ("multipleOf", self.multiple_of),
+                           ("default", self.default)):
+            if value is not None:
+                out[key] = value
+        if self.enum:
+            out["enum"] = list(self.enum)
+        if self.nullable:
+            out["nullable"] = True
+        return out
+
+
+def request_fields(settings: Settings) -> list[FieldSpec]:
+    """The native request fields with this server's limits."""
+    size = dict(type="integer", minimum=settings.min_size, maximum=settings.max_size,
+                multiple_of=8, default=settings.default_size)
+    return [
+        FieldSpec("prompt", "string", "What to draw.", required=True,
+                  max_length=settings.max_prompt_length),
+        FieldSpec("negative_prompt", "string", "What to avoid.",
+                  max_length=settings.max_prompt_length, default=""),
+        FieldSpec("seed", "integer", "Random seed; omit or null for a random one (always "
+                  "reported back).", minimum=0, maximum=MAX_SEED, nullable=True),
+        FieldSpec("steps", "integer", "Denoising steps.", minimum=1,
+                  maximum=settings.max_steps, default=settings.default_steps),
+        FieldSpec("guidance_scale", "number", "Classifier-free guidance (CFG) scale.",
+                  minimum=MIN_GUIDANCE, maximum=MAX_GUIDANCE, default=settings.default_guidance),
+        FieldSpec("width", description="Image width in pixels, a multiple of 8.", **size),
+        FieldSpec("height", description="Image height in pixels, a multiple of 8.", **size),
+        FieldSpec("scheduler", "string", "Sampler (A1111 name); 'default' = the model's own.",
+                  enum=(DEFAULT_SCHEDULER, *SCHEDULERS), default=DEFAULT_SCHEDULER),
+    ]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A validated request: every field present and within this server's limits."""
+
+    prompt: str
+    negative_prompt: str = ""
+    seed: int | None = None
+    steps: int = 25
+    guidance_scale: float = 7.5
+    width: int = 512
+    height: int = 512
+    scheduler: str = DEFAULT_SCHEDULER
+
+    def to_dict(self) -> dict[str, Any]:
+        """The request as JSON-ready values."""
+        return asdict(self)
+
+    def infotext(self, seed: int, model: str, default_sampler: str = "PNDM") -> str:
+        """A1111's `parameters` text: prompt, negative prompt, then the settings line."""
+        sampler = default_sampler if self.scheduler == DEFAULT_SCHEDULER else self.scheduler
+        lines = [self.prompt]
+        if self.negative_prompt:
+            lines.append(f"Negative prompt: {self.negative_prompt}")
+        lines.append(f"Steps: {self.steps}, Sampler: {sampler}, CFG scale: "
+                     f"{self.guidance_scale:g}, Seed: {seed}, Size: {self.width}x{self.height}, "
+                     f"Model: {model}")
+        return "\n".join(lines)
+
+
+def _describe(spec: FieldSpec) -> str:
+    if spec.enum:
+        return "one of " + ", ".join(repr(e) for e in spec.enum)
+    if spec.type == "string":
+        return f"a non-empty string of at most {spec.max_length} characters"
+    kind = "an integer" if spec.type == "integer" else "a number"
+    extra = f" that is a multiple of {spec.multiple_of}" if spec.multiple_of else ""
+    lo, hi = spec.minimum, spec.maximum
+    fmt = (lambda v: f"{v:g}") if spec.type == "number" else (lambda v: f"{int(v)}")
+    return f"{kind} {fmt(lo)}..{fmt(hi)}{extra}"
+
+
+def _check(spec: FieldSpec, value: Any) -> Any:
+    """Return `value` converted for `spec`, or raise ValidationError naming the field."""
+    def bad() -> ValidationError:
+        shown = repr(value)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        return ValidationError(spec.name, f"'{spec.name}' must be {_describe(spec)} "
+                                          f"(got {shown})")
+
+    if value is None and spec.nullable:
+        return None
+    if spec.type == "string":
+        if not isinstance(value, str):
+            raise bad()
+        value = value.strip()
+        if spec.enum:
+            if value not in spec.enum:
+                raise bad()
+            return value
+        if spec.max_length is not None and len(value) > spec.max_length:
+            raise ValidationError(spec.name, f"'{spec.name}' is {len(value)} characters; the "
+                                             f"limit is {spec.max_length}")
+        if spec.required and not value:
+            raise ValidationError(spec.name, f"'{spec.name}' must not be empty")
+        return value
+    # bool is an int subclass in Python; true/false is never a number here.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise bad()
+    if spec.type == "integer":
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise bad()
+            value = int(value)
+    else:
+        value = float(value)
+        if value != value:  # NaN
+            raise bad()
+    if not spec.minimum <= value <= spec.maximum:
+        raise bad()
+    if spec.multiple_of and value % spec.multiple_of:
+        raise bad()
+    return value
+
+
+def parse_generation_request(body: Any, settings: Settings) -> GenerationRequest:
+    """Validate a native JSON body into a GenerationRequest, or raise ValidationError."""
+    if not isinstance(body, Mapping):
+        raise ValidationError("body", "the request body must be a JSON object, "
+                                      'e.g. {"prompt": "a cat"}')
+    specs = request_fields(settings)
+    known = {s.name for s in specs}
+    unknown = sorted(str(k) for k in body if k not in known)
+    if unknown:
+        raise ValidationError(unknown[0], f"unknown field '{unknown[0]}'; allowed fields: "
+                                          f"{', '.join(sorted(known))}")
+    values: dict[str, Any] = {}
+    for spec in specs:
+        if spec.name not in body or (body[spec.name] is None and not spec.required):
+            if spec.required:
+                raise ValidationError(spec.name, f"'{spec.name}' is required")
+            values[spec.name] = spec.default
+            continue
+        values[spec.name] = _check(spec, body[spec.name])
+    return GenerationRequest(**values)

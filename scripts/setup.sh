@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Create .venv (once) and install the Python packages; `setup.sh test` adds test packages
+# and Debian's chromium for the browser tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+if [ "${1:-}" = "test" ]; then
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements-test.txt
+  if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
+    else
+      echo "browser tests need Debian's chromium: sudo apt-get install -y chromium" >&2
+    fi
+  fi
+else
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+fi

@@ -1,0 +1,179 @@
+"""Shared fixtures: the tiny real pipeline (built once per session), apps, live servers.
+
+The tiny model is a real diffusers StableDiffusionPipeline with random weights, saved with
+`save_pretrained` and loaded by the app through the same `from_pretrained` path as SD v1-4.
+"""
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from config import Settings  # noqa: E402
+
+# Small images and few steps keep the suite fast; the bounds are ordinary settings.
+BASE_ENV = {
+    "MIN_SIZE": "64", "DEFAULT_SIZE": "64", "MAX_SIZE": "256", "DEFAULT_STEPS": "2",
+    "MAX_STEPS": "50", "RATE_LIMIT": "", "OUTPUT_DIR": "", "TORCH_THREADS": "1",
+    "QUEUE_SIZE": "4", "THREADS": "16", "LOG_LEVEL": "INFO",
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random-weight SD pipeline saved as a diffusers folder (built by the project)."""
+    from engine import build_random_pipeline
+
+    return build_random_pipeline(tmp_path_factory.mktemp("models") / "tiny", "tiny")
+
+
+@pytest.fixture
+def make_settings(tiny_model_dir):
+    """Settings as the environment would give them, on the tiny model, with overrides."""
+    def make(**env: str) -> Settings:
+        return Settings.from_env({"MODEL_ID": str(tiny_model_dir), **BASE_ENV, **env})
+
+    return make
+
+
+@pytest.fixture
+def make_app(make_settings):
+    """Build apps whose model has finished loading; their workers stop after the test."""
+    from app import create_app
+
+    apps = []
+
+    def make(wait: bool = True, start_worker: bool = True, **env: str):
+        app = create_app(make_settings(**env), start_worker=start_worker)
+        app.testing = True
+        apps.append(app)
+        if wait and start_worker:
+            assert app.extensions["sd_server"].queue.wait_until_loaded(120)
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["sd_server"].queue.stop(grace_seconds=0)
+
+
+@pytest.fixture
+def app(make_app):
+    """A ready app on the tiny model with the test defaults."""
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    """A Flask test client of `app`."""
+    return app.test_client()
+
+
+class StepGate:
+    """Pauses the real pipeline at each step until the test lets it go on.
+
+    Not a fake: the tiny pipeline still runs every step; this only makes "the worker is
+    busy" deterministic for tests of queueing and cancelling.
+    """
+
+    def __init__(self):
+        self.permits = threading.Semaphore(0)
+        self.reached = threading.Event()
+        self.open_all = False
+
+    def release(self, steps: int = 1) -> None:
+        """Let `steps` more steps run."""
+        for _ in range(steps):
+            self.permits.release()
+
+    def open(self) -> None:
+        """Stop pausing."""
+        self.open_all = True
+        self.release(1000)
+
+    def close(self) -> None:
+        """Pause at every step again."""
+        self.open_all = False
+        self.permits = threading.Semaphore(0)
+        self.reached.clear()
+
+    def wait_reached(self, timeout: float = 30) -> None:
+        """Wait until a job is paused at a step."""
+        assert self.reached.wait(timeout), "the worker never reached a step"
+        self.reached.clear()
+
+
+@pytest.fixture
+def gate(monkeypatch):
+    """Install a StepGate in every Engine.generate of this test."""
+    import engine as engine_module
+
+    g = StepGate()
+    real_generate = engine_module.Engine.generate
+
+    def gated(self, request, seed, on_step=None):
+        def paused(step, total, latents):
+            if on_step is not None:
+                on_step(step, total, latents)  # records progress, raises if cancelled
+            g.reached.set()
+            if not g.open_all:
+                assert g.permits.acquire(timeout=60), "test never released the gate"
+
+        return real_generate(self, request, seed, paused)
+
+    monkeypatch.setattr(engine_module.Engine, "generate", gated)
+    yield g
+    g.open()
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """A real waitress server on 127.0.0.1 running an app in a background thread."""
+
+    def __init__(self, app, threads: int = 16):
+        import waitress
+
+        self.app = app
+        self.server = waitress.create_server(app, host="127.0.0.1", port=free_port(),
+                                             threads=threads, channel_request_lookahead=5)
+        self.url = f"http://127.0.0.1:{self.server.effective_port}"
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.server.effective_port), 1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+
+    def close(self) -> None:
+        """Stop listening and close every connection."""
+        self.server.close()
+
+
+@pytest.fixture
+def live_server(make_app):
+    """Start waitress on a free port with an app built from env overrides."""
+    servers = []
+
+    def start(**env: str) -> LiveServer:
+        server = LiveServer(make_app(**env))
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()

@@ -1,0 +1,137 @@
+"""The engine on the tiny real pipeline: determinism, fidelity to plain diffusers, previews,
+schedulers, load failures."""
+import io
+
+import pytest
+import torch
+from PIL import Image
+
+from engine import Engine, cpu_has_native_bf16
+from params import GenerationRequest
+
+
+@pytest.fixture
+def engine(make_settings):
+    e = Engine(make_settings())
+    e.load()
+    assert e.status.state == "ready", e.status.error
+    return e
+
+
+REQ = GenerationRequest(prompt="a red cube on a table", negative_prompt="blurry", steps=3,
+                        guidance_scale=7.5, width=64, height=64)
+
+
+def test_same_seed_gives_identical_png_bytes(engine):
+    a = engine.generate(REQ, seed=1234)
+    b = engine.generate(REQ, seed=1234)
+    c = engine.generate(REQ, seed=1235)
+    assert a.png == b.png
+    assert a.png != c.png
+    assert a.png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert (a.width, a.height, a.seed) == (64, 64, 1234)
+
+
+def test_matches_plain_diffusers_pipeline(engine, tiny_model_dir):
+    """The project's default output equals a plain StableDiffusionPipeline run."""
+    from diffusers import StableDiffusionPipeline
+
+    ours = []
+    engine.generate(REQ, seed=7, on_step=lambda s, t, lat: ours.append(lat.clone()))
+    plain = StableDiffusionPipeline.from_pretrained(str(tiny_model_dir), safety_checker=None,
+                                                    requires_safety_checker=False)
+    plain.set_progress_bar_config(disable=True)
+    ref = plain(prompt=REQ.prompt, negative_prompt=REQ.negative_prompt, num_inference_steps=3,
+                guidance_scale=7.5, width=64, height=64,
+                generator=torch.Generator("cpu").manual_seed(7), output_type="latent").images
+    assert (ours[-1] - ref).abs().max().item() <= 1e-3
+    ref_image = plain(prompt=REQ.prompt, negative_prompt=REQ.negative_prompt,
+                      num_inference_steps=3, guidance_scale=7.5, width=64, height=64,
+                      generator=torch.Generator("cpu").manual_seed(7)).images[0]
+    ours_image = Image.open(io.BytesIO(engine.generate(REQ, seed=7).png)).convert("RGB")
+    assert list(ours_image.getdata()) == list(ref_image.getdata())
+
+
+def test_png_carries_a1111_parameters(engine):
+    result = engine.generate(REQ, seed=99)
+    image = Image.open(io.BytesIO(result.png))
+    assert image.info["parameters"] == (
+        "a red cube on a table\nNegative prompt: blurry\nSteps: 3, Sampler: PNDM, "
+        f"CFG scale: 7.5, Seed: 99, Size: 64x64, Model: {engine.settings.model_id}")
+
+
+def test_every_step_is_reported_and_callback_can_stop_the_run(engine):
+    seen = []
+    engine.generate(REQ, seed=1, on_step=lambda s, t, lat: seen.append((s, t, lat.shape)))
+    assert [s for s, _, _ in seen] == list(range(1, len(seen) + 1))
+    assert seen[-1][0] == seen[-1][1] >= 3  # PNDM runs steps + 1 UNet evaluations
+    assert seen[0][2] == (1, 4, 8, 8)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_two(step, total, latents):
+        if step == 2:
+            raise Stop()
+
+    with pytest.raises(Stop):
+        engine.generate(REQ, seed=1, on_step=stop_at_two)
+
+
+def test_preview_is_a_small_png_of_the_latents(engine):
+    latents = torch.zeros(1, 4, 8, 16)
+    image = Image.open(io.BytesIO(engine.preview_png(latents)))
+    assert image.size == (64, 32) and image.mode == "RGB"
+    assert image.getpixel((0, 0)) == (127, 127, 127)  # zero latents -> mid grey
+    latents[0, 0] = 1.0  # channel 0 maps to (0.298, 0.207, 0.208)
+    pixel = Image.open(io.BytesIO(engine.preview_png(latents))).getpixel((10, 10))
+    assert pixel == (165, 153, 154)  # (1 + f) * 127.5, truncated
+
+
+def test_scheduler_choice_is_per_job_and_leaves_the_shared_pipeline_alone(engine):
+    default_class = type(engine.pipe.scheduler)
+    euler = engine.generate(GenerationRequest(**{**REQ.to_dict(), "scheduler": "Euler a"}), 5)
+    assert type(engine.pipe.scheduler) is default_class
+    again = engine.generate(REQ, seed=5)
+    assert euler.png != again.png
+    assert "Sampler: Euler a" in Image.open(io.BytesIO(euler.png)).info["parameters"]
+    assert again.png == engine.generate(REQ, seed=5).png
+
+
+def test_health_facts_are_honest(engine):
+    info = engine.info()
+    assert info["device"] == "cpu" and info["dtype"] == "float32"
+    assert "sdpa-attention" in info["optimizations"]
+    assert "attention-slicing" not in info["optimizations"]
+    assert info["torch_threads"] == torch.get_num_threads() == 1
+
+
+def test_attention_slicing_on_is_one_setting_away(make_settings):
+    e = Engine(make_settings(ATTENTION_SLICING="on"))
+    e.load()
+    assert "attention-slicing" in e.info()["optimizations"]
+    assert e.generate(REQ, seed=3).png  # still works
+
+
+def test_bfloat16_loads_and_reports_its_dtype(make_settings):
+    e = Engine(make_settings(DTYPE="bfloat16"))
+    e.load()
+    assert e.status.state == "ready", e.status.error
+    assert e.info()["dtype"] == "bfloat16" and "bfloat16" in e.info()["optimizations"]
+    assert e.pipe.unet.dtype == torch.bfloat16
+    assert e.generate(REQ, seed=3).png.startswith(b"\x89PNG")
+    auto = Engine(make_settings(DTYPE="auto"))
+    assert auto.resolve_dtype() == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+
+
+def test_missing_model_fails_with_advice_and_does_not_raise(make_settings, tmp_path):
+    e = Engine(make_settings(MODEL_ID=str(tmp_path / "no-such-model")))
+    e.load()
+    assert e.status.state == "failed"
+    assert "MODEL_ID" in e.status.error and "no-such-model" in e.status.error
+
+
+def test_safety_checker_on_without_one_fails_clearly(make_settings):
+    e = Engine(make_settings(SAFETY_CHECKER="on"))
+    e.load()
+    assert e.status.state == "failed" and "SAFETY_CHECKER" in e.status.error

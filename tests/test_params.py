@@ -1,0 +1,67 @@
+"""Request validation: every field, its range, and messages that name the field."""
+import pytest
+
+from config import Settings
+from params import MAX_SEED, GenerationRequest, ValidationError, parse_generation_request
+
+SETTINGS = Settings.from_env({"MIN_SIZE": "64", "MAX_SIZE": "256", "DEFAULT_SIZE": "128",
+                              "MAX_STEPS": "50", "DEFAULT_STEPS": "20"})
+
+
+def parse(**body):
+    return parse_generation_request(body, SETTINGS)
+
+
+def test_defaults_fill_missing_fields():
+    req = parse(prompt="  a cat  ")
+    assert req == GenerationRequest(prompt="a cat", steps=20, guidance_scale=7.5,
+                                    width=128, height=128)
+
+
+def test_all_fields_accepted():
+    req = parse(prompt="p", negative_prompt="n", seed=MAX_SEED, steps=50, guidance_scale=0,
+                width=64, height=256, scheduler="Euler a")
+    assert (req.seed, req.steps, req.guidance_scale, req.width, req.height) == (
+        MAX_SEED, 50, 0.0, 64, 256)
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("prompt", "", "must not be empty"), ("prompt", "   ", "must not be empty"),
+    ("prompt", "x" * 201, "limit is 200"), ("prompt", 5, "string"),
+    ("negative_prompt", "x" * 201, "limit is 200"),
+    ("seed", -1, f"0..{MAX_SEED}"), ("seed", MAX_SEED + 1, f"0..{MAX_SEED}"),
+    ("seed", "7", "integer"), ("steps", 0, "1..50"), ("steps", 51, "1..50"),
+    ("steps", 2.5, "integer"), ("steps", True, "integer"),
+    ("guidance_scale", 20.5, "0..20"), ("guidance_scale", -1, "0..20"),
+    ("guidance_scale", float("nan"), "0..20"),
+    ("width", 100, "multiple of 8"), ("width", 56, "64..256"), ("height", 264, "64..256"),
+    ("scheduler", "Heun", "one of"),
+])
+def test_bad_field_names_field_and_range(field, value, needle):
+    body = {"prompt": "ok", field: value}
+    with pytest.raises(ValidationError) as err:
+        parse_generation_request(body, SETTINGS)
+    assert err.value.field == field
+    assert f"'{field}'" in err.value.message and needle in err.value.message
+
+
+def test_missing_prompt_and_unknown_field_and_non_object():
+    with pytest.raises(ValidationError, match="'prompt' is required"):
+        parse_generation_request({}, SETTINGS)
+    with pytest.raises(ValidationError, match="unknown field 'sampler'") as err:
+        parse_generation_request({"prompt": "x", "sampler": "DDIM"}, SETTINGS)
+    assert err.value.field == "sampler"
+    with pytest.raises(ValidationError, match="JSON object"):
+        parse_generation_request(["a cat"], SETTINGS)
+
+
+def test_null_seed_means_random_and_integral_float_is_accepted():
+    assert parse(prompt="x", seed=None).seed is None
+    assert parse(prompt="x", steps=3.0).steps == 3
+
+
+def test_infotext_is_a1111_format():
+    req = GenerationRequest(prompt="a cat", negative_prompt="dog", steps=3, guidance_scale=7.5,
+                            width=64, height=128)
+    assert req.infotext(42, "m") == ("a cat\nNegative prompt: dog\nSteps: 3, Sampler: PNDM, "
+                                     "CFG scale: 7.5, Seed: 42, Size: 64x128, Model: m")
