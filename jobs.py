@@ -159,6 +159,10 @@ class JobQueue:
     # ------------------------------------------------------------------ jobs
     def submit(self, request: GenerationRequest, client: str = "") -> Job:
         """Queue a job, or raise NotAccepting / QueueFull."""
+        return self.submit_many([request], client)[0]
+
+    def submit_many(self, requests: list[GenerationRequest], client: str = "") -> list[Job]:
+        """Queue several jobs atomically (a batch): all are accepted, or none is."""
         status = self.engine.status
         with self._lock:
             if not self._accepting:
@@ -170,16 +174,25 @@ class JobQueue:
             if status.state == "failed":
                 raise NotAccepting("model_unavailable", f"the model failed to load: "
                                    f"{status.error}", None)
-            if len(self._waiting) >= self.settings.queue_size:
+            if len(self._waiting) + len(requests) > self.settings.queue_size:
                 raise QueueFull(self._retry_after_locked())
-            seed = request.seed if request.seed is not None else random_seed()
-            job = Job(request=request, seed=seed, client=client, created_at=self.clock())
-            self._waiting.append(job)
-            self._jobs[job.id] = job
+            jobs = []
+            for request in requests:
+                seed = request.seed if request.seed is not None else random_seed()
+                job = Job(request=request, seed=seed, client=client, created_at=self.clock())
+                self._waiting.append(job)
+                self._jobs[job.id] = job
+                jobs.append(job)
             self._prune_locked()
             self._wake.notify_all()
-        log.info("job %s queued (position %d)", job.id, self.queue_position(job))
-        return job
+        for job in jobs:
+            log.info("job %s queued (position %s)", job.id, self.queue_position(job))
+        return jobs
+
+    def current(self) -> Job | None:
+        """The running job, if any."""
+        with self._lock:
+            return self._running
 
     def get(self, job_id: str) -> Job | None:
         """The job with this id, or None if unknown or no longer retained."""

@@ -188,3 +188,17 @@ def test_finished_images_are_saved_to_output_dir(make_app, tmp_path):
     saved = list((tmp_path / "out").rglob("*.png"))
     assert len(saved) == 1 and saved[0].read_bytes() == job.png
     assert saved[0].name == f"{job.id}-5-a-red-barn.png"
+
+
+def test_a_batch_is_accepted_whole_or_not_at_all(app, gate):
+    q = queue_of(app)
+    first = q.submit(REQ)
+    gate.wait_reached()
+    assert q.current() is first
+    with pytest.raises(QueueFull):
+        q.submit_many([REQ] * (q.settings.queue_size + 1))
+    assert q.stats()["waiting"] == 0
+    batch = q.submit_many([REQ] * q.settings.queue_size)
+    assert [q.queue_position(j) for j in batch] == list(range(1, q.settings.queue_size + 1))
+    gate.open()
+    assert all(q.wait(j, 60) for j in batch)
