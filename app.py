@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import signal
 import sys
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from flask import Flask, request
 from werkzeug.exceptions import HTTPException
@@ -69,7 +70,7 @@ def _install_security(app: Flask, settings: Settings) -> None:
         from flask_cors import CORS
 
         origins = "*" if "*" in settings.cors_origins else list(settings.cors_origins)
-        CORS(app, origins=origins, expose_headers=["X-Seed", "X-Job-Id", "Location",
+        CORS(app, origins=origins, send_wildcard=origins == "*", expose_headers=["X-Seed", "X-Job-Id", "Location",
                                                    "X-Generation-Seconds", "Retry-After"],
              allow_headers=["Content-Type", "Authorization"])
 
@@ -150,9 +151,10 @@ def serve(app: Flask, settings: Settings) -> str:
     return "waitress"
 
 
-def install_signal_handlers(app: Flask, settings: Settings) -> None:
-    """SIGTERM/SIGINT: refuse new jobs, let the running one finish (or cancel it after the
-    grace period), then exit 0."""
+def install_signal_handlers(app: Flask, settings: Settings,
+                            exit_process: Callable[[int], None] = os._exit) -> Callable:
+    """SIGTERM/SIGINT: refuse new jobs (503), let the running one finish (or cancel it after
+    SHUTDOWN_GRACE_SECONDS), then exit 0. Returns the handler (for tests)."""
     queue = app.extensions["sd_server"].queue
     once = threading.Event()
 
@@ -160,9 +162,8 @@ def install_signal_handlers(app: Flask, settings: Settings) -> None:
         queue.stop(settings.shutdown_grace_seconds)
         log.info("shutdown complete")
         logging.shutdown()
-        import os
-
-        os._exit(0)  # waitress has no stop API; every accepted job is already finished
+        # waitress has no stop API; every accepted job has finished or been cancelled.
+        exit_process(0)
 
     def handler(signum: int, _frame: Any) -> None:
         if once.is_set():
@@ -170,10 +171,12 @@ def install_signal_handlers(app: Flask, settings: Settings) -> None:
         once.set()
         log.info("received %s: draining (grace %d s)", signal.Signals(signum).name,
                  settings.shutdown_grace_seconds)
+        # Drain off the signal handler so waitress keeps answering (503s, /health) meanwhile.
         threading.Thread(target=drain_and_exit, name="shutdown", daemon=True).start()
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    return handler
 
 
 def main() -> int:

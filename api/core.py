@@ -7,7 +7,7 @@ from flask import Blueprint, Response, current_app, jsonify, render_template
 
 from api import ApiError, failed_job_error, json_body, services, submit, wait_for
 from api.openapi import doc
-from params import ValidationError, parse_generation_request
+from params import DEFAULT_SCHEDULER, SCHEDULERS, ValidationError, parse_generation_request
 
 bp = Blueprint("core", __name__)
 
@@ -35,7 +35,8 @@ def index():
         "max_prompt_length": s.max_prompt_length, "min_size": s.min_size,
         "max_size": s.max_size, "default_size": s.default_size,
         "default_steps": s.default_steps, "max_steps": s.max_steps,
-        "default_guidance": s.default_guidance, "api_key_required": bool(s.api_key)})
+        "default_guidance": s.default_guidance, "api_key_required": bool(s.api_key)},
+        schedulers=[DEFAULT_SCHEDULER, *SCHEDULERS])
 
 
 @bp.get("/health")
@@ -88,6 +89,8 @@ def generate():
     response.headers["X-Generation-Seconds"] = f"{job.finished_at - job.started_at:.2f}"
     response.headers["X-Total-Seconds"] = f"{time.monotonic() - started:.2f}"
     response.headers["X-Seconds-Per-Step"] = f"{job.seconds_per_step or 0:.3f}"
+    if job.nsfw:  # the safety checker flagged it: the PNG is blank, say so plainly
+        response.headers["X-NSFW-Blocked"] = "true"
     response.headers["Content-Disposition"] = f'inline; filename="{job.id}-{job.seed}.png"'
     current_app.logger.debug("served job %s", job.id)
     return response

@@ -1,0 +1,103 @@
+"""Locked-down defaults: rate limits, CORS, API key, request size, JSON on every error path."""
+import pytest
+
+# Routes that start a generation, and the JSON body that makes each of them valid.
+GENERATING = [("/generate", {"prompt": "a cat"}), ("/jobs", {"prompt": "a cat"})]
+
+
+def protected_routes(app):
+    """Every (method, path) that needs the API key: all but the page, health, static, docs."""
+    from app import OPEN_ENDPOINTS
+
+    out = []
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint in OPEN_ENDPOINTS:
+            continue
+        path = rule.rule
+        for arg in rule.arguments:
+            path = path.replace(f"<{arg}>", "abc")
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            out.append((method, path))
+    return out
+
+
+def test_rate_limit_is_429_json_with_retry_after(make_app):
+    app = make_app(RATE_LIMIT="2/minute")
+    client = app.test_client()
+    for path, body in GENERATING:
+        codes = [client.post(path, json=body).status_code for _ in range(2)]
+        assert all(c in (200, 202) for c in codes)
+        r = client.post(path, json=body)
+        assert r.status_code == 429 and r.is_json and r.json["error"] == "too_many_requests"
+        assert int(r.headers["Retry-After"]) > 0 and "slow down" in r.json["message"]
+    # Probes, the page and job polling are never limited.
+    assert all(client.get("/health").status_code == 200 for _ in range(10))
+    assert all(client.get("/").status_code == 200 for _ in range(5))
+    assert all(client.get("/jobs").status_code == 200 for _ in range(5))
+
+
+def test_rate_limit_is_per_client(make_app):
+    client = make_app(RATE_LIMIT="1/minute").test_client()
+    assert client.post("/jobs", json={"prompt": "a"},
+                       environ_base={"REMOTE_ADDR": "10.0.0.1"}).status_code == 202
+    assert client.post("/jobs", json={"prompt": "a"},
+                       environ_base={"REMOTE_ADDR": "10.0.0.1"}).status_code == 429
+    assert client.post("/jobs", json={"prompt": "a"},
+                       environ_base={"REMOTE_ADDR": "10.0.0.2"}).status_code == 202
+
+
+def test_cors_is_closed_by_default(client):
+    r = client.get("/health", headers={"Origin": "http://evil.example"})
+    assert "Access-Control-Allow-Origin" not in r.headers
+    r = client.options("/generate", headers={"Origin": "http://evil.example",
+                                             "Access-Control-Request-Method": "POST"})
+    assert "Access-Control-Allow-Origin" not in r.headers
+
+
+def test_cors_allows_only_the_configured_origins(make_app):
+    client = make_app(CORS_ORIGINS="http://good.example").test_client()
+    r = client.get("/health", headers={"Origin": "http://good.example"})
+    assert r.headers["Access-Control-Allow-Origin"] == "http://good.example"
+    r = client.get("/health", headers={"Origin": "http://evil.example"})
+    assert "Access-Control-Allow-Origin" not in r.headers
+    star = make_app(CORS_ORIGINS="*").test_client()
+    assert star.get("/health", headers={"Origin": "http://x.example"}).headers[
+        "Access-Control-Allow-Origin"] == "*"
+
+
+def test_api_key_guards_every_route_but_page_health_and_docs(make_app):
+    app = make_app(API_KEY="s3cret-key")
+    client = app.test_client()
+    routes = protected_routes(app)
+    assert ("POST", "/generate") in routes and ("GET", "/jobs/abc") in routes
+    for method, path in routes:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-key"}):
+            r = client.open(path, method=method, json={"prompt": "a"}, headers=headers)
+            assert r.status_code == 401, (method, path, headers)
+            assert r.is_json and r.json["error"] == "unauthorized"
+            assert r.headers["WWW-Authenticate"] == "Bearer"
+    ok = {"Authorization": "Bearer s3cret-key"}
+    assert client.post("/generate", json={"prompt": "a"}, headers=ok).status_code == 200
+    assert client.get("/jobs", headers=ok).status_code == 200
+    for path in ("/", "/health", "/openapi.json"):
+        r = client.get(path)
+        assert r.status_code == 200 and b"s3cret-key" not in r.data
+
+
+def test_health_reveals_no_secrets(make_app):
+    client = make_app(API_KEY="k-123", HF_TOKEN="hf_abcdef").test_client()
+    body = client.get("/health").get_data(as_text=True)
+    assert "k-123" not in body and "hf_abcdef" not in body
+
+
+@pytest.mark.parametrize("method,path,kwargs,status", [
+    ("POST", "/generate", {"data": "x" * 100_000, "content_type": "application/json"}, 413),
+    ("GET", "/static/nope.js", {}, 404),
+    ("PUT", "/health", {}, 405),
+    ("POST", "/jobs", {"data": b"\xff\xfe", "content_type": "application/json"}, 400),
+    ("POST", "/jobs", {"data": "{}", "content_type": "text/plain"}, 415),
+])
+def test_every_error_path_answers_json(client, method, path, kwargs, status):
+    r = client.open(path, method=method, **kwargs)
+    assert r.status_code == status and r.is_json
+    assert set(r.json) == {"error", "message"} and r.json["message"]
