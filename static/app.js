@@ -1,0 +1,532 @@
+// The web page: submit a generation job, follow its progress and preview, show the result
+// and the history. Plain ES module, no build step, no network access beyond this server.
+
+const POLL_MS = 1000;            // job progress and preview refresh
+const HEALTH_LOADING_MS = 1500;  // while the model loads: notice "ready" quickly
+const HEALTH_READY_MS = 15000;   // once ready: only to notice a failure or shutdown
+const HISTORY_LIMIT = 24;
+const KEY_STORAGE = "sd.apiKey";
+const ACTIVE_JOB_STORAGE = "sd.activeJob";
+
+const $ = (id) => document.getElementById(id);
+const limits = JSON.parse(document.body.dataset.limits);
+// URLs come from Flask's url_for, so the page also works under a path prefix.
+const JOBS_URL = document.body.dataset.jobsUrl;
+const HEALTH_URL = document.body.dataset.healthUrl;
+
+const state = {
+  ready: false,
+  submitting: false,    // POST /jobs in flight: no double submit
+  activeJob: null,      // id of the job this page is following
+  lastSeed: null,
+  shownJob: null,       // the job whose result is on screen (for "reuse these settings")
+  imageUrls: new Map(), // job id -> object URL of its finished PNG (fetched once)
+  previewUrl: null,
+  previewStep: -1,
+};
+
+// ------------------------------------------------------------------ talking to the server
+
+/** The API key this browser stored, or "". */
+function apiKey() {
+  return localStorage.getItem(KEY_STORAGE) || "";
+}
+
+class ServerError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+/** fetch() with the API key; a non-2xx answer throws ServerError carrying the server's message. */
+async function api(path, options = {}) {
+  const headers = new Headers(options.headers || {});
+  const key = apiKey();
+  if (key) headers.set("Authorization", `Bearer ${key}`);
+  let response;
+  try {
+    response = await fetch(path, { ...options, headers });
+  } catch (err) {
+    throw new ServerError(0, "network", "Cannot reach the server. Is it still running?");
+  }
+  if (response.ok) return response;
+  let code = `http_${response.status}`;
+  let message = `The server answered ${response.status} ${response.statusText}.`;
+  try {
+    const body = await response.json();
+    code = body.error || code;
+    message = body.message || message;
+  } catch (_) { /* not JSON: keep the generic text */ }
+  if (response.status === 401) showKeyPanel(true);
+  throw new ServerError(response.status, code, message);
+}
+
+async function apiJson(path, options) {
+  return (await api(path, options)).json();
+}
+
+/** An object URL for a PNG; images go through fetch because <img src> cannot send the key. */
+async function blobUrl(path) {
+  const blob = await (await api(path)).blob();
+  return URL.createObjectURL(blob);
+}
+
+async function finishedImageUrl(job) {
+  if (!state.imageUrls.has(job.id)) state.imageUrls.set(job.id, await blobUrl(job.image_url));
+  return state.imageUrls.get(job.id);
+}
+
+// ------------------------------------------------------------------ server health
+
+function setServerStatus(kind, text) {
+  const el = $("server-status");
+  el.dataset.state = kind;
+  el.textContent = text;
+}
+
+async function pollHealth() {
+  let delay = HEALTH_LOADING_MS;
+  try {
+    const response = await fetch(HEALTH_URL, { cache: "no-store" });
+    const body = await response.json();
+    if (body.status === "healthy") {
+      const q = body.queue || {};
+      setServerStatus("ready", `Ready · ${body.dtype || ""} · ${q.waiting || 0} waiting`);
+      delay = HEALTH_READY_MS;
+      setReady(true, "");
+    } else if (body.status === "loading") {
+      setServerStatus("loading", "The model is loading…");
+      setReady(false, "The model is still loading; Generate turns on when it is ready.");
+    } else if (body.status === "unhealthy") {
+      setServerStatus("error", "The model failed to load.");
+      setReady(false, body.error || "The model failed to load; see the server log.");
+      delay = HEALTH_READY_MS;
+    } else {
+      setServerStatus("error", "The server is shutting down.");
+      setReady(false, body.message || "The server is shutting down.");
+    }
+  } catch (_) {
+    setServerStatus("error", "The server is not answering.");
+    setReady(false, "Cannot reach the server; retrying…");
+  }
+  setTimeout(pollHealth, delay);
+}
+
+function setReady(ready, why) {
+  state.ready = ready;
+  updateGenerateButton(why);
+}
+
+function updateGenerateButton(why) {
+  const button = $("generate");
+  const busy = state.activeJob !== null || state.submitting;
+  button.disabled = !state.ready || busy;
+  button.textContent = busy ? "Generating…" : "Generate";
+  const hint = $("generate-hint");
+  if (!state.ready) hint.textContent = why || hint.textContent;
+  else if (busy) hint.textContent = "Wait for this image or cancel it.";
+  else hint.textContent = "Ctrl+Enter also generates.";
+}
+
+// ------------------------------------------------------------------ the form
+
+function updateCounter() {
+  const length = $("prompt").value.length;
+  const counter = $("prompt-count");
+  counter.textContent = `${length} / ${limits.max_prompt_length}`;
+  counter.classList.toggle("over", length > limits.max_prompt_length);
+}
+
+function syncSeedInput() {
+  const random = $("seed-random").checked;
+  $("seed").disabled = random;
+  if (random) $("seed").value = "";
+}
+
+/** The JSON body for POST /jobs from the form's current values. */
+function requestFromForm() {
+  const body = {
+    prompt: $("prompt").value,
+    negative_prompt: $("negative_prompt").value,
+    steps: Number($("steps").value),
+    guidance_scale: Number($("guidance_scale").value),
+    width: Number($("width").value),
+    height: Number($("height").value),
+    scheduler: $("scheduler").value,
+    seed: null,
+  };
+  if (!$("seed-random").checked && $("seed").value !== "") body.seed = Number($("seed").value);
+  return body;
+}
+
+/** Put a request's settings (and optionally its seed) back into the form. */
+function fillForm(request, seed) {
+  $("prompt").value = request.prompt || "";
+  $("negative_prompt").value = request.negative_prompt || "";
+  $("steps").value = request.steps;
+  $("guidance_scale").value = request.guidance_scale;
+  setSelect("width", request.width);
+  setSelect("height", request.height);
+  setSelect("scheduler", request.scheduler);
+  if (seed !== null && seed !== undefined) {
+    $("seed-random").checked = false;
+    syncSeedInput();
+    $("seed").value = seed;
+  }
+  updateCounter();
+}
+
+function setSelect(id, value) {
+  const select = $(id);
+  const text = String(value);
+  // A size from another server's limits may not be listed; add it rather than drop it.
+  if (![...select.options].some((o) => o.value === text)) {
+    select.add(new Option(id === "scheduler" ? text : `${text} px`, text));
+  }
+  select.value = text;
+}
+
+function showFormError(message) {
+  $("form-error").textContent = message || "";
+}
+
+async function submitForm(event) {
+  event?.preventDefault();
+  if ($("generate").disabled) return;
+  showFormError("");
+  const body = requestFromForm();
+  state.submitting = true;
+  updateGenerateButton();
+  try {
+    const job = await apiJson(JOBS_URL, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    state.submitting = false;
+    follow(job);
+  } catch (err) {
+    state.submitting = false;
+    showFormError(err.message);
+    updateGenerateButton();
+  }
+}
+
+// ------------------------------------------------------------------ following a job
+
+function follow(job) {
+  state.activeJob = job.id;
+  state.previewStep = -1;
+  localStorage.setItem(ACTIVE_JOB_STORAGE, job.id);
+  $("progress-panel").hidden = false;
+  $("preview").hidden = true;
+  $("cancel").disabled = false;
+  $("cancel").textContent = "Cancel";
+  updateGenerateButton();
+  showProgress(job);
+  setTimeout(() => poll(job.id), POLL_MS);
+}
+
+async function poll(id) {
+  if (state.activeJob !== id) return;
+  let job;
+  try {
+    job = await apiJson(`${JOBS_URL}/${id}`);
+  } catch (err) {
+    if (err.status === 404) {  // forgotten by the server (restart or retention)
+      stopFollowing();
+      showFormError(err.message);
+      return;
+    }
+    $("progress-text").textContent = err.message;
+    setTimeout(() => poll(id), POLL_MS * 2);
+    return;
+  }
+  showProgress(job);
+  if (job.state === "running" && job.step > 0 && job.step !== state.previewStep) {
+    await refreshPreview(job);
+  }
+  if (["succeeded", "failed", "cancelled"].includes(job.state)) {
+    stopFollowing();
+    await showResult(job);
+    loadHistory();
+    return;
+  }
+  setTimeout(() => poll(id), POLL_MS);
+}
+
+function stopFollowing() {
+  state.activeJob = null;
+  localStorage.removeItem(ACTIVE_JOB_STORAGE);
+  $("progress-panel").hidden = true;
+  updateGenerateButton();
+}
+
+function formatSeconds(seconds) {
+  if (seconds === null || seconds === undefined) return "";
+  if (seconds < 90) return `${Math.max(1, Math.round(seconds))} s`;
+  const minutes = Math.floor(seconds / 60);
+  return `${minutes} min ${Math.round(seconds - minutes * 60)} s`;
+}
+
+function showProgress(job) {
+  const bar = $("progress");
+  const text = $("progress-text");
+  if (job.state === "queued") {
+    bar.removeAttribute("value");  // indeterminate while waiting
+    const ahead = job.queue_position ? `position ${job.queue_position} in the queue` : "queued";
+    const eta = job.eta_seconds ? ` · about ${formatSeconds(job.eta_seconds)} until done` : "";
+    text.textContent = `Waiting: ${ahead}${eta}`;
+    return;
+  }
+  bar.value = job.progress || 0;
+  if (job.state === "running") {
+    if (job.step === 0) {
+      text.textContent = `Starting (${job.total_steps} steps)…`;
+    } else {
+      const eta = job.eta_seconds !== null ? ` · about ${formatSeconds(job.eta_seconds)} left` : "";
+      text.textContent = `Step ${job.step} of ${job.total_steps}${eta}`;
+    }
+  }
+}
+
+async function refreshPreview(job) {
+  try {
+    const url = await blobUrl(job.preview_url);
+    const img = $("preview");
+    if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
+    state.previewUrl = url;
+    state.previewStep = job.step;
+    img.src = url;
+    img.hidden = false;
+  } catch (_) { /* 409 before the first step, or the job just ended: next poll tries again */ }
+}
+
+async function cancelActive() {
+  const id = state.activeJob;
+  if (!id) return;
+  const button = $("cancel");
+  button.disabled = true;
+  button.textContent = "Cancelling…";
+  try {
+    showProgress(await apiJson(`${JOBS_URL}/${id}/cancel`, { method: "POST" }));
+  } catch (err) {
+    button.disabled = false;
+    button.textContent = "Cancel";
+    $("progress-text").textContent = err.message;
+  }
+}
+
+// ------------------------------------------------------------------ results and history
+
+/** A file name a person recognises: the prompt's first words plus the seed. */
+function downloadName(job) {
+  const slug = (job.request?.prompt || "image")
+    .toLowerCase()
+    .normalize("NFKD")
+    .replace(/[^a-z0-9]+/g, "-")
+    .replace(/^-+|-+$/g, "")
+    .slice(0, 48)
+    .replace(/-+$/, "");
+  return `${slug || "image"}-${job.seed}.png`;
+}
+
+function paramRows(job) {
+  const r = job.request || {};
+  const rows = [
+    ["Seed", job.seed],
+    ["Steps", r.steps],
+    ["Size", `${r.width}×${r.height}`],
+    ["Sampler", r.scheduler === "default" ? "model default" : r.scheduler],
+    ["Guidance", r.guidance_scale],
+  ];
+  if (job.seconds !== null && job.seconds !== undefined) rows.push(["Time", `${job.seconds} s`]);
+  return rows;
+}
+
+async function showResult(job) {
+  state.shownJob = job;
+  if (job.seed !== null && job.seed !== undefined) {
+    state.lastSeed = job.seed;
+    $("reuse-seed").disabled = false;
+  }
+  const panel = $("result-panel");
+  panel.hidden = false;
+  panel.dataset.state = job.state;
+  const message = $("result-message");
+  const figure = $("result-figure");
+  const download = $("download");
+  const params = $("result-params");
+  params.replaceChildren();
+  for (const [name, value] of paramRows(job)) {
+    const dt = document.createElement("dt");
+    dt.textContent = name;
+    const dd = document.createElement("dd");
+    dd.textContent = String(value);
+    params.append(dt, dd);
+  }
+  if (job.state !== "succeeded") {
+    message.textContent = job.state === "cancelled"
+      ? `Cancelled${job.error ? `: ${job.error}` : "."}`
+      : `Failed: ${job.error || "the generation failed."}`;
+    message.className = job.state === "failed" ? "notice error" : "notice";
+    figure.hidden = false;
+    $("result-image").hidden = true;
+    download.hidden = true;
+    return;
+  }
+  message.textContent = job.nsfw ? "The safety checker blanked this image." : "";
+  message.className = "notice";
+  try {
+    const url = await finishedImageUrl(job);
+    const img = $("result-image");
+    img.src = url;
+    img.alt = `Generated image: ${job.request?.prompt || ""}`;
+    img.hidden = false;
+    figure.hidden = false;
+    download.href = url;
+    download.download = downloadName(job);
+    download.hidden = false;
+  } catch (err) {
+    message.textContent = err.message;
+    message.className = "notice error";
+  }
+}
+
+async function loadHistory() {
+  let jobs;
+  try {
+    ({ jobs } = await apiJson(`${JOBS_URL}?limit=${HISTORY_LIMIT}`));
+  } catch (err) {
+    $("history-empty").textContent = err.status === 401
+      ? "Enter the API key to see recent images."
+      : `Could not load recent images: ${err.message}`;
+    $("history-empty").hidden = false;
+    return [];
+  }
+  const list = $("history");
+  const items = await Promise.all(jobs.filter((j) => j.state !== "queued" && j.state !== "running")
+    .map(historyItem));
+  list.replaceChildren(...items);
+  $("history-empty").hidden = items.length > 0;
+  $("history-empty").textContent = "Nothing yet.";
+  return jobs;
+}
+
+async function historyItem(job) {
+  const li = document.createElement("li");
+  li.className = "history-item";
+  li.dataset.state = job.state;
+  li.dataset.jobId = job.id;
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "history-button";
+  const prompt = job.request?.prompt || "";
+  button.setAttribute("aria-label", `Show ${job.state} image: ${prompt} (seed ${job.seed})`);
+  if (job.state === "succeeded") {
+    const img = document.createElement("img");
+    img.alt = "";
+    img.loading = "lazy";
+    try {
+      img.src = await finishedImageUrl(job);
+    } catch (_) { /* forgotten meanwhile: keep the text */ }
+    button.append(img);
+  } else {
+    const badge = document.createElement("span");
+    badge.className = "badge";
+    badge.textContent = job.state;
+    button.append(badge);
+  }
+  const caption = document.createElement("span");
+  caption.className = "caption";
+  caption.textContent = prompt;
+  button.append(caption);
+  button.addEventListener("click", async () => {
+    await showResult(job);
+    $("result-panel").scrollIntoView({ block: "nearest" });
+    $("result-title").focus();
+  });
+  li.append(button);
+  return li;
+}
+
+// ------------------------------------------------------------------ API key
+
+function showKeyPanel(needed) {
+  const panel = $("key-panel");
+  panel.hidden = false;
+  if (needed && !apiKey()) $("key-status").textContent = "Enter the key to use this server.";
+  else if (needed) $("key-status").textContent = "The server refused this key; check it.";
+}
+
+function saveKey(event) {
+  event.preventDefault();
+  const key = $("api-key").value.trim();
+  if (key) localStorage.setItem(KEY_STORAGE, key);
+  else localStorage.removeItem(KEY_STORAGE);
+  $("key-status").textContent = key ? "Key saved in this browser." : "Key removed.";
+  showFormError("");
+  loadHistory();
+}
+
+function forgetKey() {
+  localStorage.removeItem(KEY_STORAGE);
+  $("api-key").value = "";
+  $("key-status").textContent = "Key removed from this browser.";
+}
+
+// ------------------------------------------------------------------ start
+
+async function resumeActiveJob() {
+  const id = localStorage.getItem(ACTIVE_JOB_STORAGE);
+  if (!id) return;
+  try {
+    const job = await apiJson(`${JOBS_URL}/${id}`);
+    if (job.state === "queued" || job.state === "running") follow(job);
+    else localStorage.removeItem(ACTIVE_JOB_STORAGE);
+  } catch (_) {
+    localStorage.removeItem(ACTIVE_JOB_STORAGE);
+  }
+}
+
+function init() {
+  $("result-title").tabIndex = -1;  // focus target after picking a history item
+  $("api-key").value = apiKey();
+  $("form").addEventListener("submit", submitForm);
+  $("prompt").addEventListener("input", updateCounter);
+  $("seed-random").addEventListener("change", () => {
+    syncSeedInput();
+    if (!$("seed-random").checked) $("seed").focus();
+  });
+  $("reuse-seed").addEventListener("click", () => {
+    if (state.lastSeed === null) return;
+    $("seed-random").checked = false;
+    syncSeedInput();
+    $("seed").value = state.lastSeed;
+  });
+  $("cancel").addEventListener("click", cancelActive);
+  $("reuse").addEventListener("click", () => {
+    const job = state.shownJob;
+    if (!job) return;
+    fillForm(job.request, job.seed);
+    $("advanced").open = true;
+    $("prompt").focus();
+  });
+  $("key-form").addEventListener("submit", saveKey);
+  $("forget-key").addEventListener("click", forgetKey);
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+      event.preventDefault();
+      $("form").requestSubmit();
+    }
+  });
+  updateCounter();
+  syncSeedInput();
+  pollHealth();
+  loadHistory();
+  resumeActiveJob();
+}
+
+init();

@@ -1,0 +1,244 @@
+"""The web page in a real browser (Debian's chromium driven by Playwright) against a real
+waitress server on the tiny model: progress, preview, result, cancel, errors, loading state,
+history, API key and a phone-sized viewport. Screenshots go to test-artifacts/."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, LiveServer
+
+playwright_sync = pytest.importorskip("playwright.sync_api")
+expect = playwright_sync.expect
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = ROOT / "test-artifacts"
+TIMEOUT_MS = 20_000  # the page polls once a second; generous for a busy 2-core machine
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless chromium for the whole module (starting it is the slow part)."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed at /usr/bin/chromium")
+    expect.set_options(timeout=TIMEOUT_MS)
+    pw = playwright_sync.sync_playwright().start()
+    browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+    yield browser
+    browser.close()
+    pw.stop()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh page (own localStorage); fails the test if the page's script throws."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert not errors, f"uncaught errors in the page: {errors}"
+
+
+def open_ready(page, server) -> None:
+    """Load the page and wait until the model is ready and Generate is enabled."""
+    page.goto(server.url)
+    expect(page.locator("#generate")).to_be_enabled()
+
+
+def image_size(page, selector: str) -> tuple[int, int]:
+    """The decoded pixel size of an <img>, once it has loaded."""
+    page.wait_for_function(
+        "s => { const i = document.querySelector(s); return i && i.complete && i.naturalWidth > 0 }",
+        arg=selector)
+    return tuple(page.eval_on_selector(selector, "i => [i.naturalWidth, i.naturalHeight]"))
+
+
+def test_generate_shows_moving_progress_preview_and_the_image(page, live_server, gate):
+    server = live_server()
+    open_ready(page, server)
+    expect(page.locator("#prompt-count")).to_have_text(f"0 / 200")
+    page.fill("#prompt", "a lighthouse at dusk")
+    expect(page.locator("#prompt-count")).to_have_text("20 / 200")
+    page.click("summary")
+    page.fill("#steps", "6")
+    page.select_option("#width", "128")
+    page.select_option("#height", "64")
+    page.click("#generate")
+
+    gate.wait_reached()  # the worker is paused after step 1
+    total = server.app.extensions["sd_server"].queue.recent(1)[0].total_steps  # PNDM: 6 + 1
+    expect(page.locator("#progress-text")).to_contain_text(f"Step 1 of {total}")
+    expect(page.locator("#generate")).to_be_disabled()
+    first = page.eval_on_selector("#progress", "p => p.value")
+    gate.release(3)
+    expect(page.locator("#progress-text")).to_contain_text(f"Step 4 of {total}")
+    assert page.eval_on_selector("#progress", "p => p.value") > first
+    assert image_size(page, "#preview")[0] > 0  # the live preview of the latents
+    page.screenshot(path=ARTIFACTS / "progress.png", full_page=True)
+
+    gate.open()
+    assert image_size(page, "#result-image") == (128, 64)
+    params = page.locator("#result-params")
+    expect(params).to_contain_text("128×64")
+    expect(params).to_contain_text("Steps6")
+    job = server.app.extensions["sd_server"].queue.recent(1)[0]
+    expect(params).to_contain_text(str(job.seed))
+    assert page.get_attribute("#download", "download") == f"a-lighthouse-at-dusk-{job.seed}.png"
+    expect(page.locator("#progress-panel")).to_be_hidden()
+    expect(page.locator("#generate")).to_be_enabled()
+    page.screenshot(path=ARTIFACTS / "result.png", full_page=True)
+
+    # The download link holds the real PNG bytes.
+    with page.expect_download() as download_info:
+        page.click("#download")
+    download = download_info.value
+    assert download.suggested_filename == f"a-lighthouse-at-dusk-{job.seed}.png"
+    assert Path(download.path()).read_bytes() == job.png
+
+
+def test_cancel_stops_the_job_and_the_page_says_cancelled(page, live_server, gate):
+    server = live_server()
+    open_ready(page, server)
+    page.fill("#prompt", "a slow painting")
+    page.click("summary")
+    page.fill("#steps", "20")
+    page.click("#generate")
+    gate.wait_reached()
+    expect(page.locator("#progress-text")).to_contain_text("Step 1 of")
+
+    page.click("#cancel")
+    expect(page.locator("#cancel")).to_have_text("Cancelling…")
+    gate.open()  # let the paused step finish so the worker sees the cancel
+    expect(page.locator("#result-message")).to_contain_text("Cancelled")
+    expect(page.locator("#progress-panel")).to_be_hidden()
+    expect(page.locator("#history [data-state='cancelled']")).to_have_count(1)
+    assert server.app.extensions["sd_server"].queue.recent(1)[0].state.value == "cancelled"
+    expect(page.locator("#generate")).to_be_enabled()
+
+
+def test_server_validation_error_is_shown_inline(page, live_server):
+    server = live_server(MAX_PROMPT_LENGTH="10")
+    open_ready(page, server)
+    # Setting .value from script bypasses maxlength, as a paste into an old browser would.
+    page.eval_on_selector("#prompt", """t => { t.value = "x".repeat(30);
+        t.dispatchEvent(new Event("input")) }""")
+    expect(page.locator("#prompt-count")).to_have_text("30 / 10")
+    page.click("#generate")
+    alert = page.get_by_role("alert").filter(has_text="prompt")
+    expect(alert).to_have_text("'prompt' is 30 characters; the limit is 10")
+    expect(page.locator("#generate")).to_be_enabled()  # fix it and try again
+    assert server.app.extensions["sd_server"].queue.recent() == []
+
+
+def test_generate_is_disabled_while_the_model_loads(page, make_app):
+    app = make_app(start_worker=False)  # the model has not started loading
+    server = LiveServer(app)
+    try:
+        page.goto(server.url)
+        expect(page.locator("#server-status")).to_contain_text("loading")
+        expect(page.locator("#generate-hint")).to_contain_text("loading")
+        page.wait_for_timeout(2000)  # several health polls later it is still off
+        expect(page.locator("#generate")).to_be_disabled()
+        page.screenshot(path=ARTIFACTS / "loading.png")
+
+        app.extensions["sd_server"].queue.start()
+        expect(page.locator("#generate")).to_be_enabled()
+        expect(page.locator("#server-status")).to_contain_text("Ready")
+    finally:
+        server.close()
+
+
+def test_history_survives_reload_and_reuse_restores_settings(page, live_server):
+    server = live_server()
+    open_ready(page, server)
+    page.fill("#prompt", "a red bicycle")
+    page.click("summary")
+    page.fill("#steps", "3")
+    page.select_option("#scheduler", "Euler")
+    page.focus("#prompt")
+    page.keyboard.press("Control+Enter")  # keyboard submit
+    assert image_size(page, "#result-image") == (64, 64)
+    seed = server.app.extensions["sd_server"].queue.recent(1)[0].seed
+
+    page.reload()
+    item = page.locator("#history .history-item").first
+    expect(item).to_have_attribute("data-state", "succeeded")
+    expect(item).to_contain_text("a red bicycle")
+    assert image_size(page, "#history .history-item img") == (64, 64)
+    expect(page.locator("#result-panel")).to_be_hidden()
+
+    item.get_by_role("button").click()
+    assert image_size(page, "#result-image") == (64, 64)
+    expect(page.locator("#result-params")).to_contain_text(str(seed))
+    page.click("#reuse")
+    expect(page.locator("#prompt")).to_have_value("a red bicycle")
+    expect(page.locator("#steps")).to_have_value("3")
+    expect(page.locator("#scheduler")).to_have_value("Euler")
+    expect(page.locator("#seed")).to_have_value(str(seed))
+    expect(page.locator("#seed-random")).not_to_be_checked()
+
+
+def test_api_key_is_asked_for_stored_and_sent(page, live_server):
+    server = live_server(API_KEY="s3cret-key")
+    open_ready(page, server)
+    expect(page.locator("#key-panel")).to_be_visible()
+    expect(page.locator("#history-empty")).to_contain_text("API key")
+    page.fill("#prompt", "a locked door")
+    page.click("#generate")
+    expect(page.locator("#form-error")).to_contain_text("needs an API key")
+
+    page.fill("#api-key", "s3cret-key")
+    page.click("#key-form button[type=submit]")
+    expect(page.locator("#key-status")).to_contain_text("saved")
+    page.click("#generate")
+    assert image_size(page, "#result-image") == (64, 64)  # fetched with the key
+
+    page.reload()  # the key is remembered; history loads with it
+    expect(page.locator("#api-key")).to_have_value("s3cret-key")
+    expect(page.locator("#history .history-item")).to_have_count(1)
+
+
+def test_phone_width_has_no_horizontal_scroll_and_every_control_is_labelled(page, live_server):
+    server = live_server()
+    page.set_viewport_size({"width": 360, "height": 740})
+    open_ready(page, server)
+    page.fill("#prompt", "a very long prompt " + "with_an_unbreakable_word_" * 3)
+    page.keyboard.press("Control+Enter")
+    image_size(page, "#result-image")
+    page.click("summary")
+    expect(page.locator("#history .history-item")).to_have_count(1)
+    overflow = page.evaluate(
+        "() => document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 0
+    unlabelled = page.evaluate("""() => [...document.querySelectorAll('input, select, textarea')]
+        .filter(e => e.labels.length === 0 && !e.getAttribute('aria-label')).map(e => e.id)""")
+    assert unlabelled == []
+    page.screenshot(path=ARTIFACTS / "phone.png", full_page=True)
+
+
+def test_keyboard_alone_reaches_the_prompt_and_generates(page, live_server):
+    server = live_server()
+    open_ready(page, server)
+    page.keyboard.press("Tab")  # the skip link comes first
+    expect(page.locator(".skip")).to_be_focused()
+    page.keyboard.press("Enter")  # following #prompt focuses the textarea
+    expect(page.locator("#prompt")).to_be_focused()
+    page.keyboard.type("a cat")
+    # Tab on through the form to the Generate button and press it.
+    for _ in range(12):
+        page.keyboard.press("Tab")
+        if page.evaluate("() => document.activeElement.id") == "generate":
+            break
+    expect(page.locator("#generate")).to_be_focused()
+    outline = page.eval_on_selector("#generate", "b => getComputedStyle(b).outlineStyle")
+    assert outline == "solid"  # a visible focus ring
+    page.keyboard.press("Enter")
+    assert image_size(page, "#result-image") == (64, 64)
+    assert re.fullmatch(r"a-cat-\d+\.png", page.get_attribute("#download", "download"))
