@@ -22,7 +22,8 @@ ERROR_SCHEMA = {"type": "object", "required": ["error", "message"],
 
 def doc(summary: str, request: Any = None, responses: dict[int, Any] | None = None,
         tags: tuple[str, ...] = (), **extra: Any) -> Callable:
-    """Attach OpenAPI facts to a view function (request: a schema, or 'generation')."""
+    """Attach OpenAPI facts to a view function (request: a schema, 'generation', or a
+    callable returning a schema, for bodies whose limits come from the settings)."""
     def wrap(fn: Callable) -> Callable:
         fn.openapi = {"summary": summary, "request": request, "responses": responses or {},
                       "tags": list(tags), **extra}
@@ -64,6 +65,8 @@ def build_spec(app) -> dict[str, Any]:
         item = paths.setdefault(path, {})
         params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
                   for name in rule.arguments]
+        params += [{"name": name, "in": "query", "required": False, "schema": schema}
+                   for name, schema in meta.get("query", {}).items()]
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             op: dict[str, Any] = {"summary": meta["summary"], "operationId":
                                   f"{rule.endpoint}_{method.lower()}".replace(".", "_"),
@@ -73,6 +76,8 @@ def build_spec(app) -> dict[str, Any]:
             if params:
                 op["parameters"] = params
             body = meta.get("request")
+            if callable(body):  # built now, inside the app, so it shows this server's limits
+                body = body()
             if body is not None and method in ("POST", "PUT", "PATCH"):
                 schema = ({"$ref": "#/components/schemas/GenerationRequest"}
                           if body == "generation" else body)

@@ -1,0 +1,67 @@
+"""Batches for the compatibility dialects: several images from one request, as jobs.
+
+A1111's batch_size x n_iter and OpenAI's n become one job per image with consecutive
+seeds, queued atomically (all or none) and awaited in order, so every dialect shares the
+native validation, limits and queue.
+"""
+from __future__ import annotations
+
+import secrets
+from dataclasses import replace
+
+from flask import current_app
+
+from api import ApiError, client_id, services, wait_for
+from params import MAX_SEED, GenerationRequest
+
+
+def batch_seeds(seed: int | None, count: int) -> list[int]:
+    """Consecutive seeds from `seed` (A1111's rule), or from a random start when None.
+
+    A random start leaves room for the whole batch; a given seed near 2^32 wraps to 0
+    rather than failing, because the client only chose the first one.
+    """
+    if seed is None:
+        seed = secrets.randbelow(MAX_SEED + 2 - count)
+    return [(seed + i) % (MAX_SEED + 1) for i in range(count)]
+
+
+def submit_batch(request: GenerationRequest, count: int) -> list:
+    """Queue `count` jobs of `request` with consecutive seeds, atomically; 503 when full."""
+    from jobs import NotAccepting, QueueFull
+
+    queue = services().queue
+    requests = [replace(request, seed=s) for s in batch_seeds(request.seed, count)]
+    try:
+        return queue.submit_many(requests, client=client_id())
+    except QueueFull as exc:
+        raise ApiError(503, "queue_full", f"the queue has no room for {count} more job(s) "
+                       f"({queue.settings.queue_size} may wait); retry in about "
+                       f"{exc.retry_after} s", {"Retry-After": exc.retry_after}) from None
+    except NotAccepting as exc:
+        headers = {"Retry-After": exc.retry_after} if exc.retry_after else {}
+        raise ApiError(503, exc.reason, exc.message, headers) from None
+
+
+def wait_batch(jobs: list) -> bool:
+    """Wait for the jobs in order; once one is cancelled or fails, cancel the rest.
+
+    That is A1111's interrupt: it stops the running image and the rest of its batch.
+    Returns False if the client went away (every unfinished job is then cancelled).
+    """
+    queue = services().queue
+    for index, job in enumerate(jobs):
+        if not wait_for(job):
+            for rest in jobs[index + 1:]:
+                queue.cancel(rest.id)
+            return False
+        if job.png is None:
+            for rest in jobs[index + 1:]:
+                queue.cancel(rest.id)
+            if index + 1 < len(jobs):
+                current_app.logger.info("job %s %s; cancelled the %d left in its batch",
+                                        job.id, job.state.value, len(jobs) - index - 1)
+            break
+    for job in jobs:  # the cancelled rest finish at once (queued) or within one step
+        queue.wait(job)
+    return True
