@@ -82,6 +82,7 @@ class Job:
     nsfw: bool = False
     saved_path: str | None = None
     client: str = ""
+    delivered: bool = False  # the image reached a client; until then count-pruning spares it
     cancel_requested: bool = False
     latents: Any = None  # the newest latents, for the preview (engine-owned tensor)
     preview_step: int = -1
@@ -320,13 +321,23 @@ class JobQueue:
         job.latents = None
         job.done.set()
 
+    def mark_delivered(self, job: Job) -> None:
+        """Record that a client received the job's image (it may now be pruned by count)."""
+        with self._lock:
+            job.delivered = True
+
     def _prune_locked(self) -> None:
-        """Forget finished jobs beyond the retention age and count."""
+        """Forget finished jobs beyond the retention age and count.
+
+        The count limit never drops an image nobody has fetched yet: under load that would
+        lose accepted work. Undelivered images are kept until JOB_RETENTION_SECONDS.
+        """
         now = self.clock()
         finished = [j for j in self._jobs.values() if j.state.finished]
         expired = {j.id for j in finished
                    if now - (j.finished_at or now) > self.settings.job_retention_seconds}
-        keep = [j for j in finished if j.id not in expired]
+        keep = [j for j in finished if j.id not in expired
+                and (j.delivered or j.png is None)]
         excess = len(keep) - self.settings.job_retention_count
         if excess > 0:
             expired.update(j.id for j in sorted(keep, key=lambda j: j.finished_at)[:excess])

@@ -97,6 +97,7 @@ def wait_for(job) -> bool:
             queue.cancel(job.id)
             current_app.logger.info("client went away; job %s cancelled", job.id)
             return False
+    queue.mark_delivered(job)  # the caller answers with the image now
     return True
 
 

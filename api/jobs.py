@@ -84,6 +84,7 @@ def job_image(job_id: str):
         detail = f": {job.error}" if job.error else "; poll its status_url until 'succeeded'"
         raise ApiError(409, "not_ready" if not job.state.finished else state,
                        f"job {job_id} is {state}{detail}")
+    services().queue.mark_delivered(job)
     download = request.args.get("download")
     response = Response(job.png, mimetype="image/png")
     name = f"{job.seed}-{job.id}.png"

@@ -100,6 +100,11 @@ def test_finished_jobs_are_kept_for_a_bounded_count(make_app):
     for job in jobs:
         q.wait(job, 60)
     q.submit(REQ)  # pruning happens on activity
+    # Nobody fetched these images yet: the count limit must not lose them.
+    assert {j.id for j in jobs} <= {j.id for j in q.recent()}
+    for job in jobs:
+        q.mark_delivered(job)
+    q.submit(REQ)
     kept = {j.id for j in q.recent()}
     assert jobs[0].id not in kept and jobs[1].id not in kept
     assert jobs[2].id in kept and jobs[3].id in kept
