@@ -226,6 +226,8 @@ function follow(job) {
   $("cancel").textContent = "Cancel";
   updateGenerateButton();
   showProgress(job);
+  // On a phone the panel is below the form; bring it on screen (no-op when already visible).
+  $("progress-panel").scrollIntoView({ block: "nearest" });
   setTimeout(() => poll(job.id), POLL_MS);
 }
 
@@ -251,6 +253,7 @@ async function poll(id) {
   if (["succeeded", "failed", "cancelled"].includes(job.state)) {
     stopFollowing();
     await showResult(job);
+    $("result-panel").scrollIntoView({ block: "nearest" });
     loadHistory();
     return;
   }
@@ -406,6 +409,7 @@ async function loadHistory() {
     $("history-empty").hidden = false;
     return [];
   }
+  forgetImagesExcept(new Set(jobs.map((j) => j.id)));
   const list = $("history");
   const items = await Promise.all(jobs.filter((j) => j.state !== "queued" && j.state !== "running")
     .map(historyItem));
@@ -413,6 +417,16 @@ async function loadHistory() {
   $("history-empty").hidden = items.length > 0;
   $("history-empty").textContent = "Nothing yet.";
   return jobs;
+}
+
+/** Release the object URLs of images the server no longer lists (long sessions). */
+function forgetImagesExcept(keep) {
+  for (const [id, url] of state.imageUrls) {
+    if (!keep.has(id) && id !== state.shownJob?.id) {
+      URL.revokeObjectURL(url);
+      state.imageUrls.delete(id);
+    }
+  }
 }
 
 async function historyItem(job) {

@@ -3,7 +3,9 @@ waitress server on the tiny model: progress, preview, result, cancel, errors, lo
 history, API key and a phone-sized viewport. Screenshots go to test-artifacts/."""
 from __future__ import annotations
 
+import json
 import re
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -50,6 +52,14 @@ def open_ready(page, server) -> None:
     """Load the page and wait until the model is ready and Generate is enabled."""
     page.goto(server.url)
     expect(page.locator("#generate")).to_be_enabled()
+
+
+def post_job(server, body: dict) -> dict:
+    """Submit a job through the HTTP API, as another client would."""
+    request = urllib.request.Request(f"{server.url}/jobs", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
 
 
 def image_size(page, selector: str) -> tuple[int, int]:
@@ -123,6 +133,28 @@ def test_cancel_stops_the_job_and_the_page_says_cancelled(page, live_server, gat
     expect(page.locator("#generate")).to_be_enabled()
 
 
+def test_waiting_job_shows_queue_position_and_resumes_after_reload(page, live_server, gate):
+    server = live_server()
+    post_job(server, {"prompt": "someone else's picture", "steps": 3})
+    gate.wait_reached()  # the worker is busy with the other client's job
+    open_ready(page, server)
+    page.fill("#prompt", "my turn")
+    page.click("#generate")
+    expect(page.locator("#progress-text")).to_contain_text("position 1 in the queue")
+    assert page.eval_on_selector("#progress", "p => p.hasAttribute('value')") is False
+
+    page.reload()  # the page picks its waiting job up again
+    expect(page.locator("#progress-text")).to_contain_text("position 1 in the queue")
+    expect(page.locator("#generate")).to_be_disabled()
+    page.screenshot(path=ARTIFACTS / "queued.png")
+    gate.open()
+    assert image_size(page, "#result-image") == (64, 64)
+    mine = server.app.extensions["sd_server"].queue.recent(1)[0]
+    assert mine.request.prompt == "my turn"
+    expect(page.locator("#result-params")).to_contain_text(str(mine.seed))
+    expect(page.locator("#history .history-item")).to_have_count(2)
+
+
 def test_server_validation_error_is_shown_inline(page, live_server):
     server = live_server(MAX_PROMPT_LENGTH="10")
     open_ready(page, server)
@@ -147,6 +179,8 @@ def test_generate_is_disabled_while_the_model_loads(page, make_app):
         page.wait_for_timeout(2000)  # several health polls later it is still off
         expect(page.locator("#generate")).to_be_disabled()
         page.screenshot(path=ARTIFACTS / "loading.png")
+        page.emulate_media(color_scheme="dark")
+        page.screenshot(path=ARTIFACTS / "loading-dark.png")
 
         app.extensions["sd_server"].queue.start()
         expect(page.locator("#generate")).to_be_enabled()
