@@ -21,7 +21,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from api import ApiError, failed_job_error, json_body, services
-from api.batches import submit_batch, wait_batch
+from api.batches import run_batch
 from api.openapi import ERROR_SCHEMA, doc
 from params import (DEFAULT_SCHEDULER, SCHEDULERS, GenerationRequest, ValidationError,
                     parse_generation_request, request_fields)
@@ -198,12 +198,9 @@ def txt2img():
     """Generate like A1111's /sdapi/v1/txt2img and answer images, parameters and info."""
     body = json_body()
     req, batch_size, n_iter, ignored = parse_txt2img(body)
-    if ignored:
-        log.info("a1111 txt2img: ignoring fields this server does not support: %s",
-                 ", ".join(ignored))
     started = time.monotonic()
-    jobs = submit_batch(req, batch_size * n_iter)
-    if not wait_batch(jobs):
+    jobs = run_batch(req, batch_size * n_iter, "a1111 txt2img", ignored)
+    if jobs is None:
         return Response(status=499)  # the client hung up; nobody reads this
     done = [job for job in jobs if job.png is not None]
     failed = next((job for job in jobs if job.state.value == "failed"), None)

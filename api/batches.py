@@ -6,13 +6,14 @@ native validation, limits and queue.
 """
 from __future__ import annotations
 
+import logging
 import secrets
 from dataclasses import replace
 
-from flask import current_app
-
 from api import ApiError, client_id, services, wait_for
 from params import MAX_SEED, GenerationRequest
+
+log = logging.getLogger(__name__)
 
 
 def batch_seeds(seed: int | None, count: int) -> list[int]:
@@ -59,9 +60,19 @@ def wait_batch(jobs: list) -> bool:
             for rest in jobs[index + 1:]:
                 queue.cancel(rest.id)
             if index + 1 < len(jobs):
-                current_app.logger.info("job %s %s; cancelled the %d left in its batch",
-                                        job.id, job.state.value, len(jobs) - index - 1)
+                log.info("job %s %s; cancelled the %d left in its batch", job.id,
+                         job.state.value, len(jobs) - index - 1)
             break
     for job in jobs:  # the cancelled rest finish at once (queued) or within one step
         queue.wait(job)
     return True
+
+
+def run_batch(request: GenerationRequest, count: int, dialect: str,
+              ignored: list[str]) -> list | None:
+    """Log what the dialect ignores, queue the batch and wait; None if the client left."""
+    if ignored:
+        log.info("%s: ignoring fields this server does not support: %s", dialect,
+                 ", ".join(ignored))
+    jobs = submit_batch(request, count)
+    return jobs if wait_batch(jobs) else None

@@ -17,7 +17,7 @@ from flask import Blueprint, Response, jsonify, url_for
 from werkzeug.exceptions import HTTPException
 
 from api import ApiError, failed_job_error, json_body, services
-from api.batches import submit_batch, wait_batch
+from api.batches import run_batch
 from api.openapi import doc
 from params import ValidationError, parse_generation_request, request_fields
 
@@ -177,12 +177,9 @@ def generations():
     """Generate like OpenAI's POST /v1/images/generations."""
     body = json_body()
     req, n, response_format, ignored = parse_generations(body)
-    if ignored:
-        log.info("openai images: ignoring fields this server does not support: %s",
-                 ", ".join(ignored))
     started = time.monotonic()
-    jobs = submit_batch(req, n)
-    if not wait_batch(jobs):
+    jobs = run_batch(req, n, "openai images", ignored)
+    if jobs is None:
         return Response(status=499)  # the client hung up; nobody reads this
     for job in jobs:
         if job.png is None:  # OpenAI has no partial answers: one failure fails the request

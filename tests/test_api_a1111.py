@@ -4,7 +4,9 @@ import base64
 import io
 import json
 import logging
+import socket
 import threading
+import time
 
 import pytest
 import requests
@@ -105,7 +107,7 @@ def test_bad_bodies_are_4xx_never_500(client):
 
 
 def test_unsupported_a1111_fields_are_ignored_and_logged(client, caplog):
-    caplog.set_level(logging.INFO, logger="api.a1111")
+    caplog.set_level(logging.INFO, logger="api.batches")
     r = client.post("/sdapi/v1/txt2img", json={
         "prompt": "a cat", "steps": 2, "enable_hr": True, "restore_faces": True,
         "override_settings": {"sd_model_checkpoint": "other"}, "script_name": "x/y/z plot",
@@ -179,3 +181,35 @@ def test_progress_and_interrupt_mid_generation(live_server, gate):
 def test_interrupt_when_idle_is_harmless(client):
     assert client.post("/sdapi/v1/interrupt").json == {}
     assert client.post("/sdapi/v1/txt2img", json={"prompt": "a cat"}).status_code == 200
+
+
+def test_client_leaving_cancels_the_whole_batch(live_server, gate):
+    server = live_server()
+    queue = server.app.extensions["sd_server"].queue
+    port = int(server.url.rsplit(":", 1)[1])
+    data = json.dumps({"prompt": "left early", "steps": 3, "batch_size": 2}).encode()
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(b"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: t\r\nContent-Type: "
+                 b"application/json\r\n" + f"Content-Length: {len(data)}\r\n\r\n".encode()
+                 + data)
+    gate.wait_reached()
+    first = queue.current()
+    second = next(job for job in queue.recent() if job is not first)
+    sock.close()
+    deadline = time.monotonic() + 20
+    while not first.cancel_requested and time.monotonic() < deadline:
+        time.sleep(0.02)  # waitress notices the hang-up on its next poll
+    gate.open()
+    assert queue.wait(first, 30) and queue.wait(second, 30)
+    assert first.state.value == "cancelled" and second.state.value == "cancelled"
+    assert second.started_at is None  # the rest of the batch never ran
+
+
+def test_webuiapi_with_api_key_sends_it_as_bearer(live_server):
+    server = live_server(API_KEY="sekrit")
+    api = webui(server, steps=2)
+    with pytest.raises(RuntimeError) as caught:  # webuiapi raises (status, text)
+        api.txt2img(prompt="a cat", width=64, height=64)
+    assert caught.value.args[0] == 401
+    api.session.headers["Authorization"] = "Bearer sekrit"
+    assert api.txt2img(prompt="a cat", seed=2, width=64, height=64).info["seed"] == 2
