@@ -410,6 +410,12 @@ async function loadHistory() {
     return [];
   }
   forgetImagesExcept(new Set(jobs.map((j) => j.id)));
+  // After a reload "Use last seed" means the newest finished image's seed.
+  const newest = jobs.find((j) => j.state === "succeeded");
+  if (state.lastSeed === null && newest) {
+    state.lastSeed = newest.seed;
+    $("reuse-seed").disabled = false;
+  }
   const list = $("history");
   const items = await Promise.all(jobs.filter((j) => j.state !== "queued" && j.state !== "running")
     .map(historyItem));

@@ -207,6 +207,11 @@ def test_history_survives_reload_and_reuse_restores_settings(page, live_server):
     expect(item).to_contain_text("a red bicycle")
     assert image_size(page, "#history .history-item img") == (64, 64)
     expect(page.locator("#result-panel")).to_be_hidden()
+    page.click("summary")
+    page.click("#reuse-seed")  # "last seed" is the newest image's, even after a reload
+    expect(page.locator("#seed")).to_have_value(str(seed))
+    page.check("#seed-random")
+    expect(page.locator("#seed")).to_have_value("")
 
     item.get_by_role("button").click()
     assert image_size(page, "#result-image") == (64, 64)
