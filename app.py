@@ -83,9 +83,9 @@ def _install_security(app: Flask, settings: Settings) -> None:
                 return None
             given = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(given, expected):  # constant time
-                return error_response(401, "unauthorized", "this server needs an API key: "
-                                      "send 'Authorization: Bearer <API_KEY>'",
-                                      {"WWW-Authenticate": "Bearer"})
+                # Raised, not returned, so a dialect's blueprint renders it in its own shape.
+                raise ApiError(401, "unauthorized", "this server needs an API key: send "
+                               "'Authorization: Bearer <API_KEY>'", {"WWW-Authenticate": "Bearer"})
             return None
 
     if settings.rate_limit:

@@ -74,7 +74,7 @@ def test_api_key_guards_every_route_but_page_health_and_docs(make_app):
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-key"}):
             r = client.open(path, method=method, json={"prompt": "a"}, headers=headers)
             assert r.status_code == 401, (method, path, headers)
-            assert r.is_json and r.json["error"] == "unauthorized"
+            assert r.is_json and "unauthorized" in str(r.json["error"])
             assert r.headers["WWW-Authenticate"] == "Bearer"
     ok = {"Authorization": "Bearer s3cret-key"}
     assert client.post("/generate", json={"prompt": "a"}, headers=ok).status_code == 200
@@ -101,3 +101,10 @@ def test_every_error_path_answers_json(client, method, path, kwargs, status):
     r = client.open(path, method=method, **kwargs)
     assert r.status_code == status and r.is_json
     assert set(r.json) == {"error", "message"} and r.json["message"]
+
+
+def test_missing_key_on_openai_routes_uses_openai_error_shape(make_app):
+    client = make_app(API_KEY="k").test_client()
+    r = client.post("/v1/images/generations", json={"prompt": "a"})
+    assert r.status_code == 401
+    assert r.json["error"]["type"] == "authentication_error" and r.json["error"]["message"]
