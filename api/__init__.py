@@ -65,14 +65,21 @@ def client_id() -> str:
 
 def submit(generation_request) -> Any:
     """Queue a validated request; full queue / not ready become 503 with Retry-After."""
+    return submit_many([generation_request])[0]
+
+
+def submit_many(generation_requests: list) -> list:
+    """Queue several validated requests atomically (all or none), errors as in `submit`."""
     from jobs import NotAccepting, QueueFull
 
     queue = services().queue
     try:
-        return queue.submit(generation_request, client=client_id())
+        return queue.submit_many(generation_requests, client=client_id())
     except QueueFull as exc:
-        raise ApiError(503, "queue_full", f"the queue is full ({queue.settings.queue_size} "
-                       f"waiting); retry in about {exc.retry_after} s",
+        count = len(generation_requests)
+        room = "is full" if count == 1 else f"has no room for {count} more jobs"
+        raise ApiError(503, "queue_full", f"the queue {room} ({queue.settings.queue_size} "
+                       f"may wait); retry in about {exc.retry_after} s",
                        {"Retry-After": exc.retry_after}) from None
     except NotAccepting as exc:
         headers = {"Retry-After": exc.retry_after} if exc.retry_after else {}

@@ -10,7 +10,7 @@ import logging
 import secrets
 from dataclasses import replace
 
-from api import ApiError, client_id, services, wait_for
+from api import services, submit_many, wait_for
 from params import MAX_SEED, GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -29,19 +29,7 @@ def batch_seeds(seed: int | None, count: int) -> list[int]:
 
 def submit_batch(request: GenerationRequest, count: int) -> list:
     """Queue `count` jobs of `request` with consecutive seeds, atomically; 503 when full."""
-    from jobs import NotAccepting, QueueFull
-
-    queue = services().queue
-    requests = [replace(request, seed=s) for s in batch_seeds(request.seed, count)]
-    try:
-        return queue.submit_many(requests, client=client_id())
-    except QueueFull as exc:
-        raise ApiError(503, "queue_full", f"the queue has no room for {count} more job(s) "
-                       f"({queue.settings.queue_size} may wait); retry in about "
-                       f"{exc.retry_after} s", {"Retry-After": exc.retry_after}) from None
-    except NotAccepting as exc:
-        headers = {"Retry-After": exc.retry_after} if exc.retry_after else {}
-        raise ApiError(503, exc.reason, exc.message, headers) from None
+    return submit_many([replace(request, seed=s) for s in batch_seeds(request.seed, count)])
 
 
 def wait_batch(jobs: list) -> bool:
