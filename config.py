@@ -122,9 +122,11 @@ KNOBS: tuple[Knob, ...] = (
     Knob("ATTENTION_SLICING", "auto", "auto = off where PyTorch SDPA is available (measured: "
          "slicing is 1.6x slower on CPU and saves no memory); on = the seed's behaviour",
          _choice("auto", "on", "off"), "auto, on or off"),
-    Knob("DTYPE", "float32", "Weights/compute type; auto = bfloat16 where the CPU has native "
-         "bf16 (AMX or AVX512-BF16), else float32. bf16 is ~3x faster but changes pixels "
-         "slightly", _choice("float32", "bfloat16", "auto"), "float32, bfloat16 or auto"),
+    Knob("DTYPE", "float32", "Weights/compute type; auto = bfloat16 where the CPU has AMX, "
+         "else float32 (measured: without AMX, even with AVX512-BF16, bf16 is slower than "
+         "float32; see bench/results.md). bf16 changes pixels slightly and holds a bf16 copy "
+         "of the weights in RAM (~1.7 GB) instead of memory-mapping them",
+         _choice("float32", "bfloat16", "auto"), "float32, bfloat16 or auto"),
     Knob("TORCH_THREADS", "0", "CPU threads for torch; 0 = one per core this process may use",
          _int(0, 256), "an integer 0..256"),
     Knob("QUEUE_SIZE", "8", "Jobs that may wait behind the running one; more get 503",

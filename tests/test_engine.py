@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import Engine, cpu_has_native_bf16
+from engine import Engine, cpu_has_amx_bf16
 from params import GenerationRequest
 
 
@@ -121,7 +121,14 @@ def test_bfloat16_loads_and_reports_its_dtype(make_settings):
     assert e.pipe.unet.dtype == torch.bfloat16
     assert e.generate(REQ, seed=3).png.startswith(b"\x89PNG")
     auto = Engine(make_settings(DTYPE="auto"))
-    assert auto.resolve_dtype() == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+    assert auto.resolve_dtype() == (torch.bfloat16 if cpu_has_amx_bf16() else torch.float32)
+
+
+def test_dtype_auto_picks_bfloat16_only_where_the_cpu_has_amx():
+    """bench/results.md: without AMX (even with AVX512-BF16) bf16 was slower than fp32."""
+    assert cpu_has_amx_bf16("flags\t: avx512f amx_bf16 amx_tile avx512_bf16")
+    assert not cpu_has_amx_bf16("flags\t: avx512f avx512_bf16 avx512_fp16")
+    assert not cpu_has_amx_bf16("")
 
 
 def test_missing_model_fails_with_advice_and_does_not_raise(make_settings, tmp_path):

@@ -1,0 +1,419 @@
+"""Benchmark the engine on the full-size SD v1-4 architecture (random weights), one command:
+
+    python3 bench/run.py                 # 512x512, every configuration, writes bench/results.md
+    python3 bench/run.py --size 256 --steps 2 --only default   # a quick check while developing
+
+What it measures, each configuration in a fresh subprocess that holds /tmp/heavy.lock (so
+the 2 shared cores are quiet and RSS peaks are per configuration):
+seconds per UNet step (median), text encode, VAE decode, load time, process start -> first
+step, peak RSS (VmHWM) and peak anonymous RSS (RssAnon, sampled every 20 ms), the % of this
+CPU's measured matmul peak the UNet reaches, and the final latents' max abs difference from
+a plain diffusers StableDiffusionPipeline fp32 run with the same inputs. Then the same
+generation inside a 2 GiB memory cgroup, and the server's startup (listening, healthy).
+
+The model is built once by `engine.build_random_pipeline` into bench/cache/ (git-ignored)
+and loaded through the project's own `engine.Engine`, exactly as the server loads SD v1-4.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+T_PROCESS_START = time.perf_counter()  # before torch is imported: "start -> first step"
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+CACHE = BENCH / "cache"
+MODEL_DIR = CACHE / "sd-v1-4-random"
+LOCK = "/tmp/heavy.lock"
+CGROUP = Path("/sys/fs/cgroup/memory/sd-bench-2g")
+CGROUP_LIMIT = 2 * 1024**3
+UNET_TFLOP_PER_CFG_STEP_512 = 1.354  # counted below with torch.utils.flop_counter
+EXPECTED_PARAMS_M = {"unet": 859.5, "vae": 83.7, "text_encoder": 123.1}
+
+PROMPT, NEGATIVE, SEED, GUIDANCE = "a lighthouse at dusk, oil painting", "blurry", 42, 7.5
+
+# name -> (environment for Settings.from_env, what it is). The seed recipe comes first:
+# every ratio is against it. "busy" configs run beside a process that keeps one core busy
+# (a laptop with a browser open).
+CONFIGS: dict[str, tuple[dict[str, str], str]] = {
+    "seed": ({"ATTENTION_SLICING": "on", "DTYPE": "float32"},
+             "the seed recipe: fp32, attention slicing"),
+    "default": ({}, "the project default (no settings)"),
+    "bf16": ({"DTYPE": "bfloat16"}, "DTYPE=bfloat16"),
+    "dtype-auto": ({"DTYPE": "auto"}, "DTYPE=auto"),
+    "threads-1": ({"TORCH_THREADS": "1"}, "TORCH_THREADS=1"),
+    "busy-threads-2": ({"TORCH_THREADS": "2"}, "TORCH_THREADS=2, other core busy"),
+    "busy-threads-2-passive": ({"TORCH_THREADS": "2"}, "TORCH_THREADS=2, other core busy, "
+                               "OMP_WAIT_POLICY=PASSIVE"),
+    "busy-threads-1": ({"TORCH_THREADS": "1"}, "TORCH_THREADS=1, other core busy"),
+    # the first two again, to show how much this shared VM drifts during the run
+    "seed-again": ({"ATTENTION_SLICING": "on", "DTYPE": "float32"}, "the seed recipe, repeated"),
+    "default-again": ({}, "the project default, repeated"),
+}
+# Process environment (read by OpenMP when torch loads) for some configs.
+PROCESS_ENV = {"busy-threads-2-passive": {"OMP_WAIT_POLICY": "PASSIVE"}}
+BUSY_STEPS = 2  # a busy core can make a step 5-10x slower: keep each lock hold short
+
+
+# ------------------------------------------------------------------ worker side
+def _status_kib(field: str, pid: str = "self") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+class AnonPeak:
+    """Samples RssAnon every 20 ms in a thread (the kernel keeps no high-water mark for it)."""
+
+    def __init__(self):
+        self.peak_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak_kib = max(self.peak_kib, _status_kib("RssAnon"))
+            self._stop.wait(0.02)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        self.peak_kib = max(self.peak_kib, _status_kib("RssAnon"))
+        return self.peak_kib
+
+
+def worker(args) -> None:
+    """One configuration in this (fresh) process: load, generate, measure, print JSON."""
+    if args.cgroup:  # join the memory cgroup before anything big is allocated
+        Path(args.cgroup, "cgroup.procs").write_text(str(os.getpid()))
+    anon = AnonPeak()
+    sys.path.insert(0, str(ROOT))
+    env = json.loads(args.env)
+    import torch
+
+    from config import Settings
+    from engine import Engine
+    from params import GenerationRequest
+
+    settings = Settings.from_env({"MODEL_ID": str(MODEL_DIR), "OUTPUT_DIR": "",
+                                  "MIN_SIZE": "64", "MAX_SIZE": "1024", **env})
+    engine = Engine(settings)
+    t0 = time.perf_counter()
+    engine.load()
+    load_s = time.perf_counter() - t0
+    if engine.status.state != "ready":
+        raise SystemExit(f"load failed: {engine.status.error}")
+    after_load_anon = _status_kib("RssAnon")
+    request = GenerationRequest(prompt=PROMPT, negative_prompt=NEGATIVE, steps=args.steps,
+                                guidance_scale=GUIDANCE, width=args.size, height=args.size)
+    marks, last = [], {}
+
+    def on_step(step, total, latents):
+        marks.append(time.perf_counter())
+        last["latents"] = latents.detach().to(torch.float32).clone()
+
+    t_gen, cpu_gen = time.perf_counter(), time.process_time()
+    result = engine.generate(request, SEED, on_step=on_step)
+    t_end, cpu_end = time.perf_counter(), time.process_time()
+    steps = [b - a for a, b in zip(marks, marks[1:])]  # the first also pays text encoding
+    pipe = engine.pipe
+    encode = []
+    with torch.inference_mode():
+        for _ in range(3):
+            t = time.perf_counter()
+            pipe.encode_prompt(PROMPT, "cpu", 1, True, NEGATIVE)
+            encode.append(time.perf_counter() - t)
+    encode.sort()
+    torch.save(last["latents"], CACHE / f"latents-{args.name}.pt")
+    out = {
+        "name": args.name, "env": env, "optimizations": engine.status.optimizations,
+        "dtype": engine.status.dtype, "threads": engine.status.torch_threads,
+        "load_s": load_s, "start_to_first_step_s": marks[0] - T_PROCESS_START,
+        "first_step_s": marks[0] - t_gen, "step_s": sorted(steps),
+        "step_median_s": sorted(steps)[len(steps) // 2] if steps else None,
+        "text_encode_s": encode[1], "vae_decode_png_s": t_end - marks[-1],
+        "unet_evals": len(marks), "generate_s": t_end - t_gen,
+        # cores this process kept busy while generating: well below TORCH_THREADS means
+        # something outside the lock competed for the CPU
+        "cores_used": (cpu_end - cpu_gen) / (t_end - t_gen),
+        "peak_rss_kib": _status_kib("VmHWM"), "peak_anon_kib": anon.stop(),
+        "anon_after_load_kib": after_load_anon, "png_bytes": len(result.png),
+    }
+    if args.cgroup:
+        cg = Path(args.cgroup)
+        out["cgroup_max_usage"] = int((cg / "memory.max_usage_in_bytes").read_text())
+        out["cgroup_failcnt"] = int((cg / "memory.failcnt").read_text())
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def reference_worker(args) -> None:
+    """Plain diffusers, fp32, its own defaults: the fidelity reference for every config."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    pipe = StableDiffusionPipeline.from_pretrained(str(MODEL_DIR), safety_checker=None,
+                                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.inference_mode():
+        latents = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=args.steps,
+                       guidance_scale=GUIDANCE, width=args.size, height=args.size,
+                       generator=torch.Generator("cpu").manual_seed(SEED),
+                       output_type="latent").images
+    torch.save(latents.to(torch.float32), CACHE / "latents-reference.pt")
+    counts = {name: round(sum(p.numel() for p in getattr(pipe, name).parameters()) / 1e6, 1)
+              for name in EXPECTED_PARAMS_M}
+    print("RESULT " + json.dumps({"params_m": counts}), flush=True)
+
+
+def machine_worker(args) -> None:
+    """Matmul peak (fp32 and bf16, large torch.mm) and the UNet's FLOPs per CFG step."""
+    import torch
+
+    threads = len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    n = 4096
+    peaks = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        torch.mm(a, b)
+        best = float("inf")
+        for _ in range(5):
+            t = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - t)
+        peaks[str(dtype).replace("torch.", "")] = 2 * n**3 / best / 1e9
+    from diffusers import UNet2DConditionModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    unet = UNet2DConditionModel.from_pretrained(str(MODEL_DIR / "unet"))
+    h = args.size // 8
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        unet(torch.randn(2, 4, h, h), torch.tensor(500),
+             encoder_hidden_states=torch.randn(2, 77, 768))
+    print("RESULT " + json.dumps({"matmul_gflops": peaks, "threads": threads,
+                                  "unet_tflop_per_step": counter.get_total_flops() / 1e12}),
+          flush=True)
+
+
+# ------------------------------------------------------------------ parent side
+def run_locked(argv: list[str], busy: bool = False, cgroup: str | None = None,
+               extra_env: dict | None = None) -> dict:
+    """Run this script as a worker under `flock /tmp/heavy.lock`; return its RESULT JSON."""
+    cmd = ["flock", LOCK, sys.executable, __file__, *argv]
+    if cgroup:
+        cmd += ["--cgroup", cgroup]
+    if busy:  # the competitor must start only once we hold the lock: wrap it in the worker
+        cmd = ["flock", LOCK, "sh", "-c",
+               f"{sys.executable} -c 'while True: pass' & B=$!; "
+               f"{' '.join(map(_quote, cmd[2:]))}; R=$?; kill $B; exit $R"]
+    print("$", " ".join(argv), flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True,
+                          env={**os.environ, **(extra_env or {})})
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    tail = (proc.stderr or proc.stdout)[-1500:]
+    return {"error": f"exit {proc.returncode}: {tail}"}
+
+
+def _quote(s: str) -> str:
+    return "'" + s.replace("'", "'\\''") + "'"
+
+
+def ensure_model() -> None:
+    if (MODEL_DIR / "model_index.json").exists():
+        return
+    print(f"building the full-size random-weight SD v1-4 in {MODEL_DIR} (~4 GB, once)")
+    subprocess.run(["flock", LOCK, sys.executable, "-c",
+                    f"import sys; sys.path.insert(0, {str(ROOT)!r}); from engine import "
+                    f"build_random_pipeline; build_random_pipeline({str(MODEL_DIR)!r}, 'full')"],
+                   check=True)
+
+
+def drop_from_page_cache(folder: Path) -> None:
+    """Evict the model's files from the page cache (only these files, not the machine's)."""
+    for path in folder.rglob("*.safetensors"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def capped_run(args, env: dict, cold: bool) -> dict:
+    """The same generation inside a cgroup-v1 memory cgroup limited to 2 GiB."""
+    if not Path("/sys/fs/cgroup/memory").is_dir():
+        return {"error": "cgroup v1 memory controller not mounted at /sys/fs/cgroup/memory"}
+    try:
+        CGROUP.mkdir(exist_ok=True)
+        (CGROUP / "memory.limit_in_bytes").write_text(str(CGROUP_LIMIT))
+        (CGROUP / "memory.max_usage_in_bytes").write_text("0")
+        (CGROUP / "memory.failcnt").write_text("0")
+    except OSError as exc:
+        return {"error": f"cannot create {CGROUP}: {exc}"}
+    if cold:
+        drop_from_page_cache(MODEL_DIR)
+    name = "capped-cold" if cold else "capped-warm"
+    try:
+        return run_locked(["--worker", name, "--env", json.dumps(env), "--size", str(args.size),
+                           "--steps", str(args.steps)], cgroup=str(CGROUP))
+    finally:
+        try:
+            CGROUP.rmdir()
+        except OSError:
+            pass
+
+
+def startup_run(port: int = 5077) -> dict:
+    """`python app.py` on the full-size model: seconds to listening and to /health 200."""
+    env = {**os.environ, "MODEL_ID": str(MODEL_DIR), "PORT": str(port), "OUTPUT_DIR": "",
+           "LOG_LEVEL": "WARNING"}
+    for path in MODEL_DIR.rglob("*"):  # warm disk cache, as the issue asks
+        if path.is_file():
+            with open(path, "rb") as f:
+                while f.read(1 << 24):
+                    pass
+    import fcntl
+
+    lock = open(LOCK, "a")  # the same lock `flock /tmp/heavy.lock` takes, held in this process
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    t0 = time.time()
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    listening = healthy = None
+    try:
+        while time.time() - t0 < 120:
+            if listening is None:
+                try:
+                    socket.create_connection(("127.0.0.1", port), 0.2).close()
+                    listening = time.time() - t0
+                except OSError:
+                    pass
+            if listening is not None:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                        if r.status == 200:
+                            healthy = time.time() - t0
+                            break
+                except Exception:
+                    pass
+            time.sleep(0.02)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        lock.close()
+    return {"listening_s": listening, "healthy_s": healthy}
+
+
+def machine_summary() -> dict:
+    import diffusers
+    import torch
+
+    cpu = flags = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name") and not cpu:
+            cpu = line.split(":", 1)[1].strip()
+        if line.startswith("flags") and not flags:
+            flags = line.split(":", 1)[1].split()
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni",
+              "amx_tile", "amx_bf16", "amx_int8")
+    mem = int(Path("/proc/meminfo").read_text().split()[1]) / 1024**2
+    return {"cpu": cpu, "flags": [f for f in wanted if f in flags],
+            "missing": [f for f in wanted if f not in flags],
+            "cores": len(os.sched_getaffinity(0)), "mem_gib": round(mem, 1),
+            "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "python": platform.python_version(),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--steps", type=int, default=4, help="denoising steps (PNDM runs +1 UNet)")
+    p.add_argument("--only", default="", help="comma-separated config names")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: "
+                   "capped,startup,reference")
+    p.add_argument("--out", default=str(BENCH / "results.md"))
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--env", default="{}", help=argparse.SUPPRESS)
+    p.add_argument("--cgroup", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker == "machine":
+        return machine_worker(args)
+    if args.worker == "reference":
+        return reference_worker(args)
+    if args.worker:
+        args.name = args.worker
+        return worker(args)
+
+    ensure_model()
+    skip = set(filter(None, args.skip.split(",")))
+    names = [n for n in (args.only.split(",") if args.only else CONFIGS)]
+    common = ["--size", str(args.size), "--steps", str(args.steps)]
+    data: dict = {"machine": machine_summary(), "size": args.size, "steps": args.steps,
+                  "configs": {}, "descriptions": {n: CONFIGS[n][1] for n in names}}
+    data["peak"] = run_locked(["--worker", "machine", *common])
+    print(data["peak"], flush=True)
+    if "reference" not in skip:
+        data["reference"] = run_locked(["--worker", "reference", *common])
+        print(data["reference"], flush=True)
+    for name in names:
+        env, _ = CONFIGS[name]
+        busy = name.startswith("busy-")
+        steps = ["--steps", str(min(args.steps, BUSY_STEPS))] if busy else []
+        r = run_locked(["--worker", name, "--env", json.dumps(env), *common, *steps],
+                       busy=busy, extra_env=PROCESS_ENV.get(name))
+        data["configs"][name] = r
+        print(name, {k: r.get(k) for k in ("step_median_s", "peak_anon_kib", "error")},
+              flush=True)
+    if "capped" not in skip:
+        for cold in (False, True):
+            r = capped_run(args, {}, cold)
+            data["configs"]["capped-cold" if cold else "capped-warm"] = r
+            data["descriptions"]["capped-cold" if cold else "capped-warm"] = (
+                "default, in a 2 GiB memory cgroup" + (
+                    ", model evicted from page cache first" if cold else ", page cache warm"))
+            print("capped", cold, {k: r.get(k) for k in ("step_median_s", "error")}, flush=True)
+    if "startup" not in skip:
+        data["startup"] = startup_run()
+        print("startup", data["startup"], flush=True)
+    add_fidelity(data)
+    (CACHE / "results.json").write_text(json.dumps(data, indent=1))
+    import report
+
+    report.write(data, Path(args.out))
+    print(f"wrote {args.out}")
+
+
+def add_fidelity(data: dict) -> None:
+    import torch
+
+    ref_path = CACHE / "latents-reference.pt"
+    if not ref_path.exists():
+        return
+    ref = torch.load(ref_path)
+    for name, r in data["configs"].items():
+        path = CACHE / f"latents-{name}.pt"
+        if "error" not in r and path.exists():
+            lat = torch.load(path)
+            r["max_abs_diff"] = (lat - ref).abs().max().item()
+            r["ref_abs_max"] = ref.abs().max().item()
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(BENCH))
+    main()
