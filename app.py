@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None, start_worker: bool = True) -> F
     app.extensions["sd_server"] = Services(settings=settings, engine=engine, queue=queue)
 
     _register_blueprints(app)
+    _install_request_log(app)  # before security: after_request hooks run in reverse order
     _install_security(app, settings)
     _install_error_handlers(app)
     if start_worker:
@@ -62,6 +63,30 @@ def _register_blueprints(app: Flask) -> None:
                 raise
             continue
         app.register_blueprint(module.bp)
+
+
+def _install_request_log(app: Flask) -> None:
+    """One log line per request outcome; probes and polling at DEBUG so they don't flood."""
+    import time
+
+    from flask import g
+
+    @app.before_request
+    def start_timer():
+        g.request_started = time.perf_counter()
+
+    @app.after_request
+    def log_outcome(response):
+        if response.status_code < 400:
+            # Flask-Limiter sends Retry-After on every response; it only means something on
+            # 429/503, and some clients misread it elsewhere.
+            response.headers.pop("Retry-After", None)
+        started = g.get("request_started")
+        ms = (time.perf_counter() - started) * 1000 if started else 0.0
+        quiet = request.method == "GET" and response.status_code < 400
+        log.log(logging.DEBUG if quiet else logging.INFO, "%s %s -> %d (%.0f ms)",
+                request.method, request.path, response.status_code, ms)
+        return response
 
 
 def _install_security(app: Flask, settings: Settings) -> None:

@@ -108,3 +108,13 @@ def test_missing_key_on_openai_routes_uses_openai_error_shape(make_app):
     r = client.post("/v1/images/generations", json={"prompt": "a"})
     assert r.status_code == 401
     assert r.json["error"]["type"] == "authentication_error" and r.json["error"]["message"]
+
+
+def test_retry_after_only_on_refusals_and_outcomes_are_logged(make_app, caplog):
+    client = make_app(RATE_LIMIT="1/minute").test_client()
+    with caplog.at_level("INFO", logger="sd_server"):
+        ok = client.post("/jobs", json={"prompt": "a"})
+        limited = client.post("/jobs", json={"prompt": "a"})
+    assert ok.status_code == 202 and "Retry-After" not in ok.headers
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) > 0
+    assert "POST /jobs -> 202" in caplog.text and "POST /jobs -> 429" in caplog.text
