@@ -423,7 +423,9 @@ class JobQueue:
 
 def explain_generation_error(exc: BaseException, request: GenerationRequest) -> str:
     """An actionable one-line message for a failed generation (never a stack trace)."""
-    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+    text = str(exc).lower()
+    # torch reports a failed allocation as RuntimeError("... can't allocate memory ...").
+    if isinstance(exc, MemoryError) or "out of memory" in text or "allocate memory" in text:
         return (f"out of memory generating {request.width}x{request.height}: try a smaller "
                 "size or fewer steps, or close other programs")
     return (f"generation failed ({type(exc).__name__}); try fewer steps or a smaller size, "

@@ -68,7 +68,9 @@ def test_cancel_running_job_stops_within_one_step(app, gate):
     assert q.wait(nxt, 60) and nxt.state == JobState.SUCCEEDED
 
 
-@pytest.mark.parametrize("fault", [MemoryError(), RuntimeError("boom")])
+@pytest.mark.parametrize("fault", [
+    MemoryError(), RuntimeError("boom"),
+    RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 bytes")])
 def test_a_failing_generation_fails_only_that_job(app, monkeypatch, fault):
     """The fault is injected (a real OOM cannot be provoked safely); the next job is real."""
     import engine as engine_module
@@ -88,7 +90,7 @@ def test_a_failing_generation_fails_only_that_job(app, monkeypatch, fault):
     assert q.wait(bad, 60) and q.wait(good, 60)
     assert bad.state == JobState.FAILED and "smaller size" in bad.error
     assert "Traceback" not in bad.error
-    if isinstance(fault, MemoryError):
+    if "boom" not in str(fault):
         assert "out of memory" in bad.error
     assert good.state == JobState.SUCCEEDED and good.png
     assert q.stats()["failed"] == 1
