@@ -123,6 +123,7 @@ def worker(args) -> None:
 
     def on_step(step, total, latents):
         marks.append(time.perf_counter())
+        last["anon_steps_kib"] = anon.peak_kib  # so far: load + text encode + UNet steps
         last["latents"] = latents.detach().to(torch.float32).clone()
 
     t_gen, cpu_gen = time.perf_counter(), time.process_time()
@@ -150,7 +151,8 @@ def worker(args) -> None:
         # something outside the lock competed for the CPU
         "cores_used": (cpu_end - cpu_gen) / (t_end - t_gen),
         "peak_rss_kib": _status_kib("VmHWM"), "peak_anon_kib": anon.stop(),
-        "anon_after_load_kib": after_load_anon, "png_bytes": len(result.png),
+        "anon_after_load_kib": after_load_anon, "anon_steps_kib": last["anon_steps_kib"],
+        "png_bytes": len(result.png),
     }
     if args.cgroup:
         cg = Path(args.cgroup)
@@ -346,7 +348,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4, help="denoising steps (PNDM runs +1 UNet)")
     p.add_argument("--only", default="", help="comma-separated config names")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: "
-                   "capped,startup,reference")
+                   "machine,reference,capped,startup")
+    p.add_argument("--merge", action="store_true", help="update bench/cache/results.json "
+                   "with this run's measurements instead of starting afresh")
     p.add_argument("--out", default=str(BENCH / "results.md"))
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--env", default="{}", help=argparse.SUPPRESS)
@@ -366,8 +370,9 @@ def main() -> None:
     common = ["--size", str(args.size), "--steps", str(args.steps)]
     data: dict = {"machine": machine_summary(), "size": args.size, "steps": args.steps,
                   "configs": {}, "descriptions": {n: CONFIGS[n][1] for n in names}}
-    data["peak"] = run_locked(["--worker", "machine", *common])
-    print(data["peak"], flush=True)
+    if "machine" not in skip:
+        data["peak"] = run_locked(["--worker", "machine", *common])
+        print(data["peak"], flush=True)
     if "reference" not in skip:
         data["reference"] = run_locked(["--worker", "reference", *common])
         print(data["reference"], flush=True)
@@ -391,6 +396,11 @@ def main() -> None:
     if "startup" not in skip:
         data["startup"] = startup_run()
         print("startup", data["startup"], flush=True)
+    if args.merge and (CACHE / "results.json").exists():
+        old = json.loads((CACHE / "results.json").read_text())
+        for key in ("configs", "descriptions"):
+            old[key].update(data[key])
+        data = {**old, **{k: v for k, v in data.items() if k not in ("configs", "descriptions")}}
     add_fidelity(data)
     (CACHE / "results.json").write_text(json.dumps(data, indent=1))
     import report

@@ -106,6 +106,13 @@ def test_health_facts_are_honest(engine):
     assert info["torch_threads"] == torch.get_num_threads() == 1
 
 
+def test_vae_decodes_with_in_place_silu_and_says_so(engine):
+    """The pixels stay those of plain diffusers (test above); this checks the change is on."""
+    silus = [m for m in engine.pipe.vae.modules() if isinstance(m, torch.nn.SiLU)]
+    assert silus and all(m.inplace for m in silus)
+    assert "low-memory-vae-decode" in engine.info()["optimizations"]
+
+
 def test_attention_slicing_on_is_one_setting_away(make_settings):
     e = Engine(make_settings(ATTENTION_SLICING="on"))
     e.load()
