@@ -10,7 +10,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 from typing import Any, Callable
 
 from flask import Flask, request
@@ -41,6 +40,7 @@ def create_app(settings: Settings | None = None, start_worker: bool = True) -> F
     queue = JobQueue(engine, settings)
     app.extensions["sd_server"] = Services(settings=settings, engine=engine, queue=queue)
 
+    app.wsgi_app = ResponseTracker(app.wsgi_app, queue)
     _register_blueprints(app)
     _install_request_log(app)  # before security: after_request hooks run in reverse order
     _install_security(app, settings)
@@ -48,6 +48,26 @@ def create_app(settings: Settings | None = None, start_worker: bool = True) -> F
     if start_worker:
         queue.start()
     return app
+
+
+class ResponseTracker:
+    """WSGI middleware telling the job queue when each response has been handed to the
+    server, so a shutdown waits for the image a finished job is still sending."""
+
+    def __init__(self, wsgi_app: Callable, queue: Any):
+        self.wsgi_app = wsgi_app
+        self.queue = queue
+
+    def __call__(self, environ: dict, start_response: Callable):
+        from werkzeug.wsgi import ClosingIterator
+
+        self.queue.response_opened()
+        try:
+            body = self.wsgi_app(environ, start_response)
+        except BaseException:
+            self.queue.response_closed()
+            raise
+        return ClosingIterator(body, [self.queue.response_closed])
 
 
 def _register_blueprints(app: Flask) -> None:
@@ -83,7 +103,9 @@ def _install_request_log(app: Flask) -> None:
             response.headers.pop("Retry-After", None)
         started = g.get("request_started")
         ms = (time.perf_counter() - started) * 1000 if started else 0.0
-        quiet = request.method == "GET" and response.status_code < 400
+        # Probes and polling would flood the log (a loading model answers /health 503).
+        quiet = request.path == "/health" or (request.method == "GET" and
+                                              response.status_code < 400)
         log.log(logging.DEBUG if quiet else logging.INFO, "%s %s -> %d (%.0f ms)",
                 request.method, request.path, response.status_code, ms)
         return response
@@ -157,6 +179,11 @@ def _install_error_handlers(app: Flask) -> None:
                               "the details are in its log")
 
 
+# Requests waitress reads ahead on a connection; > 0 is what lets it notice a client that
+# hung up while its request waits (the value itself barely matters).
+REQUEST_LOOKAHEAD = 5
+
+
 def serve(app: Flask, settings: Settings) -> str:
     """Serve with waitress, or Flask's dev server if waitress cannot be imported; returns which."""
     try:
@@ -172,32 +199,39 @@ def serve(app: Flask, settings: Settings) -> str:
     # channel_request_lookahead lets waitress notice a client that hung up while its
     # request waits, so its generation can be cancelled (see api.wait_for).
     waitress.serve(app, host=settings.host, port=settings.port, threads=settings.threads,
-                   channel_request_lookahead=5, ident="sd-cpu-server")
+                   channel_request_lookahead=REQUEST_LOOKAHEAD, ident="sd-cpu-server")
     return "waitress"
+
+
+# After the last response is handed to waitress, time for its loop to push the bytes out.
+RESPONSE_FLUSH_SECONDS = 0.5
 
 
 def install_signal_handlers(app: Flask, settings: Settings,
                             exit_process: Callable[[int], None] = os._exit) -> Callable:
     """SIGTERM/SIGINT: refuse new jobs (503), let the running one finish (or cancel it after
-    SHUTDOWN_GRACE_SECONDS), then exit 0. Returns the handler (for tests)."""
+    SHUTDOWN_GRACE_SECONDS), deliver every open response, then exit 0. Returns the handler."""
     queue = app.extensions["sd_server"].queue
-    once = threading.Event()
+    received = []  # signal handlers run on the main thread only: a plain list is enough
 
-    def drain_and_exit():
-        queue.stop(settings.shutdown_grace_seconds)
+    def exit_cleanly() -> None:
+        import time
+
+        time.sleep(RESPONSE_FLUSH_SECONDS)
         log.info("shutdown complete")
         logging.shutdown()
-        # waitress has no stop API; every accepted job has finished or been cancelled.
+        # waitress has no stop API; every accepted job has finished or been cancelled and
+        # every response has been handed over.
         exit_process(0)
 
     def handler(signum: int, _frame: Any) -> None:
-        if once.is_set():
+        if received:
             return
-        once.set()
+        received.append(signum)
         log.info("received %s: draining (grace %d s)", signal.Signals(signum).name,
                  settings.shutdown_grace_seconds)
         # Drain off the signal handler so waitress keeps answering (503s, /health) meanwhile.
-        threading.Thread(target=drain_and_exit, name="shutdown", daemon=True).start()
+        queue.drain_in_background(settings.shutdown_grace_seconds, exit_cleanly)
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)

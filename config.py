@@ -130,9 +130,9 @@ KNOBS: tuple[Knob, ...] = (
     Knob("TORCH_THREADS", "0", "CPU threads for torch; 0 = one per core this process may use",
          _int(0, 256), "an integer 0..256"),
     Knob("QUEUE_SIZE", "8", "Jobs that may wait behind the running one; more get 503",
-         _int(1, 1000), "an integer 1..1000"),
+         _int(1, 250), "an integer 1..250 and <= THREADS - 2"),
     Knob("MAX_BATCH", "4", "Most images one request may ask for (A1111 batch_size x n_iter, "
-         "OpenAI n)", _int(1, 64), "an integer 1..64"),
+         "OpenAI n)", _int(1, 64), "an integer 1..64 and <= QUEUE_SIZE"),
     Knob("JOB_RETENTION_SECONDS", "3600", "How long finished jobs and their images are kept "
          "in memory", _int(10, 7 * 24 * 3600), "an integer 10..604800"),
     Knob("JOB_RETENTION_COUNT", "50", "How many finished jobs are kept at most",
@@ -225,6 +225,9 @@ class Settings:
         if self.default_steps > self.max_steps:
             raise ConfigError(f"DEFAULT_STEPS={self.default_steps} is not valid: allowed "
                               f"1..MAX_STEPS ({self.max_steps})")
+        if self.max_batch > self.queue_size:
+            raise ConfigError(f"MAX_BATCH={self.max_batch} is not valid: allowed <= QUEUE_SIZE "
+                              f"({self.queue_size}), or a full batch could never be queued")
         if self.threads < self.queue_size + 2:
             raise ConfigError(f"THREADS={self.threads} is not valid: allowed >= QUEUE_SIZE + 2 "
                               f"({self.queue_size + 2}) so /health answers while every "

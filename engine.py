@@ -108,8 +108,9 @@ class Engine:
         try:
             self._load()
         except Exception as exc:  # any failure must leave the server up and explain itself
-            self.status.state = "failed"
+            # The message first: /health must never see "failed" without its reason.
             self.status.error = explain_load_error(self.settings, exc)
+            self.status.state = "failed"
             log.error("model load failed: %s", self.status.error)
             return
         self.status.load_seconds = round(time.perf_counter() - started, 2)
@@ -316,22 +317,39 @@ def encode_png(image: Image.Image, parameters: str = "") -> bytes:
     return buf.getvalue()
 
 
+def _exception_chain(exc: BaseException) -> list[BaseException]:
+    """The exception and every cause/context behind it (the Hub's errors hide in there)."""
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return chain
+
+
 def explain_load_error(settings: Settings, exc: Exception) -> str:
     """Turn a loading exception into one line that says what went wrong and what to do."""
     text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
     model = settings.model_id
-    lowered = text.lower()
+    chain = _exception_chain(exc)
+    names = {type(e).__name__ for e in chain}
+    lowered = " ".join(str(e) for e in chain).lower()
     if isinstance(exc, ModelLoadError):
         return str(exc)
-    if "gated" in lowered or "401" in lowered or "403" in lowered:
-        return (f"model {model!r} is gated or private: accept its licence on the Hub and set "
-                f"HF_TOKEN. ({text[:300]})")
-    if any(k in lowered for k in ("connect", "offline", "resolve", "not a valid model identifier",
-                                  "cannot find the requested files", "does not appear to have",
-                                  "not a valid local path")):
+    if "GatedRepoError" in names or "gated" in lowered:
+        return (f"model {model!r} is gated: accept its licence on the Hub, then set HF_TOKEN "
+                f"to a token of that account. ({text[:300]})")
+    if "RepositoryNotFoundError" in names:
+        return (f"model {model!r} does not exist on the Hub, or is private (then set "
+                f"HF_TOKEN): check MODEL_ID. ({text[:300]})")
+    offline = {"LocalEntryNotFoundError", "ConnectError", "ConnectionError", "ConnectTimeout",
+               "gaierror", "OfflineModeIsEnabled"}
+    if names & offline or any(k in lowered for k in (
+            "not fully cached", "cached locally", "outgoing traffic", "offline", "connect",
+            "not a valid model identifier", "cannot find the requested files",
+            "does not appear to have", "not a valid local path")):
         return (f"model {model!r} is not in the local Hugging Face cache and the Hub could not "
                 "be reached: download it once with network access (e.g. `hf download "
-                f"{model}`) or set MODEL_ID to a local diffusers folder, or MODEL_ID=tiny-random "
+                f"{model}`), or set MODEL_ID to a local diffusers folder, or MODEL_ID=tiny-random "
                 f"to try the server. ({text[:300]})")
     if "safetensors" in lowered:
         return (f"model {model!r} has no .safetensors weights; convert it or pick a revision "
@@ -368,12 +386,13 @@ def _byte_tokenizer_vocab() -> dict[str, int]:
 
 
 ARCHITECTURES: dict[str, dict[str, dict[str, Any]]] = {
-    # Small enough that a 64x64 image takes well under a second on one core.
+    # Small enough that a 64x64 image takes well under a second on one core; attention
+    # only at the lower resolution, so a 512x512 image stays cheap too.
     "tiny": {
         "unet": dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
                      block_out_channels=(32, 64), norm_num_groups=8,
-                     down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                     up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
                      cross_attention_dim=32, attention_head_dim=4),
         "vae": dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
                     block_out_channels=(16, 16, 16, 16), norm_num_groups=8, sample_size=64,

@@ -117,6 +117,8 @@ class JobQueue:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._seconds_per_step: float | None = None  # from earlier runs, for first-step ETAs
+        self._open_responses = 0  # HTTP responses not yet fully handed to the server
+        self._responses_done = threading.Condition(self._lock)
         self.completed = 0
         self.failed = 0
 
@@ -156,6 +158,35 @@ class JobQueue:
         if self._thread is not None and self._thread is not threading.current_thread():
             # The model load cannot be interrupted; don't hang shutdown on it.
             self._thread.join(timeout=5)
+
+    def drain_in_background(self, grace_seconds: float, then: Callable[[], None],
+                            response_timeout: float = 30.0) -> threading.Thread:
+        """Shut down off the caller's thread: stop (see `stop`), wait until every open HTTP
+        response has been handed to the server, then call `then` (e.g. exit the process)."""
+        def drain() -> None:
+            self.stop(grace_seconds)
+            self.wait_responses_closed(response_timeout)
+            then()
+
+        thread = threading.Thread(target=drain, name="shutdown", daemon=True)
+        thread.start()
+        return thread
+
+    def response_opened(self) -> None:
+        """An HTTP request started (counted so shutdown never cuts a response short)."""
+        with self._lock:
+            self._open_responses += 1
+
+    def response_closed(self) -> None:
+        """An HTTP response body was fully handed to the server."""
+        with self._lock:
+            self._open_responses -= 1
+            self._responses_done.notify_all()
+
+    def wait_responses_closed(self, timeout: float) -> bool:
+        """Block until no response is open (True) or the timeout passes (False)."""
+        with self._lock:
+            return self._responses_done.wait_for(lambda: self._open_responses <= 0, timeout)
 
     # ------------------------------------------------------------------ jobs
     def submit(self, request: GenerationRequest, client: str = "") -> Job:
@@ -239,6 +270,8 @@ class JobQueue:
     def preview(self, job: Job) -> bytes | None:
         """A PNG of the job's newest latents (rendered once per step, on demand)."""
         with self._lock:
+            if job.state.finished and job.png is not None:
+                return job.png  # done: the real image beats any approximation
             latents, step = job.latents, job.step
             if latents is None:
                 return job.preview_png

@@ -88,6 +88,8 @@ def submit_many(generation_requests: list) -> list:
 
 # How often a synchronous request checks whether its client is still there.
 DISCONNECT_POLL_SECONDS = 0.25
+# What a client refused during shutdown is told to wait before retrying.
+SHUTDOWN_RETRY_AFTER_SECONDS = 30
 
 
 def wait_for(job) -> bool:
@@ -104,12 +106,15 @@ def wait_for(job) -> bool:
             queue.cancel(job.id)
             current_app.logger.info("client went away; job %s cancelled", job.id)
             return False
-    queue.mark_delivered(job)  # the caller answers with the image now
     return True
 
 
 def failed_job_error(job) -> ApiError:
     """The error for a job that did not succeed."""
+    if job.state.value == "cancelled" and not services().queue.accepting:
+        return ApiError(503, "shutting_down", "the server is shutting down and cancelled this "
+                        "job before it could run; retry after it restarts",
+                        {"Retry-After": SHUTDOWN_RETRY_AFTER_SECONDS})
     if job.state.value == "cancelled":
         return ApiError(409, "cancelled", job.error or "the job was cancelled")
     return ApiError(500, "generation_failed", job.error or "generation failed; try fewer "

@@ -234,6 +234,9 @@ def txt2img():
                   "width": req.width, "height": req.height, "sampler_name": sampler,
                   "batch_size": batch_size, "n_iter": n_iter}
     send = body.get("send_images", True) is not False
+    if send:  # with send_images false the images wait in /jobs/<id>/image (job_ids in info)
+        for job in done:
+            services().queue.mark_delivered(job)
     log.info("a1111 txt2img: %d/%d images, seeds %s, %.1f s%s", len(done), len(jobs),
              info["all_seeds"], time.monotonic() - started,
              " (interrupted)" if interrupted else "")

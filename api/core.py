@@ -83,6 +83,7 @@ def generate():
         return Response(status=499)  # nobody is listening; waitress drops it
     if job.png is None:
         raise failed_job_error(job)
+    services().queue.mark_delivered(job)
     response = Response(job.png, mimetype="image/png")
     response.headers["X-Seed"] = str(job.seed)
     response.headers["X-Job-Id"] = job.id

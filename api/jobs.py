@@ -58,10 +58,13 @@ def create_job():
          "type": "array", "items": JOB_SCHEMA}}}}, errors=(401,), tags=("jobs",))
 def list_jobs():
     """List retained jobs, newest first."""
+    raw = request.args.get("limit")
     try:
-        limit = int(request.args.get("limit", 0)) or None
+        limit = None if raw is None else int(raw)
     except ValueError:
-        raise ApiError(400, "invalid_field", "'limit' must be an integer") from None
+        limit = 0
+    if limit is not None and limit < 1:
+        raise ApiError(400, "invalid_field", f"'limit' must be a positive integer (got {raw!r})")
     return jsonify({"jobs": [job_json(j) for j in services().queue.recent(limit)]})
 
 

@@ -186,6 +186,8 @@ def generations():
             raise failed_job_error(job)
     data = []
     for job in jobs:
+        if response_format == "b64_json":  # a URL answer leaves the image to be fetched
+            services().queue.mark_delivered(job)
         item = ({"b64_json": base64.b64encode(job.png).decode()} if response_format ==
                 "b64_json" else {"url": url_for("jobs.job_image", job_id=job.id,
                                                 _external=True)})

@@ -126,12 +126,20 @@ def test_send_images_false_returns_info_only(client):
     assert json.loads(r.json["info"])["all_seeds"] == [8]
 
 
-def test_batch_larger_than_free_queue_is_refused_whole(make_app):
-    app = make_app(QUEUE_SIZE="2")
+def test_batch_larger_than_free_queue_is_refused_whole(make_app, gate):
+    from params import GenerationRequest
+
+    app = make_app(QUEUE_SIZE="3", MAX_BATCH="3")
+    queue = app.extensions["sd_server"].queue
+    small = GenerationRequest(prompt="busy", steps=2, width=64, height=64)
+    queue.submit(small)
+    gate.wait_reached()  # one running, held
+    queue.submit(small)  # one waiting: room for 2 more
     r = app.test_client().post("/sdapi/v1/txt2img", json={"prompt": "a cat", "batch_size": 3})
     assert r.status_code == 503 and int(r.headers["Retry-After"]) > 0
     assert "3 more job" in r.json["message"]
-    assert app.extensions["sd_server"].queue.stats()["waiting"] == 0  # all or nothing
+    assert queue.stats()["waiting"] == 1  # all or nothing
+    gate.open()
 
 
 def test_progress_and_interrupt_mid_generation(live_server, gate):

@@ -67,6 +67,8 @@ def test_running_job_has_progress_eta_and_a_live_preview(app, gate):
     assert second.headers["X-Step"] == "2" and second.data != first
     gate.open()
     wait_state(client, job["id"], {"succeeded"})
+    final = client.get(f"/jobs/{job['id']}/preview")
+    assert final.data == client.get(f"/jobs/{job['id']}/image").data  # done: the real image
 
 
 def test_preview_before_first_step_is_409(app, gate):
@@ -108,7 +110,9 @@ def test_list_is_newest_first_and_limited(client):
     listed = [j["id"] for j in client.get("/jobs").json["jobs"]]
     assert listed[:3] == ids[::-1]
     assert [j["id"] for j in client.get("/jobs?limit=2").json["jobs"]] == ids[::-1][:2]
-    assert client.get("/jobs?limit=x").status_code == 400
+    for bad in ("x", "0", "-1"):
+        r = client.get(f"/jobs?limit={bad}")
+        assert r.status_code == 400 and "'limit'" in r.json["message"]
 
 
 def test_finished_jobs_are_forgotten_after_retention(make_app, monkeypatch):

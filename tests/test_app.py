@@ -55,6 +55,7 @@ def test_server_listens_within_a_second_and_becomes_healthy(tiny_model_dir):
     try:
         first_answer = None
         status = None
+        seen = []
         while time.monotonic() - started < 120:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
@@ -65,12 +66,14 @@ def test_server_listens_within_a_second_and_becomes_healthy(tiny_model_dir):
                 time.sleep(0.05)
                 continue
             first_answer = first_answer or time.monotonic() - started
+            seen.append(status)
             if status == 200:
                 break
             time.sleep(0.1)
         assert status == 200
-        # Startup speed is reported by the benchmark; here only "not blocked on the model".
-        assert first_answer is not None
+        # Startup speed is reported by the benchmark; here: it answered before the model was
+        # ready, i.e. listening is not blocked on loading.
+        assert seen[0] == 503 and first_answer is not None
         proc.send_signal(2)  # SIGINT drains and exits 0
         assert proc.wait(30) == 0
     finally:
@@ -78,3 +81,59 @@ def test_server_listens_within_a_second_and_becomes_healthy(tiny_model_dir):
             proc.kill()
         output = proc.stdout.read()
     assert "loaded in" in output and "serving on" in output
+
+
+def test_sigterm_mid_generation_delivers_the_whole_image_and_exits_0(tiny_model_dir):
+    """A real process: SIGTERM while a synchronous /generate runs. The client still gets the
+    complete PNG, a request queued behind it gets 503 shutting_down, and the exit code is 0."""
+    import http.client
+    import json
+    import threading
+
+    port = free_port()
+    env = {"PATH": "/usr/bin:/bin", "MODEL_ID": str(tiny_model_dir), "PORT": str(port),
+           "MIN_SIZE": "64", "MAX_SIZE": "512", "DEFAULT_SIZE": "64", "OUTPUT_DIR": "",
+           "RATE_LIMIT": "", "SHUTDOWN_GRACE_SECONDS": "120", "TORCH_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = {}
+
+    def generate(name, body):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        conn.request("POST", "/generate", json.dumps(body), {"Content-Type": "application/json"})
+        r = conn.getresponse()
+        results[name] = (r.status, r.read())
+
+    def get(path):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return json.loads(r.read())
+
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if get("/health")["status"] == "healthy":
+                    break
+            except (OSError, ValueError):
+                time.sleep(0.1)
+        long = threading.Thread(target=generate, args=("long", {
+            "prompt": "long", "steps": 40, "width": 512, "height": 512}))
+        long.start()
+        while time.monotonic() < deadline and not any(
+                j["state"] == "running" and j["step"] >= 1 for j in get("/jobs")["jobs"]):
+            time.sleep(0.02)
+        queued = threading.Thread(target=generate, args=("queued", {"prompt": "queued"}))
+        queued.start()
+        while time.monotonic() < deadline and len(get("/jobs")["jobs"]) < 2:
+            time.sleep(0.02)
+        proc.send_signal(15)
+        long.join(300)
+        queued.join(60)
+        assert proc.wait(120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    status, body = results["long"]
+    assert status == 200 and body.startswith(b"\x89PNG") and body.endswith(b"IEND\xaeB`\x82")
+    status, body = results["queued"]
+    assert status == 503 and json.loads(body)["error"] == "shutting_down"

@@ -18,7 +18,7 @@ def test_defaults_match_the_documented_ones():
     ("PORT", "abc", "1..65535"), ("PORT", "70000", "1..65535"),
     ("DEFAULT_STEPS", "0", "1..500"), ("MAX_SIZE", "770", "multiple of 8"),
     ("ATTENTION_SLICING", "maybe", "auto, on or off"), ("DTYPE", "fp16", "float32"),
-    ("DEFAULT_GUIDANCE", "25", "0..20"), ("QUEUE_SIZE", "-1", "1..1000"),
+    ("DEFAULT_GUIDANCE", "25", "0..20"), ("QUEUE_SIZE", "-1", "1..250"),
     ("RATE_LIMIT", "lots", "10/minute"), ("LOG_LEVEL", "loud", "DEBUG"),
 ])
 def test_bad_value_names_variable_value_and_range(name, value, allowed):
@@ -36,6 +36,8 @@ def test_cross_field_rules():
         Settings.from_env({"DEFAULT_SIZE": "1024"})
     with pytest.raises(ConfigError, match="DEFAULT_STEPS"):
         Settings.from_env({"DEFAULT_STEPS": "60", "MAX_STEPS": "50"})
+    with pytest.raises(ConfigError, match="MAX_BATCH"):
+        Settings.from_env({"MAX_BATCH": "9", "QUEUE_SIZE": "8"})
     with pytest.raises(ConfigError, match="THREADS"):
         Settings.from_env({"THREADS": "4", "QUEUE_SIZE": "8"})
 

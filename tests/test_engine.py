@@ -149,3 +149,24 @@ def test_safety_checker_on_without_one_fails_clearly(make_settings):
     e = Engine(make_settings(SAFETY_CHECKER="on"))
     e.load()
     assert e.status.state == "failed" and "SAFETY_CHECKER" in e.status.error
+
+
+def test_uncached_hub_model_offline_says_how_to_fix_it(tmp_path):
+    """A real from_pretrained of SD v1-4 with an empty cache and the Hub unreachable
+    (HF_HUB_OFFLINE=1, in a subprocess so the flag is read fresh)."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = ("import json; from config import Settings; from engine import Engine; "
+            "e = Engine(Settings.from_env({'TORCH_THREADS': '1'})); e.load(); "
+            "print(json.dumps([e.status.state, e.status.error]))")
+    env = {"PATH": "/usr/bin:/bin", "HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
+    state, error = json.loads(out.stdout.strip().splitlines()[-1])
+    assert state == "failed"
+    assert "not in the local Hugging Face cache" in error
+    assert "hf download CompVis/stable-diffusion-v1-4" in error and "MODEL_ID" in error

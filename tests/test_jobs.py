@@ -130,21 +130,37 @@ def test_finished_jobs_expire_after_retention_seconds(make_settings):
         q.stop(0)
 
 
-def test_eta_uses_measured_seconds_per_step(app, gate):
-    q = queue_of(app)
-    warm = q.submit(REQ)
-    gate.open()
-    q.wait(warm, 60)
-    gate.close()
-    job = q.submit(GenerationRequest(prompt="x", steps=10, width=64, height=64))
-    behind = q.submit(REQ)
-    gate.wait_reached()
-    eta_first = q.snapshot(job)["eta_seconds"]
-    assert eta_first is not None and eta_first >= 0
-    assert q.snapshot(behind)["eta_seconds"] >= eta_first
-    assert q.snapshot(behind)["queue_position"] == 1
-    gate.open()
-    q.wait(behind, 60)
+def test_eta_uses_measured_seconds_per_step(make_settings, gate):
+    """A controlled clock makes every step take exactly 2 s; the ETA must follow."""
+    from engine import Engine
+
+    now = [1000.0]
+    settings = make_settings()
+    q = JobQueue(Engine(settings), settings, clock=lambda: now[0]).start()
+    try:
+        assert q.wait_until_loaded(60)
+        job = q.submit(GenerationRequest(prompt="x", steps=9, width=64, height=64))
+        behind = q.submit(GenerationRequest(prompt="y", steps=3, width=64, height=64))
+        for _ in range(3):  # steps 1..3, each "taking" 2 s
+            gate.wait_reached()
+            now[0] += 2.0
+            gate.release(1)
+        gate.wait_reached()  # step 4 reached at t+8 (clock read at each step)
+        total = job.total_steps  # PNDM: 10 UNet steps for 9 requested
+        snap = q.snapshot(job)
+        assert snap["step"] == 4
+        # measured 2 s/step from this run (marks at +0, +2, +4, +6) times steps left
+        assert snap["eta_seconds"] == pytest.approx((total - 4) * 2.0)
+        # the job behind waits for the rest of this one plus its own steps
+        assert q.snapshot(behind)["eta_seconds"] is None or q.snapshot(behind)[
+            "eta_seconds"] >= snap["eta_seconds"]
+        gate.open()
+        assert q.wait(behind, 60)
+        # after a run, a queued job's ETA comes from the measured s/step of earlier runs
+        assert q.stats()["seconds_per_step"] is not None
+    finally:
+        gate.open()
+        q.stop(0)
 
 
 def test_not_accepting_while_loading_and_after_stop(make_settings):

@@ -12,7 +12,12 @@ import pytest
 
 from tests.conftest import ROOT, LiveServer
 
-playwright_sync = pytest.importorskip("playwright.sync_api")
+import os
+
+if os.environ.get("CI"):  # in CI a missing browser stack must fail, not skip silently
+    import playwright.sync_api as playwright_sync
+else:
+    playwright_sync = pytest.importorskip("playwright.sync_api")
 expect = playwright_sync.expect
 
 CHROMIUM = "/usr/bin/chromium"
@@ -24,6 +29,8 @@ TIMEOUT_MS = 20_000  # the page polls once a second; generous for a busy 2-core 
 def browser():
     """One headless chromium for the whole module (starting it is the slow part)."""
     if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed at /usr/bin/chromium (.ci/run installs it)")
         pytest.skip("chromium is not installed at /usr/bin/chromium")
     expect.set_options(timeout=TIMEOUT_MS)
     pw = playwright_sync.sync_playwright().start()

@@ -85,10 +85,12 @@ def test_sigterm_refuses_new_work_lets_the_running_job_finish_and_exits_0(
     signal.raise_signal(signal.SIGTERM)
     assert wait_until(lambda: not q.accepting)
     client = app.test_client()
-    r = client.post("/generate", json={"prompt": "too late"})
-    assert r.status_code == 503 and r.json["error"] == "shutting_down"
-    assert r.headers["Retry-After"]
-    assert client.get("/health").json["status"] == "shutting_down"
+    # Responses are closed as a WSGI server would: shutdown waits for every open one.
+    with client.post("/generate", json={"prompt": "too late"}) as r:
+        assert r.status_code == 503 and r.json["error"] == "shutting_down"
+        assert r.headers["Retry-After"]
+    with client.get("/health") as r:
+        assert r.json["status"] == "shutting_down"
     assert exits == []  # still draining
     gate.open()
     assert wait_until(lambda: exits == [0])

@@ -2,7 +2,16 @@
 import pytest
 
 # Routes that start a generation, and the JSON body that makes each of them valid.
-GENERATING = [("/generate", {"prompt": "a cat"}), ("/jobs", {"prompt": "a cat"})]
+GENERATING = [("/generate", {"prompt": "a cat"}), ("/jobs", {"prompt": "a cat"}),
+              ("/sdapi/v1/txt2img", {"prompt": "a cat", "steps": 1, "width": 64, "height": 64}),
+              ("/v1/images/generations", {"prompt": "a cat", "size": "64x64"})]
+
+
+def test_every_generating_endpoint_exists_and_is_limited(app):
+    """A renamed view would silently lose its rate limit; fail loudly instead."""
+    from app import GENERATING_ENDPOINTS
+
+    assert GENERATING_ENDPOINTS <= set(app.view_functions)
 
 
 def protected_routes(app):
@@ -28,8 +37,12 @@ def test_rate_limit_is_429_json_with_retry_after(make_app):
         codes = [client.post(path, json=body).status_code for _ in range(2)]
         assert all(c in (200, 202) for c in codes)
         r = client.post(path, json=body)
-        assert r.status_code == 429 and r.is_json and r.json["error"] == "too_many_requests"
-        assert int(r.headers["Retry-After"]) > 0 and "slow down" in r.json["message"]
+        assert r.status_code == 429 and r.is_json, path
+        assert int(r.headers["Retry-After"]) > 0
+        if path.startswith("/v1/"):  # OpenAI's error shape
+            assert r.json["error"]["type"] == "rate_limit_error"
+        else:
+            assert "too_many_requests" in str(r.json) and r.json["message"]
     # Probes, the page and job polling are never limited.
     assert all(client.get("/health").status_code == 200 for _ in range(10))
     assert all(client.get("/").status_code == 200 for _ in range(5))
