@@ -125,7 +125,7 @@ KNOBS: tuple[Knob, ...] = (
     Knob("DTYPE", "float32", "Weights/compute type; auto = bfloat16 where the CPU has AMX, "
          "else float32 (measured: without AMX, even with AVX512-BF16, bf16 is slower than "
          "float32; see bench/results.md). bf16 changes pixels slightly and holds a bf16 copy "
-         "of the weights in RAM (~1.7 GB) instead of memory-mapping them",
+         "of the weights in RAM (~2 GB) instead of memory-mapping them",
          _choice("float32", "bfloat16", "auto"), "float32, bfloat16 or auto"),
     Knob("TORCH_THREADS", "0", "CPU threads for torch; 0 = one per core this process may use",
          _int(0, 256), "an integer 0..256"),
