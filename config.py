@@ -127,8 +127,9 @@ KNOBS: tuple[Knob, ...] = (
          "float32; see bench/results.md). bf16 changes pixels slightly and holds a bf16 copy "
          "of the weights in RAM (~2 GB) instead of memory-mapping them",
          _choice("float32", "bfloat16", "auto"), "float32, bfloat16 or auto"),
-    Knob("TORCH_THREADS", "0", "CPU threads for torch; 0 = one per core this process may use",
-         _int(0, 256), "an integer 0..256"),
+    Knob("TORCH_THREADS", "0", "CPU threads for torch; 0 = adaptive: before each image, one "
+         "per usable core that other programs leave free (a shared laptop runs faster with "
+         "fewer threads than cores)", _int(0, 256), "an integer 0..256"),
     Knob("QUEUE_SIZE", "8", "Jobs that may wait behind the running one; more get 503",
          _int(1, 250), "an integer 1..250 and <= THREADS - 2"),
     Knob("MAX_BATCH", "4", "Most images one request may ask for (A1111 batch_size x n_iter, "

@@ -84,6 +84,48 @@ def cpu_has_amx_bf16(cpuinfo: str | None = None) -> bool:
     return "amx_bf16" in cpuinfo.split()
 
 
+# How long the engine watches the CPU before a job to see which cores other programs use.
+IDLE_SAMPLE_SECONDS = 0.2
+
+
+def idle_cores(sample_seconds: float = IDLE_SAMPLE_SECONDS,
+               read_stat: Callable[[], str] | None = None) -> float | None:
+    """How many cores sat idle over a short sample (from /proc/stat); None if unknown."""
+    def read() -> str:
+        return read_stat() if read_stat else Path("/proc/stat").read_text()
+
+    def totals(text: str) -> tuple[int, int, int] | None:
+        lines = text.splitlines()
+        cpu = next((ln for ln in lines if ln.startswith("cpu ")), None)
+        if cpu is None:
+            return None
+        fields = [int(v) for v in cpu.split()[1:]]
+        ncpu = sum(1 for ln in lines if ln.startswith("cpu") and ln[3:4].isdigit())
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]), idle, ncpu  # user..steal; guest time is already in user
+
+    try:
+        before = totals(read())
+        time.sleep(sample_seconds)
+        after = totals(read())
+    except (OSError, ValueError):
+        return None
+    if before is None or after is None or after[0] <= before[0]:
+        return None
+    return (after[1] - before[1]) / (after[0] - before[0]) * after[2]
+
+
+def adaptive_threads(usable: int, idle: float | None) -> int:
+    """One torch thread per core that is free right now (all usable cores if unknown).
+
+    OpenMP threads spin and wait for each other at every op: a thread sharing its core with
+    another program stalls the rest, so on a busy laptop fewer threads run faster.
+    """
+    if idle is None:
+        return usable
+    return max(1, min(usable, round(idle + 0.25)))  # a core 75 % free still counts
+
+
 def usable_cores() -> int:
     """Cores this process may run on (respects taskset/cgroup affinity)."""
     try:
@@ -126,7 +168,7 @@ class Engine:
 
         diffusers_logging.disable_progress_bar()  # server logs, not terminal progress bars
         s = self.settings
-        threads = s.torch_threads or usable_cores()
+        threads = self.threads_for_next_job()
         torch.set_num_threads(threads)
         self.status.torch_threads = threads
         if s.model_id == TINY_MODEL_ID:
@@ -159,7 +201,8 @@ class Engine:
         optimizations = ["mmap-safetensors" if dtype == torch.float32 else
                          "safetensors (cast to bf16 on load)", "inference-mode",
                          "low-memory-vae-decode", "vae-decode-in-row-bands",
-                         f"torch-threads={threads}"]
+                         f"torch-threads={threads}" if s.torch_threads else
+                         "torch-threads=adaptive (one per free core, chosen per image)"]
         if self.attention_slicing_enabled():
             pipe.enable_attention_slicing()
             optimizations.insert(0, "attention-slicing")
@@ -171,6 +214,12 @@ class Engine:
         self._default_scheduler_config = dict(pipe.scheduler.config)
         self.status.dtype = str(dtype).replace("torch.", "")
         self.status.optimizations = optimizations
+
+    def threads_for_next_job(self) -> int:
+        """TORCH_THREADS when set; with 0, one per usable core that other programs leave free."""
+        if self.settings.torch_threads:
+            return self.settings.torch_threads
+        return adaptive_threads(usable_cores(), idle_cores())
 
     def resolve_dtype(self) -> "torch.dtype":
         """The dtype DTYPE asks for on this CPU."""
@@ -199,6 +248,11 @@ class Engine:
         if self.pipe is None:
             raise RuntimeError("the model is not loaded")
         pipe = self._pipeline_for(request.scheduler)
+        threads = self.threads_for_next_job()
+        if threads != torch.get_num_threads():
+            log.info("torch threads %d -> %d (cores free now)", torch.get_num_threads(), threads)
+            torch.set_num_threads(threads)
+        self.status.torch_threads = threads
         generator = torch.Generator("cpu").manual_seed(seed)
         step_times: list[float] = []
         started = time.perf_counter()

@@ -58,6 +58,8 @@ CONFIGS: dict[str, tuple[dict[str, str], str]] = {
     "busy-threads-2-passive": ({"TORCH_THREADS": "2"}, "TORCH_THREADS=2, other core busy, "
                                "OMP_WAIT_POLICY=PASSIVE"),
     "busy-threads-1": ({"TORCH_THREADS": "1"}, "TORCH_THREADS=1, other core busy"),
+    "busy-adaptive": ({"TORCH_THREADS": "0"}, "TORCH_THREADS=0 (adaptive, the default), "
+                      "other core busy"),
     # the first two again, to show how much this shared VM drifts during the run
     "seed-again": ({"ATTENTION_SLICING": "on", "DTYPE": "float32"}, "the seed recipe, repeated"),
     "default-again": ({}, "the project default, repeated"),

@@ -202,3 +202,43 @@ def test_uncached_hub_model_offline_says_how_to_fix_it(tmp_path):
     assert state == "failed"
     assert "not in the local Hugging Face cache" in error
     assert "hf download CompVis/stable-diffusion-v1-4" in error and "MODEL_ID" in error
+
+
+def _stat(user, idle, ncpu=2):
+    """A /proc/stat text with the given cumulative user and idle jiffies."""
+    cores = "".join(f"cpu{i} 0 0 0 0 0 0 0 0 0 0\n" for i in range(ncpu))
+    return f"cpu  {user} 0 0 {idle} 0 0 0 0 0 0\n{cores}intr 0\n"
+
+
+def test_idle_cores_reads_proc_stat_deltas():
+    """/proc/stat texts are supplied: the machine's real load can't be made deterministic."""
+    from engine import idle_cores
+
+    samples = iter([_stat(100, 100), _stat(150, 150)])  # half the time idle, 2 cores
+    assert idle_cores(0, read_stat=lambda: next(samples)) == pytest.approx(1.0)
+    samples = iter([_stat(100, 100), _stat(100, 200)])  # all idle
+    assert idle_cores(0, read_stat=lambda: next(samples)) == pytest.approx(2.0)
+    samples = iter(["garbage", "garbage"])
+    assert idle_cores(0, read_stat=lambda: next(samples)) is None
+    real = idle_cores(0.05)  # the real file parses on Linux
+    import os
+
+    assert real is None or 0.0 <= real <= os.cpu_count()
+
+
+def test_adaptive_threads_uses_the_free_cores():
+    from engine import adaptive_threads
+
+    assert adaptive_threads(2, 2.0) == 2
+    assert adaptive_threads(2, 1.0) == 1  # the other core is busy: one thread is faster
+    assert adaptive_threads(2, 1.8) == 2  # a core 80 % free still counts
+    assert adaptive_threads(2, 0.1) == 1  # never zero
+    assert adaptive_threads(4, None) == 4  # unknown: all usable cores
+
+
+def test_torch_threads_setting_wins_over_adaptive(make_settings):
+    assert Engine(make_settings(TORCH_THREADS="3")).threads_for_next_job() == 3
+    chosen = Engine(make_settings(TORCH_THREADS="0")).threads_for_next_job()
+    from engine import usable_cores
+
+    assert 1 <= chosen <= usable_cores()
