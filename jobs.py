@@ -378,7 +378,8 @@ class JobQueue:
             del self._jobs[job_id]
 
     def _work(self) -> None:
-        """Worker loop: load the model, then run jobs until stopped."""
+        """Worker loop: restore saved history, load the model, then run jobs until stopped."""
+        self._restore_saved()
         self.engine.load()
         while True:
             with self._lock:
@@ -436,6 +437,43 @@ class JobQueue:
         log.info("generated job=%s prompt_chars=%d steps=%d size=%dx%d seconds=%.2f "
                  "s_per_step=%.3f seed=%d", job.id, len(req.prompt), req.steps, req.width,
                  req.height, result.seconds, result.seconds_per_step, job.seed)
+
+    def _restore_saved(self) -> None:
+        """Bring back the images saved by earlier runs (within retention) as finished jobs,
+        so a restart does not empty the page's history or break /jobs/<id>/image links."""
+        if not self.settings.output_dir:
+            return
+        from PIL import Image
+
+        from params import parse_infotext
+
+        folder = Path(self.settings.path(self.settings.output_dir))
+        oldest = self.clock() - self.settings.job_retention_seconds
+        try:
+            files = [(p.stat().st_mtime, p) for p in folder.glob("*/*.png")]
+        except OSError:
+            return
+        files = sorted(f for f in files if f[0] >= oldest)[-self.settings.job_retention_count:]
+        restored = []
+        for mtime, path in files:
+            try:
+                png = path.read_bytes()
+                with Image.open(path) as image:
+                    request, seed = parse_infotext(image.info["parameters"])
+            except (OSError, KeyError, ValueError):
+                continue  # not one of ours, or damaged: leave it on disk, skip it
+            job_id = path.name.split("-", 1)[0]
+            job = Job(request=request, seed=seed, id=job_id, state=JobState.SUCCEEDED,
+                      created_at=mtime, finished_at=mtime, png=png, saved_path=str(path),
+                      delivered=True)
+            job.step = job.total_steps
+            job.done.set()
+            restored.append(job)
+        with self._lock:
+            for job in restored:
+                self._jobs.setdefault(job.id, job)
+        if restored:
+            log.info("restored %d saved images from %s", len(restored), folder)
 
     def _save(self, job: Job, png: bytes) -> str | None:
         """Keep the image on disk too, so nothing is lost when the process ends."""

@@ -6,6 +6,7 @@ everywhere. `request_fields` is also what the OpenAPI document is generated from
 """
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
@@ -122,6 +123,31 @@ class GenerationRequest:
                      f"{self.guidance_scale:g}, Seed: {seed}, Size: {self.width}x{self.height}, "
                      f"Model: {model}")
         return "\n".join(lines)
+
+
+def parse_infotext(text: str) -> tuple[GenerationRequest, int]:
+    """The inverse of `GenerationRequest.infotext`: (request, seed), or ValueError."""
+    lines = text.split("\n")
+    settings_line = lines[-1]
+    values = dict(re.findall(r"(?:^|, )([A-Za-z][A-Za-z ]*): ([^,]*)", settings_line))
+    negative_at = next((i for i, ln in enumerate(lines[:-1])
+                        if ln.startswith("Negative prompt: ")), None)
+    if negative_at is None:
+        prompt, negative = "\n".join(lines[:-1]), ""
+    else:
+        prompt = "\n".join(lines[:negative_at])
+        negative = "\n".join(lines[negative_at:-1])[len("Negative prompt: "):]
+    try:
+        width, height = (int(v) for v in values["Size"].split("x"))
+        sampler = values.get("Sampler", DEFAULT_SCHEDULER)
+        request = GenerationRequest(
+            prompt=prompt, negative_prompt=negative, seed=int(values["Seed"]),
+            steps=int(values["Steps"]), guidance_scale=float(values["CFG scale"]),
+            width=width, height=height,
+            scheduler=sampler if sampler in SCHEDULERS else DEFAULT_SCHEDULER)
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"not an infotext this server wrote: {exc}") from None
+    return request, request.seed
 
 
 def _describe(spec: FieldSpec) -> str:

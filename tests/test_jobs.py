@@ -225,3 +225,28 @@ def test_a_batch_is_accepted_whole_or_not_at_all(app, gate):
     assert [q.queue_position(j) for j in batch] == list(range(1, q.settings.queue_size + 1))
     gate.open()
     assert all(q.wait(j, 60) for j in batch)
+
+
+def test_saved_images_come_back_after_a_restart(make_app, tmp_path):
+    import os
+
+    out = str(tmp_path / "out")
+    first = queue_of(make_app(OUTPUT_DIR=out))
+    jobs = [first.submit(GenerationRequest(prompt=f"barn {i}", negative_prompt="fog", steps=2,
+                                           width=64, height=64, scheduler="Euler", seed=i))
+            for i in range(3)]
+    for job in jobs:
+        assert first.wait(job, 60)
+    first.stop(0)
+    old = next((tmp_path / "out").rglob(f"{jobs[0].id}-*.png"))
+    os.utime(old, (1, 1))  # older than JOB_RETENTION_SECONDS: stays on disk, not restored
+    (tmp_path / "out" / "notes").mkdir()
+    (tmp_path / "out" / "notes" / "stray.png").write_bytes(b"not a png")
+    second = queue_of(make_app(OUTPUT_DIR=out))
+    restored = {j.id: j for j in second.recent()}
+    assert set(restored) == {jobs[1].id, jobs[2].id}
+    for job in jobs[1:]:
+        back = restored[job.id]
+        assert back.state == JobState.SUCCEEDED and back.png == job.png and back.seed == job.seed
+        assert back.request == GenerationRequest(**{**job.request.to_dict(), "seed": job.seed})
+    assert second.snapshot(restored[jobs[2].id])["progress"] == 1.0

@@ -65,3 +65,19 @@ def test_infotext_is_a1111_format():
                             width=64, height=128)
     assert req.infotext(42, "m") == ("a cat\nNegative prompt: dog\nSteps: 3, Sampler: PNDM, "
                                      "CFG scale: 7.5, Seed: 42, Size: 64x128, Model: m")
+
+
+def test_parse_infotext_inverts_infotext():
+    from params import parse_infotext
+
+    for req in (GenerationRequest(prompt="a cat, on a mat", negative_prompt="dog, blur",
+                                  steps=3, guidance_scale=6.5, width=64, height=128,
+                                  scheduler="DPM++ 2M Karras"),
+                GenerationRequest(prompt="line one\nline two", steps=20)):
+        parsed, seed = parse_infotext(req.infotext(77, "some/model"))
+        expected = GenerationRequest(**{**req.to_dict(), "seed": 77,
+                                        "scheduler": req.scheduler if req.scheduler != "default"
+                                        else "PNDM"})
+        assert seed == 77 and parsed == expected
+    with pytest.raises(ValueError):
+        parse_infotext("just a prompt")
