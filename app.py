@@ -15,7 +15,7 @@ from typing import Any, Callable
 from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 
-from api import ApiError, Services, error_response
+from api import ApiError, Services, error_response, rate_limit_retry_after
 from config import ConfigError, Settings
 
 log = logging.getLogger("sd_server")
@@ -164,9 +164,7 @@ def _install_error_handlers(app: Flask) -> None:
         }
         headers = {}
         if exc.code == 429:
-            limit = getattr(exc, "limit", None)
-            expiry = getattr(getattr(limit, "limit", None), "get_expiry", lambda: 60)()
-            headers["Retry-After"] = int(expiry)
+            headers["Retry-After"] = rate_limit_retry_after(exc)
         if exc.code == 405 and exc.valid_methods:
             headers["Allow"] = ", ".join(exc.valid_methods)
         return error_response(exc.code or 500, code,

@@ -260,12 +260,16 @@ class JobQueue:
     def queue_position(self, job: Job) -> int | None:
         """1 for the next job to run, 0 while running, None once finished."""
         with self._lock:
-            if job.state == JobState.RUNNING:
-                return 0
-            try:
-                return self._waiting.index(job) + 1
-            except ValueError:
-                return None
+            return self._position_locked(job)
+
+    def _position_locked(self, job: Job) -> int | None:
+        """queue_position, for a caller that holds the lock."""
+        if job.state == JobState.RUNNING:
+            return 0
+        try:
+            return self._waiting.index(job) + 1
+        except ValueError:
+            return None
 
     def preview(self, job: Job) -> bytes | None:
         """A PNG of the job's newest latents (rendered once per step, on demand)."""
@@ -285,8 +289,7 @@ class JobQueue:
     def snapshot(self, job: Job) -> dict[str, Any]:
         """The job as the JSON the API returns."""
         with self._lock:
-            position = (0 if job.state == JobState.RUNNING else
-                        self._waiting.index(job) + 1 if job in self._waiting else None)
+            position = self._position_locked(job)
             eta = self._eta_locked(job)
             return {
                 "id": job.id, "state": job.state.value, "step": job.step,
@@ -331,7 +334,8 @@ class JobQueue:
             return None
         remaining = job.total_steps - job.step
         if job.state == JobState.QUEUED:
-            ahead = list(self._waiting)[: self._waiting.index(job)] if job in self._waiting else []
+            position = self._position_locked(job)
+            ahead = list(self._waiting)[: position - 1] if position else []
             remaining = job.total_steps + sum(j.total_steps for j in ahead)
             if self._running is not None:
                 remaining += self._running.total_steps - self._running.step

@@ -47,6 +47,12 @@ def error_response(status: int, code: str, message: str, headers: dict | None = 
     return response
 
 
+def rate_limit_retry_after(exc: Exception) -> int:
+    """Seconds until a Flask-Limiter window resets (60 if the exception does not say)."""
+    limit = getattr(getattr(exc, "limit", None), "limit", None)
+    return int(getattr(limit, "get_expiry", lambda: 60)())
+
+
 def json_body() -> Any:
     """The request's JSON body, or ApiError 415 (not JSON) / 400 (malformed)."""
     if not request.is_json:

@@ -16,7 +16,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, url_for
 from werkzeug.exceptions import HTTPException
 
-from api import ApiError, failed_job_error, json_body, services
+from api import ApiError, failed_job_error, json_body, rate_limit_retry_after, services
 from api.batches import run_batch
 from api.openapi import doc
 from params import ValidationError, parse_generation_request, request_fields
@@ -111,9 +111,7 @@ def http_error(exc: HTTPException):
     """Errors raised around our views (rate limit, body too large) in OpenAI's shape."""
     headers = {}
     if exc.code == 429:
-        expiry = getattr(getattr(getattr(exc, "limit", None), "limit", None), "get_expiry",
-                         lambda: 60)()
-        headers["Retry-After"] = int(expiry)
+        headers["Retry-After"] = rate_limit_retry_after(exc)
     code = (exc.name or "error").lower().replace(" ", "_")
     return openai_error(exc.code or 500, exc.description or code, None, code, headers)
 
