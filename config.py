@@ -261,6 +261,19 @@ class Settings:
 _EMPTY_MEANS_OFF = {"RATE_LIMIT", "OUTPUT_DIR", "CORS_ORIGINS", "API_KEY", "HF_TOKEN"}
 
 
+def env_example() -> str:
+    """The text of .env.example: each knob's help and allowed values, then its default."""
+    import textwrap
+
+    out = ["# Copy to .env and edit. Every variable is optional; the value shown is the default.",
+           "# Each is validated at startup: a bad value stops the server with one line naming it.",
+           ""]
+    for k in KNOBS:
+        out += [f"# {line}" for line in textwrap.wrap(f"{k.help} (allowed: {k.allowed})", 88)]
+        out += [f"{k.name}={k.default}", ""]
+    return "\n".join(out)
+
+
 def knob_table() -> str:
     """The configuration table as Markdown, for the README."""
     rows = ["| Variable | Default | Allowed | What it does |", "|---|---|---|---|"]

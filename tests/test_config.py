@@ -1,7 +1,7 @@
 """Settings: defaults, parsing, and one-line errors naming variable, value and range."""
 import pytest
 
-from config import KNOBS, ConfigError, Settings, TINY_MODEL_ID, knob_table
+from config import KNOBS, ConfigError, Settings, TINY_MODEL_ID, env_example, knob_table
 
 
 def test_defaults_match_the_documented_ones():
@@ -72,6 +72,9 @@ def test_every_knob_is_documented_in_env_example_and_readme():
         assert f"{knob.name}=" in example, knob.name
         assert f"`{knob.name}`" in readme, knob.name
     assert knob_table().count("\n") == len(KNOBS) + 1
+    # Both are generated from KNOBS; a hand edit or a new knob must not let them drift.
+    assert example == env_example()
+    assert knob_table() in readme
 
 
 def test_env_example_is_a_valid_configuration(tmp_path):
