@@ -105,7 +105,7 @@ def job_preview(job_id: str):
     """The live preview, or the final image once done; 409 before the first step."""
     job = job_or_404(job_id)
     queue = services().queue
-    png = queue.preview(job) or job.png
+    png = queue.preview(job)  # the final image once the job has succeeded
     if png is None:
         raise ApiError(409, "no_preview", f"job {job_id} has no preview yet (state "
                        f"{job.state.value}); one appears after the first step")
