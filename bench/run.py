@@ -143,7 +143,7 @@ def worker(args) -> None:
     encode.sort()
     torch.save(last["latents"], CACHE / f"latents-{args.name}.pt")
     out = {
-        "name": args.name, "env": env, "optimizations": engine.status.optimizations,
+        "name": args.name, "env": env, "optimizations": list(engine.status.optimizations),
         "dtype": engine.status.dtype, "threads": engine.status.torch_threads,
         "load_s": load_s, "start_to_first_step_s": marks[0] - T_PROCESS_START,
         "first_step_s": marks[0] - t_gen, "step_s": sorted(steps),

@@ -97,12 +97,6 @@ class StepGate:
         self.open_all = True
         self.release(1000)
 
-    def close(self) -> None:
-        """Pause at every step again."""
-        self.open_all = False
-        self.permits = threading.Semaphore(0)
-        self.reached.clear()
-
     def wait_reached(self, timeout: float = 30) -> None:
         """Wait until a job is paused at a step."""
         assert self.reached.wait(timeout), "the worker never reached a step"

@@ -1,0 +1,22 @@
+"""The engine: the only package that imports torch and diffusers, one concern a module.
+
+    pipeline      Engine: load the pipeline once, generate one image, status for /health
+    cpu           usable and free cores (the adaptive thread policy), precision choice
+    vae_bands     VAE decode strategies with a lower memory peak and the same pixels
+    preview       live previews of the latents
+    images        PNG encoding
+    load_errors   a loading failure as one line of advice
+    random_model  random-weight pipelines (tiny for tests, full-size for benchmarks)
+
+torch is imported lazily (on first load or generation), so the HTTP server can be listening
+within a second while the heavy libraries load in the worker thread.
+"""
+from engine.cpu import adaptive_threads, cpu_has_amx_bf16, idle_cores, usable_cores
+from engine.images import encode_png
+from engine.load_errors import ModelLoadError, explain_load_error
+from engine.pipeline import Engine, EngineStatus, GenerationResult, StepCallback
+from engine.random_model import ARCHITECTURES, build_random_pipeline
+
+__all__ = ["ARCHITECTURES", "Engine", "EngineStatus", "GenerationResult", "ModelLoadError",
+           "StepCallback", "adaptive_threads", "build_random_pipeline", "cpu_has_amx_bf16",
+           "encode_png", "explain_load_error", "idle_cores", "usable_cores"]
