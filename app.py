@@ -5,17 +5,18 @@
 """
 from __future__ import annotations
 
+import errno
 import hmac
 import logging
 import os
 import signal
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
-from flask import Flask, request
+from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from api import ApiError, Services, error_response, rate_limit_retry_after
+from api import ApiError, Services, a1111, core, jobs, openai_images, openapi, render_native_error
 from config import ConfigError, Settings
 
 log = logging.getLogger("sd_server")
@@ -24,7 +25,20 @@ log = logging.getLogger("sd_server")
 # needs the API key when one is set.
 GENERATING_ENDPOINTS = {"core.generate", "jobs.create_job", "a1111.txt2img",
                         "openai_images.generations"}
-OPEN_ENDPOINTS = {"core.index", "core.health", "static", "openapi.openapi_json"}
+OPEN_ENDPOINTS = {"core.index", "core.health", "core.favicon", "static",
+                  "openapi.openapi_json"}
+# Each blueprint's error shape; the native one everywhere else (and where no route matched).
+ERROR_RENDERERS: dict[str, Callable[[ApiError], Response]] = {
+    a1111.bp.name: a1111.render_error, openai_images.bp.name: openai_images.render_error}
+# Sent on every response. The page is one HTML file, one script module and one stylesheet
+# from this server; its images are blob: URLs of fetched PNGs (fetched so the API key can
+# be sent). Nothing may frame it.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; "
+                               "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
 
 
 def create_app(settings: Settings | None = None, start_worker: bool = True) -> Flask:
@@ -71,17 +85,7 @@ class ResponseTracker:
 
 
 def _register_blueprints(app: Flask) -> None:
-    from api import core, jobs, openapi
-
-    for module in (core, jobs, openapi):
-        app.register_blueprint(module.bp)
-    for name in ("a1111", "openai_images"):  # the compatibility dialects, when present
-        try:
-            module = __import__(f"api.{name}", fromlist=["bp"])
-        except ModuleNotFoundError as exc:
-            if exc.name != f"api.{name}":
-                raise
-            continue
+    for module in (core, jobs, openapi, a1111, openai_images):
         app.register_blueprint(module.bp)
 
 
@@ -112,7 +116,14 @@ def _install_request_log(app: Flask) -> None:
 
 
 def _install_security(app: Flask, settings: Settings) -> None:
-    """CORS (closed unless CORS_ORIGINS), API key (when API_KEY), rate limits (RATE_LIMIT)."""
+    """Security headers, CORS (closed unless CORS_ORIGINS), API key (when API_KEY), rate
+    limits (RATE_LIMIT)."""
+    @app.after_request
+    def add_security_headers(response: Response) -> Response:
+        # after_request also runs on the responses of error handlers, so errors carry them.
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
     if settings.cors_origins:
         from flask_cors import CORS
 
@@ -148,33 +159,50 @@ def _install_security(app: Flask, settings: Settings) -> None:
 
 
 def _install_error_handlers(app: Flask) -> None:
-    """Every error leaves as JSON `{"error", "message"}`, never an HTML page or a trace."""
+    """Every error leaves as JSON in its dialect's shape, never an HTML page or a trace:
+    each kind becomes an ApiError here and the blueprint's renderer (ERROR_RENDERERS)
+    draws it."""
+    def render(exc: ApiError) -> Response:
+        return ERROR_RENDERERS.get(request.blueprint, render_native_error)(exc)
+
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError):
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
+        return render(exc)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
-        code = (exc.name or "error").lower().replace(" ", "_").replace("'", "")
-        messages = {
-            404: "no such endpoint; see GET /openapi.json for the API",
-            405: f"method {request.method} is not allowed here",
-            413: f"the request body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes",
-            429: f"too many requests ({exc.description}); slow down and retry later",
-        }
-        headers = {}
-        if exc.code == 429:
-            headers["Retry-After"] = rate_limit_retry_after(exc)
-        if exc.code == 405 and exc.valid_methods:
-            headers["Allow"] = ", ".join(exc.valid_methods)
-        return error_response(exc.code or 500, code,
-                              messages.get(exc.code, exc.description or code), headers)
+        return render(http_api_error(exc, app.config["MAX_CONTENT_LENGTH"]))
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(500, "internal_error", "the server hit an unexpected error; "
-                              "the details are in its log")
+        return render(ApiError(500, "internal_error", "the server hit an unexpected error; "
+                               "the details are in its log"))
+
+
+def http_api_error(exc: HTTPException, max_request_bytes: int) -> ApiError:
+    """A Flask/werkzeug error (404, 405, 413, Flask-Limiter's 429, ...) as an ApiError
+    with a message saying what to do."""
+    code = (exc.name or "error").lower().replace(" ", "_").replace("'", "")
+    messages = {
+        404: "no such endpoint; see GET /openapi.json for the API",
+        405: f"method {request.method} is not allowed here",
+        413: f"the request body is larger than {max_request_bytes} bytes",
+        429: f"too many requests ({exc.description}); slow down and retry later",
+    }
+    headers = {}
+    if exc.code == 429:
+        headers["Retry-After"] = rate_limit_retry_after(exc)
+    if exc.code == 405 and exc.valid_methods:
+        headers["Allow"] = ", ".join(exc.valid_methods)
+    return ApiError(exc.code or 500, code, messages.get(exc.code, exc.description or code),
+                    headers)
+
+
+def rate_limit_retry_after(exc: Exception) -> int:
+    """Seconds until a Flask-Limiter window resets (60 if the exception does not say)."""
+    limit = getattr(getattr(exc, "limit", None), "limit", None)
+    return int(getattr(limit, "get_expiry", lambda: 60)())
 
 
 # Requests waitress reads ahead on a connection; > 0 is what lets it notice a client that
@@ -182,23 +210,60 @@ def _install_error_handlers(app: Flask) -> None:
 REQUEST_LOOKAHEAD = 5
 
 
-def serve(app: Flask, settings: Settings) -> str:
-    """Serve with waitress, or Flask's dev server if waitress cannot be imported; returns which."""
+class Listening(NamedTuple):
+    """A server bound to HOST:PORT but not answering yet; `run()` serves until exit."""
+
+    kind: str  # "waitress", or "flask" for Flask's development server
+    server: Any
+    run: Callable[[], None]
+
+
+class CannotListen(Exception):
+    """HOST:PORT cannot be bound; the message is one line telling the user what to change."""
+
+
+def listen(app: Flask, settings: Settings) -> Listening:
+    """Bind HOST:PORT with waitress (Flask's dev server if waitress cannot be imported), or
+    raise CannotListen. Binding comes before the model loads, so a taken port fails fast."""
     try:
-        import waitress
+        from waitress import create_server
     except ImportError:
         log.warning("waitress is not installed; falling back to Flask's development server "
                     "(pip install waitress for production use)")
-        app.run(host=settings.host, port=settings.port, debug=False, threaded=True,
-                use_reloader=False)
-        return "flask"
-    log.info("serving on http://%s:%d with waitress (%d threads)", settings.host,
-             settings.port, settings.threads)
+        from werkzeug.serving import make_server
+
+        dev = _bind(settings, make_server, settings.host, settings.port, app, threaded=True)
+        return Listening("flask", dev, dev.serve_forever)
     # channel_request_lookahead lets waitress notice a client that hung up while its
     # request waits, so its generation can be cancelled (see api.wait_for).
-    waitress.serve(app, host=settings.host, port=settings.port, threads=settings.threads,
-                   channel_request_lookahead=REQUEST_LOOKAHEAD, ident="sd-cpu-server")
-    return "waitress"
+    server = _bind(settings, create_server, app, host=settings.host, port=settings.port,
+                   threads=settings.threads, channel_request_lookahead=REQUEST_LOOKAHEAD,
+                   ident="sd-cpu-server")
+    log.info("serving on http://%s:%d with waitress (%d threads)", settings.host,
+             settings.port, settings.threads)
+    return Listening("waitress", server, server.run)
+
+
+def _bind(settings: Settings, make: Callable, *args: Any, **kwargs: Any) -> Any:
+    """`make(*args, **kwargs)`, its bind failures turned into CannotListen."""
+    try:
+        return make(*args, **kwargs)
+    except (OSError, ValueError) as exc:  # waitress: ValueError for a host it cannot resolve
+        raise CannotListen(cannot_listen_message(exc, settings)) from None
+
+
+def cannot_listen_message(exc: Exception, settings: Settings) -> str:
+    """One line naming the knob to change for a failed bind."""
+    number = getattr(exc, "errno", None)
+    if number == errno.EADDRINUSE:
+        return f"PORT {settings.port} is in use; set PORT=... or stop the other server"
+    if number == errno.EACCES:
+        return (f"PORT {settings.port} needs privileges this user lacks; set PORT=... "
+                "(1024 or above)")
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (
+        "no such address")
+    return (f"HOST {settings.host} cannot be bound ({reason.lower()}); set HOST=... to an "
+            "address of this machine (127.0.0.1, or 0.0.0.0 for every network)")
 
 
 # After the last response is handed to waitress, time for its loop to push the bytes out.
@@ -237,7 +302,7 @@ def install_signal_handlers(app: Flask, settings: Settings,
 
 
 def main() -> int:
-    """Entry point: validate settings, start loading the model, serve."""
+    """Entry point: validate settings, bind HOST:PORT, start loading the model, serve."""
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
@@ -245,9 +310,15 @@ def main() -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(settings)
+    app = create_app(settings, start_worker=False)
+    try:
+        server = listen(app, settings)
+    except CannotListen as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    app.extensions["sd_server"].queue.start()  # the model loads while we already listen
     install_signal_handlers(app, settings)
-    serve(app, settings)
+    server.run()
     return 0
 
 

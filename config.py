@@ -8,7 +8,7 @@ table feeds `.env.example` and the README's configuration table (see `knob_table
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -29,6 +29,7 @@ class Knob:
     help: str
     parse: Callable[[str, "Knob"], Any]
     allowed: str = ""
+    empty_means_off: bool = False  # an explicitly empty value turns the feature off
 
 
 def _int(lo: int, hi: int, multiple_of: int = 1) -> Callable[[str, Knob], int]:
@@ -139,7 +140,8 @@ KNOBS: tuple[Knob, ...] = (
     Knob("JOB_RETENTION_COUNT", "50", "How many finished jobs are kept at most",
          _int(1, 10000), "an integer 1..10000"),
     Knob("OUTPUT_DIR", "outputs", "Every finished image is also saved here (empty = don't "
-         "save); a relative path is inside the project folder", _text, "a folder path or empty"),
+         "save); a relative path is inside the project folder", _text, "a folder path or empty",
+         empty_means_off=True),
     Knob("TINY_MODEL_DIR", "models/tiny-random", "Where MODEL_ID=tiny-random is built",
          _text, "a folder path"),
     Knob("SAFETY_CHECKER", "off", "on = load the model's NSFW checker and blank flagged "
@@ -147,7 +149,8 @@ KNOBS: tuple[Knob, ...] = (
     Knob("LOG_LEVEL", "INFO", "Logging level", _choice("debug", "info", "warning", "error"),
          "DEBUG, INFO, WARNING or ERROR"),
     Knob("RATE_LIMIT", "10/minute", "Per-client limit on generating endpoints, Flask-Limiter "
-         "syntax; empty = off", _rate_limit, "e.g. 10/minute, '5 per minute;100/day' or empty"),
+         "syntax; empty = off", _rate_limit, "e.g. 10/minute, '5 per minute;100/day' or empty",
+         empty_means_off=True),
     Knob("RATE_LIMIT_STORAGE_URI", "memory://", "Where rate-limit counters live (memory:// "
          "or e.g. redis://host:6379 to share between processes)", _text, "a storage URI"),
     Knob("CORS_ORIGINS", "", "Comma-separated origins allowed to call the API from a browser; "
@@ -163,37 +166,38 @@ KNOBS: tuple[Knob, ...] = (
 
 @dataclass(frozen=True)
 class Settings:
-    """Validated, typed settings; build with `Settings.from_env()`."""
+    """Validated, typed settings, one field per knob (MODEL_ID -> model_id); build with
+    `Settings.from_env()`. The defaults live in KNOBS only: `from_env({})` gives them."""
 
-    model_id: str = "CompVis/stable-diffusion-v1-4"
-    hf_token: str = ""
-    host: str = "127.0.0.1"
-    port: int = 5000
-    threads: int = 16
-    default_steps: int = 25
-    max_steps: int = 100
-    default_guidance: float = 7.5
-    max_prompt_length: int = 200
-    default_size: int = 512
-    min_size: int = 256
-    max_size: int = 768
-    attention_slicing: str = "auto"
-    dtype: str = "float32"
-    torch_threads: int = 0
-    queue_size: int = 8
-    max_batch: int = 4
-    job_retention_seconds: int = 3600
-    job_retention_count: int = 50
-    output_dir: str = "outputs"
-    tiny_model_dir: str = "models/tiny-random"
-    safety_checker: str = "off"
-    log_level: str = "info"
-    rate_limit: str = "10/minute"
-    rate_limit_storage_uri: str = "memory://"
-    cors_origins: tuple[str, ...] = field(default_factory=tuple)
-    api_key: str = ""
-    max_request_bytes: int = 65536
-    shutdown_grace_seconds: int = 30
+    model_id: str
+    hf_token: str
+    host: str
+    port: int
+    threads: int
+    default_steps: int
+    max_steps: int
+    default_guidance: float
+    max_prompt_length: int
+    default_size: int
+    min_size: int
+    max_size: int
+    attention_slicing: str
+    dtype: str
+    torch_threads: int
+    queue_size: int
+    max_batch: int
+    job_retention_seconds: int
+    job_retention_count: int
+    output_dir: str
+    tiny_model_dir: str
+    safety_checker: str
+    log_level: str
+    rate_limit: str
+    rate_limit_storage_uri: str
+    cors_origins: tuple[str, ...]
+    api_key: str
+    max_request_bytes: int
+    shutdown_grace_seconds: int
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -209,8 +213,8 @@ class Settings:
         values = {}
         for knob in KNOBS:
             raw = environ.get(knob.name)
-            raw = knob.default if raw is None or (raw.strip() == "" and knob.default and
-                                                  knob.name not in _EMPTY_MEANS_OFF) else raw
+            if raw is None or (not raw.strip() and not knob.empty_means_off):
+                raw = knob.default
             values[knob.name.lower()] = knob.parse(raw, knob)
         return cls(**values)._checked()
 
@@ -255,10 +259,6 @@ class Settings:
         if self.model_id == TINY_MODEL_ID:
             return str(self.path(self.tiny_model_dir))
         return self.model_id
-
-
-# Knobs for which an explicitly empty value means "off" rather than "use the default".
-_EMPTY_MEANS_OFF = {"RATE_LIMIT", "OUTPUT_DIR", "CORS_ORIGINS", "API_KEY", "HF_TOKEN"}
 
 
 def env_example() -> str:

@@ -58,6 +58,7 @@ class FieldSpec:
     enum: tuple[str, ...] | None = None
     nullable: bool = False
     default: Any = None
+    setting: str | None = None  # the knob that sets `maximum`, named in error messages
 
     def schema(self) -> dict[str, Any]:
         """This field as a JSON Schema (OpenAPI 3.0 flavour)."""
@@ -94,6 +95,13 @@ def request_fields(settings: Settings) -> list[FieldSpec]:
         FieldSpec("scheduler", "string", "Sampler (A1111 name); 'default' = the model's own.",
                   enum=(DEFAULT_SCHEDULER, *SCHEDULERS), default=DEFAULT_SCHEDULER),
     ]
+
+
+def image_count_field(name: str, settings: Settings) -> FieldSpec:
+    """How many images a compatible-API request asks for (A1111 batch_size and n_iter,
+    OpenAI n): 1..MAX_BATCH, one after another with consecutive seeds."""
+    return FieldSpec(name, "integer", "Images to make, with consecutive seeds.", minimum=1,
+                     maximum=settings.max_batch, default=1, setting="MAX_BATCH")
 
 
 @dataclass(frozen=True)
@@ -159,7 +167,11 @@ def _describe(spec: FieldSpec) -> str:
     extra = f" that is a multiple of {spec.multiple_of}" if spec.multiple_of else ""
     lo, hi = spec.minimum, spec.maximum
     fmt = (lambda v: f"{v:g}") if spec.type == "number" else (lambda v: f"{int(v)}")
-    return f"{kind} {fmt(lo)}..{fmt(hi)}{extra}"
+    setting = f" ({spec.setting})" if spec.setting else ""
+    return f"{kind} {fmt(lo)}..{fmt(hi)}{setting}{extra}"
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _check(spec: FieldSpec, value: Any) -> Any:
@@ -180,6 +192,11 @@ def _check(spec: FieldSpec, value: Any) -> Any:
             if value not in spec.enum:
                 raise bad()
             return value
+        if not value.isascii() and _LONE_SURROGATE.search(value):
+            # JSON may escape half of a UTF-16 pair ("\ud800"); no tokenizer, PNG text chunk
+            # or file name can hold it.
+            raise ValidationError(spec.name, f"'{spec.name}' must be valid Unicode text: it "
+                                             r"holds an unpaired surrogate such as \ud800")
         if spec.max_length is not None and len(value) > spec.max_length:
             raise ValidationError(spec.name, f"'{spec.name}' is {len(value)} characters; the "
                                              f"limit is {spec.max_length}")
@@ -205,23 +222,31 @@ def _check(spec: FieldSpec, value: Any) -> Any:
     return value
 
 
-def parse_generation_request(body: Any, settings: Settings) -> GenerationRequest:
-    """Validate a native JSON body into a GenerationRequest, or raise ValidationError."""
+def json_object(body: Any) -> Mapping:
+    """`body` itself if it is a JSON object, else ValidationError (for every dialect)."""
     if not isinstance(body, Mapping):
         raise ValidationError("body", "the request body must be a JSON object, "
                                       'e.g. {"prompt": "a cat"}')
+    return body
+
+
+def field_value(spec: FieldSpec, body: Mapping) -> Any:
+    """`spec`'s field from `body`, checked and converted; its default when an optional field
+    is absent or null; ValidationError naming the field otherwise."""
+    if spec.name not in body or (body[spec.name] is None and not spec.required):
+        if spec.required:
+            raise ValidationError(spec.name, f"'{spec.name}' is required")
+        return spec.default
+    return _check(spec, body[spec.name])
+
+
+def parse_generation_request(body: Any, settings: Settings) -> GenerationRequest:
+    """Validate a native JSON body into a GenerationRequest, or raise ValidationError."""
+    json_object(body)
     specs = request_fields(settings)
     known = {s.name for s in specs}
     unknown = sorted(str(k) for k in body if k not in known)
     if unknown:
         raise ValidationError(unknown[0], f"unknown field '{unknown[0]}'; allowed fields: "
                                           f"{', '.join(sorted(known))}")
-    values: dict[str, Any] = {}
-    for spec in specs:
-        if spec.name not in body or (body[spec.name] is None and not spec.required):
-            if spec.required:
-                raise ValidationError(spec.name, f"'{spec.name}' is required")
-            values[spec.name] = spec.default
-            continue
-        values[spec.name] = _check(spec, body[spec.name])
-    return GenerationRequest(**values)
+    return GenerationRequest(**{spec.name: field_value(spec, body) for spec in specs})

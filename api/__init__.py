@@ -1,16 +1,19 @@
 """The HTTP layer: thin routes that parse, validate, submit to the job queue and respond.
 
-Every error from every route leaves through `error_response`, so clients always get
-`{"error": "<short code>", "message": "<what to do>"}` and never an HTML page.
+Every error from every route is an `ApiError` by the time it leaves (app.py turns Flask's
+own errors into one), and each dialect renders it in its one shape: `render_native_error`
+here gives `{"error": "<short code>", "message": "<what to do>"}`; app.py chooses the
+dialect's renderer by blueprint, so a client never sees an HTML page.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from flask import current_app, jsonify, request
+from flask import Response, current_app, jsonify, request
 
 from config import Settings
+from jobs import JobState, NotAccepting, QueueFull
 
 
 @dataclass
@@ -38,30 +41,57 @@ class ApiError(Exception):
         self.param = param
 
 
-def error_response(status: int, code: str, message: str, headers: dict | None = None):
-    """The one JSON error shape every route uses."""
-    response = jsonify({"error": code, "message": message})
-    response.status_code = status
-    for key, value in (headers or {}).items():
+def error_json(body: dict, exc: ApiError) -> Response:
+    """`body` as the JSON response to `exc`, with its status and headers (every dialect)."""
+    response = jsonify(body)
+    response.status_code = exc.status
+    for key, value in exc.headers.items():
         response.headers[key] = str(value)
     return response
 
 
-def rate_limit_retry_after(exc: Exception) -> int:
-    """Seconds until a Flask-Limiter window resets (60 if the exception does not say)."""
-    limit = getattr(getattr(exc, "limit", None), "limit", None)
-    return int(getattr(limit, "get_expiry", lambda: 60)())
+def render_native_error(exc: ApiError) -> Response:
+    """The native (and job API) error shape: `{"error": <code>, "message": <what to do>}`."""
+    return error_json({"error": exc.code, "message": exc.message}, exc)
+
+
+# Deeper JSON than any real request needs (A1111's script arguments nest about 5 levels). A
+# fixed bound keeps every later step that walks the body (validation messages, echoing it
+# back as JSON) far from Python's recursion limit, wherever the request's stack stands.
+MAX_JSON_DEPTH = 64
 
 
 def json_body() -> Any:
-    """The request's JSON body, or ApiError 415 (not JSON) / 400 (malformed)."""
+    """The request's JSON body, or ApiError 415 (not JSON) / 400 (malformed or too deep)."""
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type",
                        "send the body as JSON with 'Content-Type: application/json'")
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+        too_deep = _nesting_depth(body) > MAX_JSON_DEPTH
+    except RecursionError:  # the decoder recurses per level; silent= only catches ValueError
+        too_deep = True
+    if too_deep:
+        raise ApiError(400, "invalid_json", f"the request body nests arrays/objects more "
+                       f"than {MAX_JSON_DEPTH} levels deep; send a flat JSON object such as "
+                       '{"prompt": "a cat"}')
     if body is None:
         raise ApiError(400, "invalid_json", "the request body is not valid JSON")
     return body
+
+
+def _nesting_depth(value: Any) -> int:
+    """How deeply arrays/objects nest in a decoded JSON value (without recursing, so any
+    depth is measured safely); stops counting just past MAX_JSON_DEPTH."""
+    deepest, pending = 0, [(value, 1)]
+    while pending and deepest <= MAX_JSON_DEPTH:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth)
+            pending.extend((child, depth + 1) for child in item)
+    return deepest
 
 
 def client_id() -> str:
@@ -76,8 +106,6 @@ def submit(generation_request) -> Any:
 
 def submit_many(generation_requests: list) -> list:
     """Queue several validated requests atomically (all or none), errors as in `submit`."""
-    from jobs import NotAccepting, QueueFull
-
     queue = services().queue
     try:
         return queue.submit_many(generation_requests, client=client_id())
@@ -117,11 +145,11 @@ def wait_for(job) -> bool:
 
 def failed_job_error(job) -> ApiError:
     """The error for a job that did not succeed."""
-    if job.state.value == "cancelled" and not services().queue.accepting:
+    if job.state is JobState.CANCELLED and not services().queue.accepting:
         return ApiError(503, "shutting_down", "the server is shutting down and cancelled this "
                         "job before it could run; retry after it restarts",
                         {"Retry-After": SHUTDOWN_RETRY_AFTER_SECONDS})
-    if job.state.value == "cancelled":
+    if job.state is JobState.CANCELLED:
         return ApiError(409, "cancelled", job.error or "the job was cancelled")
     return ApiError(500, "generation_failed", job.error or "generation failed; try fewer "
                     "steps or a smaller size")

@@ -20,11 +20,13 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from api import ApiError, failed_job_error, json_body, services
+from api import ApiError, error_json, failed_job_error, json_body, services
 from api.batches import run_batch
 from api.openapi import ERROR_SCHEMA, doc
+from jobs import JobState
 from params import (DEFAULT_SCHEDULER, SCHEDULERS, GenerationRequest, ValidationError,
-                    parse_generation_request, request_fields)
+                    field_value, image_count_field, json_object, parse_generation_request,
+                    request_fields)
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +76,9 @@ A1111_DOC = {"tags": ("a1111",), "error_schema": A1111_ERROR_SCHEMA}
 
 def txt2img_schema() -> dict[str, Any]:
     """The txt2img body A1111 clients send, with this server's limits."""
-    native = {s.name: s.schema() for s in request_fields(services().settings)}
-    limit = services().settings.max_batch
+    settings = services().settings
+    native = {s.name: s.schema() for s in request_fields(settings)}
+    limit = settings.max_batch
     return {"type": "object", "required": ["prompt"], "additionalProperties": True,
             "description": "Other A1111 fields (enable_hr, restore_faces, scripts, "
                            "override_settings, ...) are accepted and ignored.",
@@ -91,20 +94,15 @@ def txt2img_schema() -> dict[str, Any]:
                 "sampler_index": {"type": "string", "description": "legacy sampler_name"},
                 "scheduler": {"type": "string", "enum": ["automatic", "Automatic", "karras",
                                                           "Karras"]},
-                "batch_size": {"type": "integer", "minimum": 1, "maximum": limit},
-                "n_iter": {"type": "integer", "minimum": 1, "maximum": limit,
+                "batch_size": image_count_field("batch_size", settings).schema(),
+                "n_iter": {**image_count_field("n_iter", settings).schema(),
                            "description": f"batch_size x n_iter <= {limit} (MAX_BATCH)"},
                 "send_images": {"type": "boolean", "default": True}}}
 
 
-@bp.errorhandler(ApiError)
-def a1111_error(exc: ApiError):
-    """Our error shape plus A1111's `detail`, which its clients print."""
-    response = jsonify({"error": exc.code, "message": exc.message, "detail": exc.message})
-    response.status_code = exc.status
-    for key, value in exc.headers.items():
-        response.headers[key] = str(value)
-    return response
+def render_error(exc: ApiError) -> Response:
+    """This dialect's error shape: ours plus A1111's `detail`, which its clients print."""
+    return error_json({"error": exc.code, "message": exc.message, "detail": exc.message}, exc)
 
 
 def _invalid(field: str, message: str) -> ApiError:
@@ -136,36 +134,26 @@ def resolve_sampler(name: Any, schedule: Any, field: str = "sampler_name") -> st
                    "'automatic', or 'Karras' with sampler 'DPM++ 2M'")
 
 
-def _count(body: dict, field: str) -> int:
-    value = body.get(field, 1)
-    value = 1 if value is None else value
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise _invalid(field, f"'{field}' must be an integer of at least 1 (got {value!r})")
-    return value
-
-
 def parse_txt2img(body: Any) -> tuple[GenerationRequest, int, int, list[str]]:
     """An A1111 txt2img body -> (request, batch_size, n_iter, ignored fields), or 422."""
-    if not isinstance(body, dict):
-        raise _invalid("body", 'the request body must be a JSON object, e.g. {"prompt": "a cat"}')
-    native = {name: body[name] for name in PASSED if name in body}
-    native.update({ours: body[theirs] for theirs, ours in RENAMED.items() if theirs in body})
-    if body.get("seed") not in (None, -1):  # -1 is A1111's "random"
-        native["seed"] = body["seed"]
-    # sampler_name wins over the deprecated sampler_index, as in A1111.
-    field = "sampler_name" if body.get("sampler_name") else "sampler_index"
-    native["scheduler"] = resolve_sampler(body.get(field), body.get("scheduler"), field)
+    settings = services().settings
     try:
-        req = parse_generation_request(native, services().settings)
+        native = {name: body[name] for name in PASSED if name in json_object(body)}
+        native.update({ours: body[theirs] for theirs, ours in RENAMED.items() if theirs in body})
+        if body.get("seed") not in (None, -1):  # -1 is A1111's "random"
+            native["seed"] = body["seed"]
+        # sampler_name wins over the deprecated sampler_index, as in A1111.
+        field = "sampler_name" if body.get("sampler_name") else "sampler_index"
+        native["scheduler"] = resolve_sampler(body.get(field), body.get("scheduler"), field)
+        req = parse_generation_request(native, settings)
+        batch_size, n_iter = (field_value(image_count_field(name, settings), body)
+                              for name in ("batch_size", "n_iter"))
     except ValidationError as exc:
         theirs = {ours: theirs for theirs, ours in RENAMED.items()}.get(exc.field, exc.field)
         raise _invalid(theirs, exc.message.replace(f"'{exc.field}'", f"'{theirs}'")) from None
-    batch_size, n_iter = _count(body, "batch_size"), _count(body, "n_iter")
-    if batch_size * n_iter > services().settings.max_batch:
+    if batch_size * n_iter > settings.max_batch:
         raise _invalid("batch_size", f"batch_size x n_iter = {batch_size * n_iter} images; "
-                       f"this server makes 1..{services().settings.max_batch} per request "
+                       f"this server makes 1..{settings.max_batch} per request "
                        "(MAX_BATCH)")
     known = {*PASSED, *RENAMED, "seed", "sampler_name", "sampler_index", "scheduler",
              "batch_size", "n_iter", "send_images"}
@@ -203,7 +191,7 @@ def txt2img():
     if jobs is None:
         return Response(status=499)  # the client hung up; nobody reads this
     done = [job for job in jobs if job.png is not None]
-    failed = next((job for job in jobs if job.state.value == "failed"), None)
+    failed = next((job for job in jobs if job.state is JobState.FAILED), None)
     if failed is not None:
         raise failed_job_error(failed)
     interrupted = len(done) < len(jobs)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, Response, current_app, jsonify, render_template
+from flask import Blueprint, Response, current_app, jsonify, render_template, send_from_directory
 
 from api import ApiError, failed_job_error, json_body, services, submit, wait_for
 from api.openapi import doc
@@ -16,6 +16,13 @@ HEALTH_SCHEMA = {"type": "object", "required": ["status"], "properties": {
     "device": {"type": "string"}, "model": {"type": "string"}, "dtype": {"type": "string"},
     "optimizations": {"type": "array", "items": {"type": "string"}},
     "queue": {"type": "object"}, "error": {"type": "string"}}}
+
+
+def request_limits(settings) -> dict:
+    """What a request may ask for on this server, as the page and /health report it."""
+    return {"max_prompt_length": settings.max_prompt_length, "min_size": settings.min_size,
+            "max_size": settings.max_size, "max_steps": settings.max_steps,
+            "default_steps": settings.default_steps, "default_size": settings.default_size}
 
 
 def parse_or_400(body) -> object:
@@ -32,11 +39,17 @@ def index():
     """Serve the browser form."""
     s = services().settings
     return render_template("index.html", limits={
-        "max_prompt_length": s.max_prompt_length, "min_size": s.min_size,
-        "max_size": s.max_size, "default_size": s.default_size,
-        "default_steps": s.default_steps, "max_steps": s.max_steps,
-        "default_guidance": s.default_guidance, "api_key_required": bool(s.api_key)},
-        schedulers=[DEFAULT_SCHEDULER, *SCHEDULERS])
+        **request_limits(s), "default_guidance": s.default_guidance,
+        "api_key_required": bool(s.api_key)}, schedulers=[DEFAULT_SCHEDULER, *SCHEDULERS])
+
+
+@bp.get("/favicon.ico")
+@doc("The page's icon (browsers ask for it at this path).",
+     responses={200: "image/vnd.microsoft.icon"}, errors=())
+def favicon():
+    """Serve the icon from static/, where the page's <link rel=icon> also points."""
+    return send_from_directory(current_app.static_folder, "favicon.ico",
+                               mimetype="image/vnd.microsoft.icon")
 
 
 @bp.get("/health")
@@ -48,11 +61,7 @@ def health():
     status = svc.engine.status
     queue = svc.queue.stats()
     body = {"model": svc.settings.model_id, "queue": queue,
-            "limits": {"max_prompt_length": svc.settings.max_prompt_length,
-                       "min_size": svc.settings.min_size, "max_size": svc.settings.max_size,
-                       "max_steps": svc.settings.max_steps,
-                       "default_steps": svc.settings.default_steps,
-                       "default_size": svc.settings.default_size}}
+            "limits": request_limits(svc.settings)}
     if status.state == "ready" and not queue["accepting"]:
         body.update(status="shutting_down")
         return jsonify(body), 503

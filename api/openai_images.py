@@ -14,12 +14,12 @@ import time
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, url_for
-from werkzeug.exceptions import HTTPException
 
-from api import ApiError, failed_job_error, json_body, rate_limit_retry_after, services
+from api import ApiError, error_json, failed_job_error, json_body, services
 from api.batches import run_batch
 from api.openapi import doc
-from params import ValidationError, parse_generation_request, request_fields
+from params import (ValidationError, field_value, image_count_field, json_object,
+                    parse_generation_request, request_fields)
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def generations_schema() -> dict[str, Any]:
     native = {f.name: f.schema() for f in request_fields(s)}
     return {"type": "object", "required": ["prompt"], "properties": {
         "prompt": native["prompt"],
-        "n": {"type": "integer", "minimum": 1, "maximum": s.max_batch, "default": 1},
+        "n": image_count_field("n", s).schema(),
         "size": {"type": "string", "default": default_size(),
                  "description": f"WxH, each a multiple of 8 in {s.min_size}..{s.max_size}, "
                                 "or 'auto'"},
@@ -89,31 +89,10 @@ def error_type(status: int) -> str:
     return "server_error" if status >= 500 else "invalid_request_error"
 
 
-def openai_error(status: int, message: str, param: str | None, code: str | None,
-                 headers: dict | None = None):
-    """A response in OpenAI's error shape."""
-    response = jsonify({"error": {"message": message, "type": error_type(status),
-                                  "param": param, "code": code}})
-    response.status_code = status
-    for key, value in (headers or {}).items():
-        response.headers[key] = str(value)
-    return response
-
-
-@bp.errorhandler(ApiError)
-def api_error(exc: ApiError):
-    """Our errors, in OpenAI's shape."""
-    return openai_error(exc.status, exc.message, exc.param, exc.code, exc.headers)
-
-
-@bp.errorhandler(HTTPException)
-def http_error(exc: HTTPException):
-    """Errors raised around our views (rate limit, body too large) in OpenAI's shape."""
-    headers = {}
-    if exc.code == 429:
-        headers["Retry-After"] = rate_limit_retry_after(exc)
-    code = (exc.name or "error").lower().replace(" ", "_")
-    return openai_error(exc.code or 500, exc.description or code, None, code, headers)
+def render_error(exc: ApiError) -> Response:
+    """This dialect's error shape, which the `openai` SDK turns into its exceptions."""
+    return error_json({"error": {"message": exc.message, "type": error_type(exc.status),
+                                 "param": exc.param, "code": exc.code}}, exc)
 
 
 def _invalid(param: str, message: str) -> ApiError:
@@ -138,8 +117,13 @@ def parse_size(value: Any) -> tuple[int, int]:
 
 def parse_generations(body: Any) -> tuple[Any, int, str, list[str]]:
     """An images/generations body -> (request, n, response_format, ignored), or 400."""
-    if not isinstance(body, dict):
-        raise _invalid("body", 'the request body must be a JSON object, e.g. {"prompt": "a cat"}')
+    try:
+        return _parse_generations(json_object(body))
+    except ValidationError as exc:
+        raise _invalid(exc.field, exc.message) from None
+
+
+def _parse_generations(body: dict) -> tuple[Any, int, str, list[str]]:
     unknown = sorted(k for k in body if k not in {"prompt", "n", "size", "response_format",
                                                   "model", *IGNORED, *EXTENSIONS})
     if unknown:  # OpenAI's own answer to an unknown field
@@ -147,22 +131,15 @@ def parse_generations(body: Any) -> tuple[Any, int, str, list[str]]:
                        f"{unknown[0]}", param=unknown[0])
     if body.get("stream"):
         raise _invalid("stream", "streaming is not supported here; leave 'stream' out")
-    n = body.get("n", 1)
-    n = 1 if n is None else n
-    limit = services().settings.max_batch
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= limit:
-        raise _invalid("n", f"'n' must be an integer 1..{limit} (MAX_BATCH) (got {n!r})")
+    n = field_value(image_count_field("n", services().settings), body)
     response_format = body.get("response_format") or "b64_json"
     if response_format not in RESPONSE_FORMATS:
         raise _invalid("response_format", f"'response_format' must be 'b64_json' or 'url' "
                        f"(got {response_format!r})")
     width, height = parse_size(body.get("size"))
     native = {name: body[name] for name in ("prompt", *EXTENSIONS) if name in body}
-    try:
-        req = parse_generation_request({**native, "width": width, "height": height},
-                                       services().settings)
-    except ValidationError as exc:
-        raise _invalid(exc.field, exc.message) from None
+    req = parse_generation_request({**native, "width": width, "height": height},
+                                   services().settings)
     return req, n, response_format, sorted(k for k in body if k in IGNORED)
 
 

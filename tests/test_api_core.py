@@ -153,3 +153,13 @@ def test_index_serves_the_page_with_limits(client):
     r = client.get("/")
     assert r.status_code == 200 and r.mimetype == "text/html"
     assert b"prompt" in r.data and b"200" in r.data
+
+
+def test_favicon_is_served_and_the_page_links_it(client):
+    from config import PROJECT_DIR
+
+    r = client.get("/favicon.ico")
+    assert r.status_code == 200 and r.mimetype == "image/vnd.microsoft.icon"
+    assert r.data == (PROJECT_DIR / "static" / "favicon.ico").read_bytes()
+    assert Image.open(io.BytesIO(r.data)).format == "ICO"
+    assert b'<link rel="icon" href="/favicon.ico"' in client.get("/").data

@@ -1,4 +1,6 @@
-"""main(): configuration errors, the waitress / dev-server choice, and startup speed."""
+"""main(): configuration errors, binding HOST:PORT (waitress or the dev server), startup
+speed and shutdown."""
+import socket
 import subprocess
 import sys
 import time
@@ -18,30 +20,55 @@ def test_bad_config_stops_startup_with_one_line():
                                      "integer 1..65535")
 
 
-def test_serve_uses_waitress(make_app, monkeypatch):
-    """waitress.serve is replaced by a recorder: we check what we ask of it, not waitress."""
-    import waitress
-
-    calls = []
-    monkeypatch.setattr(waitress, "serve", lambda app, **kw: calls.append(kw))
-    app = make_app(wait=False, start_worker=False)
+def test_listen_binds_waitress_with_our_settings(make_app):
+    app = make_app(wait=False, start_worker=False, PORT=str(free_port()))
     settings = app.extensions["sd_server"].settings
-    assert app_module.serve(app, settings) == "waitress"
-    assert calls[0]["host"] == "127.0.0.1" and calls[0]["port"] == settings.port
-    assert calls[0]["threads"] == settings.threads
-    assert calls[0]["channel_request_lookahead"] > 0  # needed to notice disconnects
+    server = app_module.listen(app, settings)
+    try:
+        assert server.kind == "waitress"
+        assert int(server.server.effective_port) == settings.port
+        assert server.server.adj.threads == settings.threads
+        assert server.server.adj.channel_request_lookahead > 0  # needed to notice disconnects
+    finally:
+        server.server.close()
 
 
-def test_serve_falls_back_to_flask_dev_server(make_app, monkeypatch, caplog):
-    """waitress is made unimportable and app.run recorded, to check the fallback choice."""
+def test_listen_falls_back_to_flask_dev_server(make_app, monkeypatch, caplog):
+    """waitress is made unimportable to check the fallback choice."""
     monkeypatch.setitem(sys.modules, "waitress", None)
-    app = make_app(wait=False, start_worker=False)
-    calls = []
-    monkeypatch.setattr(app, "run", lambda **kw: calls.append(kw))
+    app = make_app(wait=False, start_worker=False, PORT=str(free_port()))
     with caplog.at_level("WARNING"):
-        assert app_module.serve(app, app.extensions["sd_server"].settings) == "flask"
-    assert calls[0]["debug"] is False
+        server = app_module.listen(app, app.extensions["sd_server"].settings)
+    try:
+        assert server.kind == "flask" and server.server.port == app.extensions[
+            "sd_server"].settings.port
+    finally:
+        server.server.server_close()
     assert "waitress is not installed" in caplog.text
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"PORT": "{held}"}, "PORT {held} is in use; set PORT=... or stop the other server"),
+    # 192.0.2.0/24 is reserved for documentation: no machine has it.
+    ({"HOST": "192.0.2.1"}, "HOST 192.0.2.1 cannot be bound (cannot assign requested "
+                            "address); set HOST=... to an address of this machine (127.0.0.1, "
+                            "or 0.0.0.0 for every network)"),
+])
+def test_an_address_that_cannot_be_bound_is_one_line_and_exit_1(tiny_model_dir, env, expected):
+    """A real `python app.py` against a port this test holds open (or an address no
+    machine has): one line on stderr naming the knob, exit status 1, no stack trace."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = str(held.getsockname()[1])
+        env = {"PATH": "/usr/bin:/bin", "MODEL_ID": str(tiny_model_dir), "PORT": str(free_port()),
+               "MIN_SIZE": "64", "DEFAULT_SIZE": "64", "OUTPUT_DIR": "", "RATE_LIMIT": "",
+               **{key: value.format(held=port) for key, value in env.items()}}
+        result = subprocess.run([sys.executable, "app.py"], cwd=ROOT, capture_output=True,
+                                text=True, timeout=120, env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip() == expected.format(held=port)
+    assert result.stdout == ""
 
 
 def test_server_listens_within_a_second_and_becomes_healthy(tiny_model_dir):

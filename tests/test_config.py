@@ -4,6 +4,15 @@ import pytest
 from config import KNOBS, ConfigError, Settings, TINY_MODEL_ID, env_example, knob_table
 
 
+def test_every_setting_is_one_knob_and_its_default_is_the_knobs():
+    from dataclasses import fields
+
+    assert [knob.name.lower() for knob in KNOBS] == [f.name for f in fields(Settings)]
+    defaults = Settings.from_env({})
+    for knob in KNOBS:
+        assert getattr(defaults, knob.name.lower()) == knob.parse(knob.default, knob)
+
+
 def test_defaults_match_the_documented_ones():
     s = Settings.from_env({})
     assert s.model_id == "CompVis/stable-diffusion-v1-4"

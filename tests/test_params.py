@@ -36,6 +36,9 @@ def test_all_fields_accepted():
     ("guidance_scale", float("nan"), "0..20"),
     ("width", 100, "multiple of 8"), ("width", 56, "64..256"), ("height", 264, "64..256"),
     ("scheduler", "Heun", "one of"),
+    # JSON's "\ud800": half a UTF-16 pair, which the tokenizer and the PNG text chunk reject.
+    ("prompt", "a \ud800 cat", "unpaired surrogate"),
+    ("negative_prompt", "\udfff", "unpaired surrogate"),
 ])
 def test_bad_field_names_field_and_range(field, value, needle):
     body = {"prompt": "ok", field: value}
@@ -81,3 +84,13 @@ def test_parse_infotext_inverts_infotext():
         assert seed == 77 and parsed == expected
     with pytest.raises(ValueError):
         parse_infotext("just a prompt")
+
+
+def test_image_counts_are_1_to_max_batch_naming_the_setting():
+    from params import field_value, image_count_field
+
+    spec = image_count_field("n", SETTINGS)
+    assert [field_value(spec, body) for body in ({}, {"n": None}, {"n": 2.0})] == [1, 1, 2]
+    for bad in (0, SETTINGS.max_batch + 1, 1.5, True, "2"):
+        with pytest.raises(ValidationError, match=r"'n' must be an integer 1\.\.4 \(MAX_BATCH\)"):
+            field_value(spec, {"n": bad})

@@ -7,27 +7,40 @@ GENERATING = [("/generate", {"prompt": "a cat"}), ("/jobs", {"prompt": "a cat"})
               ("/v1/images/generations", {"prompt": "a cat", "size": "64x64"})]
 
 
-def test_every_generating_endpoint_exists_and_is_limited(app):
-    """A renamed view would silently lose its rate limit; fail loudly instead."""
-    from app import GENERATING_ENDPOINTS
+def test_every_generating_endpoint_and_nothing_else_is_rate_limited(make_app):
+    """A renamed view would silently lose its rate limit: every route is called twice over a
+    1/minute limit and exactly the generating ones must answer a real 429. The body is
+    invalid so nothing is generated; the limiter counts the request all the same."""
+    app = make_app(RATE_LIMIT="1/minute")
+    client = app.test_client()
+    limited = set()
+    for method, path in every_route(app):
+        for _ in range(2):
+            r = client.open(path, method=method, json={"not": "valid"})
+        if r.status_code == 429:
+            limited.add((method, path))
+    assert limited == {(method, path) for path, _ in GENERATING for method in ["POST"]}
 
-    assert GENERATING_ENDPOINTS <= set(app.view_functions)
 
-
-def protected_routes(app):
-    """Every (method, path) that needs the API key: all but the page, health, static, docs."""
-    from app import OPEN_ENDPOINTS
-
+def every_route(app, skip_endpoints=frozenset()):
+    """Every (method, path) the app serves, path arguments filled with 'abc'."""
     out = []
     for rule in app.url_map.iter_rules():
-        if rule.endpoint in OPEN_ENDPOINTS:
+        if rule.endpoint in skip_endpoints:
             continue
         path = rule.rule
         for arg in rule.arguments:
             path = path.replace(f"<{arg}>", "abc")
-        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
-            out.append((method, path))
+        out += [(method, path) for method in sorted(rule.methods - {"HEAD", "OPTIONS"})]
     return out
+
+
+def protected_routes(app):
+    """Every (method, path) that needs the API key: all but the page, health, icon, static
+    and docs."""
+    from app import OPEN_ENDPOINTS
+
+    return every_route(app, OPEN_ENDPOINTS)
 
 
 def test_rate_limit_is_429_json_with_retry_after(make_app):
@@ -78,7 +91,7 @@ def test_cors_allows_only_the_configured_origins(make_app):
         "Access-Control-Allow-Origin"] == "*"
 
 
-def test_api_key_guards_every_route_but_page_health_and_docs(make_app):
+def test_api_key_guards_every_route_but_page_health_icon_and_docs(make_app):
     app = make_app(API_KEY="s3cret-key")
     client = app.test_client()
     routes = protected_routes(app)
@@ -92,7 +105,7 @@ def test_api_key_guards_every_route_but_page_health_and_docs(make_app):
     ok = {"Authorization": "Bearer s3cret-key"}
     assert client.post("/generate", json={"prompt": "a"}, headers=ok).status_code == 200
     assert client.get("/jobs", headers=ok).status_code == 200
-    for path in ("/", "/health", "/openapi.json"):
+    for path in ("/", "/health", "/openapi.json", "/favicon.ico"):
         r = client.get(path)
         assert r.status_code == 200 and b"s3cret-key" not in r.data
 
@@ -131,3 +144,57 @@ def test_retry_after_only_on_refusals_and_outcomes_are_logged(make_app, caplog):
     assert ok.status_code == 202 and "Retry-After" not in ok.headers
     assert limited.status_code == 429 and int(limited.headers["Retry-After"]) > 0
     assert "POST /jobs -> 202" in caplog.text and "POST /jobs -> 429" in caplog.text
+
+
+# The page's scripts, styles and images come from this server; images are blob: URLs.
+CSP = "default-src 'self'; img-src 'self' blob:; frame-ancestors 'none'"
+
+
+def test_every_response_carries_the_security_headers(make_app):
+    """Pages, files, JSON, and errors of every kind and dialect (an unexpected error is
+    injected by replacing a view: none can be provoked on demand)."""
+    app = make_app(RATE_LIMIT="1/minute")
+
+    def broken():
+        raise RuntimeError("boom")
+
+    app.view_functions["openapi.openapi_json"] = broken
+    client = app.test_client()
+    client.post("/jobs", json={"prompt": "a cat"})
+    calls = [("GET", "/", {}, 200), ("GET", "/health", {}, 200),
+             ("GET", "/static/app.js", {}, 200), ("GET", "/favicon.ico", {}, 200),
+             ("GET", "/nope", {}, 404), ("PUT", "/health", {}, 405),
+             ("POST", "/generate", {"json": ["a cat"]}, 400),
+             ("POST", "/sdapi/v1/txt2img", {"json": {"steps": 0}}, 422),
+             ("POST", "/v1/images/generations", {"data": "a cat"}, 415),
+             ("POST", "/jobs", {"json": {"prompt": "a cat"}}, 429),
+             ("GET", "/openapi.json", {}, 500)]
+    for method, path, kwargs, status in calls:
+        r = client.open(path, method=method, **kwargs)
+        assert r.status_code == status, path
+        assert r.headers["Content-Security-Policy"] == CSP, path
+        assert r.headers["X-Content-Type-Options"] == "nosniff", path
+        assert r.headers["Referrer-Policy"] == "same-origin", path
+
+
+# Deeper than Python's JSON decoder can recurse, and just deeper than the server allows.
+DEEP_BODIES = {"5000 nested arrays": b"[" * 5000 + b"]" * 5000,
+               "3000 nested objects as prompt": b'{"prompt": ' + b'{"a": ' * 3000 + b'"cat"'
+               + b"}" * 3000 + b"}",
+               "65 levels as prompt": b'{"prompt": ' + b"[" * 65 + b"]" * 65 + b"}"}
+
+
+@pytest.mark.parametrize("name", DEEP_BODIES)
+@pytest.mark.parametrize("path", [path for path, _ in GENERATING])
+def test_deeply_nested_json_is_400_in_each_dialects_shape(client, path, name):
+    r = client.post(path, data=DEEP_BODIES[name], content_type="application/json")
+    assert r.status_code == 400 and r.is_json
+    if path.startswith("/v1/"):  # OpenAI's error shape
+        assert r.json["error"]["type"] == "invalid_request_error"
+        message = r.json["error"]["message"]
+    else:
+        assert r.json["error"] == "invalid_json"
+        message = r.json["message"]
+    assert "more than 64 levels deep" in message
+    if path.startswith("/sdapi/"):
+        assert r.json["detail"] == message
