@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None, start_worker: bool = True) -> F
     queue = JobQueue(engine, settings)
     app.extensions["sd_server"] = Services(settings=settings, engine=engine, queue=queue)
 
-    app.wsgi_app = ResponseTracker(app.wsgi_app, queue)
+    app.wsgi_app = ResponseTracker(app)
     _register_blueprints(app)
     _install_request_log(app)  # before security: after_request hooks run in reverse order
     _install_security(app, settings)
@@ -65,23 +65,29 @@ def create_app(settings: Settings | None = None, start_worker: bool = True) -> F
 
 
 class ResponseTracker:
-    """WSGI middleware telling the job queue when each response has been handed to the
-    server, so a shutdown waits for the image a finished job is still sending."""
+    """WSGI middleware counting the responses not yet handed to the server, so a shutdown
+    waits for the image a finished job is still sending. Wraps `app.wsgi_app`; its counter
+    (a jobs.OpenResponses) is `app.extensions[ResponseTracker.EXTENSION]`."""
 
-    def __init__(self, wsgi_app: Callable, queue: Any):
-        self.wsgi_app = wsgi_app
-        self.queue = queue
+    EXTENSION = "sd_open_responses"
+
+    def __init__(self, app: Flask):
+        from jobs import OpenResponses
+
+        self.wsgi_app = app.wsgi_app
+        self.responses = app.extensions.setdefault(self.EXTENSION, OpenResponses())
 
     def __call__(self, environ: dict, start_response: Callable):
         from werkzeug.wsgi import ClosingIterator
 
-        self.queue.response_opened()
+        self.responses.opened()
         try:
             body = self.wsgi_app(environ, start_response)
         except BaseException:
-            self.queue.response_closed()
+            self.responses.closed()
             raise
-        return ClosingIterator(body, [self.queue.response_closed])
+        # The server closes the body once it has sent it all: only then is it delivered.
+        return ClosingIterator(body, [self.responses.closed])
 
 
 def _register_blueprints(app: Flask) -> None:
@@ -274,7 +280,10 @@ def install_signal_handlers(app: Flask, settings: Settings,
                             exit_process: Callable[[int], None] = os._exit) -> Callable:
     """SIGTERM/SIGINT: refuse new jobs (503), let the running one finish (or cancel it after
     SHUTDOWN_GRACE_SECONDS), deliver every open response, then exit 0. Returns the handler."""
+    from jobs import drain_in_background
+
     queue = app.extensions["sd_server"].queue
+    responses = app.extensions[ResponseTracker.EXTENSION]
     received = []  # signal handlers run on the main thread only: a plain list is enough
 
     def exit_cleanly() -> None:
@@ -294,7 +303,7 @@ def install_signal_handlers(app: Flask, settings: Settings,
         log.info("received %s: draining (grace %d s)", signal.Signals(signum).name,
                  settings.shutdown_grace_seconds)
         # Drain off the signal handler so waitress keeps answering (503s, /health) meanwhile.
-        queue.drain_in_background(settings.shutdown_grace_seconds, exit_cleanly)
+        drain_in_background(queue, responses, settings.shutdown_grace_seconds, exit_cleanly)
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)

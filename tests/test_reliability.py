@@ -97,6 +97,24 @@ def test_sigterm_refuses_new_work_lets_the_running_job_finish_and_exits_0(
     assert job.state == JobState.SUCCEEDED and job.png
 
 
+def test_shutdown_waits_for_every_open_response(app):
+    """The WSGI middleware counts each response until the server closes its body; the
+    drain exits only once none is open."""
+    from app import ResponseTracker
+    from jobs import drain_in_background
+
+    responses = app.extensions[ResponseTracker.EXTENSION]
+    client = app.test_client()
+    response = client.get("/health")  # unbuffered: open until the "server" closes it
+    assert responses.count == 1
+    exited = threading.Event()
+    drain = drain_in_background(app.extensions["sd_server"].queue, responses, 0, exited.set)
+    drain.join(0.5)  # plenty for the stop itself; the open response must hold it
+    assert drain.is_alive() and not exited.is_set()
+    response.close()
+    assert exited.wait(30) and responses.count == 0
+
+
 def test_many_clients_over_http_lose_nothing(live_server):
     """30 simultaneous clients against real waitress: only 200/202/429/503, and every
     accepted job finishes with a retrievable image."""

@@ -1,0 +1,229 @@
+"""JobQueue: where a request waits. A bounded FIFO of jobs, each with an id, a state,
+step/total, timings, a live preview and, when it succeeds, its PNG.
+
+Finished jobs are kept for a bounded time and count (jobs/retention.py) so a page reload
+or a slow client does not lose them. One `Worker` (jobs/worker.py) runs the jobs; the two
+share a `QueueState` (jobs/state.py) and its one lock.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+from config import Settings
+from jobs.eta import eta_seconds
+from jobs.job import Job, JobState, NotAccepting, QueueFull, random_seed
+from jobs.retention import expired_job_ids
+from jobs.state import QueueState
+from jobs.store import OutputStore
+from jobs.worker import Worker
+from params import GenerationRequest
+
+log = logging.getLogger(__name__)
+
+# How long shutdown waits for a cancelled running job to reach its next step.
+CANCEL_WAIT_SECONDS = 60
+
+
+class JobQueue:
+    """Bounded FIFO of generation jobs served by one worker thread that owns the engine."""
+
+    def __init__(self, engine, settings: Settings, clock: Callable[[], float] = time.time,
+                 store: OutputStore | None = None):
+        self.engine = engine
+        self.settings = settings
+        self.clock = clock
+        # Both read the clock through the queue, so a clock a test sets here reaches them.
+        self.store = store or OutputStore(settings, clock=self._now)
+        self._state = QueueState()
+        self._worker = Worker(self._state, engine, self.store, self._now)
+
+    # ------------------------------------------------------------------ control
+    def start(self) -> "JobQueue":
+        """Start the worker: it loads the model in the background, then serves jobs."""
+        self._worker.start()
+        return self
+
+    def wait_until_loaded(self, timeout: float | None = None) -> bool:
+        """Block until the model load has finished (ready or failed) or the worker died;
+        for tools and tests."""
+        return self._worker.wait_until_loaded(timeout)
+
+    def stop(self, grace_seconds: float) -> None:
+        """Refuse new jobs, cancel queued ones, let the running job finish within the grace
+        period (then cancel it), and stop the worker."""
+        state = self._state
+        with state.lock:
+            state.accepting = False
+            for job in state.waiting:
+                state.finish(job, JobState.CANCELLED, "the server is shutting down",
+                             self.clock())
+            state.waiting.clear()
+            running = state.running
+        if running is not None and not running.done.wait(grace_seconds):
+            log.warning("shutdown: cancelling job %s after %.0f s grace", running.id,
+                        grace_seconds)
+            self.cancel(running.id)
+            running.done.wait(CANCEL_WAIT_SECONDS)
+        self._worker.stop()
+
+    @property
+    def accepting(self) -> bool:
+        """False once shutdown has begun."""
+        return self._state.accepting
+
+    @property
+    def worker_alive(self) -> bool:
+        """True while the worker thread runs (False before `start` and after it ends)."""
+        return self._worker.alive
+
+    @property
+    def worker_error(self) -> str | None:
+        """Why the worker stopped on its own (no job can run: the server is unhealthy);
+        None while it runs, before `start` and after a requested stop."""
+        return self._worker.error
+
+    # ------------------------------------------------------------------ jobs
+    def submit(self, request: GenerationRequest, client: str = "") -> Job:
+        """Queue a job, or raise NotAccepting / QueueFull."""
+        return self.submit_many([request], client)[0]
+
+    def submit_many(self, requests: list[GenerationRequest], client: str = "") -> list[Job]:
+        """Queue several jobs atomically (a batch): all are accepted, or none is."""
+        status, worker_error, state = self.engine.status, self._worker.error, self._state
+        with state.lock:
+            if not state.accepting:
+                raise NotAccepting("shutting_down", "the server is shutting down; retry "
+                                   "against another instance or after it restarts", 30)
+            if worker_error:
+                raise NotAccepting("worker_stopped", f"{worker_error}; restart the server "
+                                   "(the details are in its log)", None)
+            if status.state == "loading":
+                raise NotAccepting("loading", "the model is still loading; retry in a few "
+                                   "seconds (GET /health says when it is ready)", 10)
+            if status.state == "failed":
+                raise NotAccepting("model_unavailable", f"the model failed to load: "
+                                   f"{status.error}", None)
+            if len(state.waiting) + len(requests) > self.settings.queue_size:
+                raise QueueFull(self._retry_after_locked())
+            jobs = []
+            for request in requests:
+                seed = request.seed if request.seed is not None else random_seed()
+                job = Job(request=request, seed=seed, client=client, created_at=self.clock())
+                state.waiting.append(job)
+                state.jobs[job.id] = job
+                jobs.append(job)
+            self._prune_locked()
+            state.wake.notify_all()
+        for job in jobs:
+            log.info("job %s queued (position %s)", job.id, self.queue_position(job))
+        return jobs
+
+    def current(self) -> Job | None:
+        """The running job, if any."""
+        with self._state.lock:
+            return self._state.running
+
+    def get(self, job_id: str) -> Job | None:
+        """The job with this id, or None if unknown or no longer retained."""
+        with self._state.lock:
+            self._prune_locked()
+            return self._state.jobs.get(job_id)
+
+    def recent(self, limit: int | None = None) -> list[Job]:
+        """Known jobs, newest first."""
+        with self._state.lock:
+            self._prune_locked()
+            jobs = list(reversed(self._state.jobs.values()))
+        return jobs[:limit] if limit else jobs
+
+    def cancel(self, job_id: str) -> Job | None:
+        """Cancel a job: a queued one leaves the queue now, a running one stops at its next
+        step. Finished jobs are left as they are. Returns the job, or None if unknown."""
+        state = self._state
+        with state.lock:
+            job = state.jobs.get(job_id)
+            if job is None or job.state.finished:
+                return job
+            job.cancel_requested = True
+            if job.state == JobState.QUEUED:
+                state.waiting.remove(job)
+                state.finish(job, JobState.CANCELLED, "cancelled before it started",
+                             self.clock())
+        log.info("job %s cancel requested", job_id)
+        return job
+
+    def wait(self, job: Job, timeout: float | None = None) -> bool:
+        """Block until the job is finished; True if it is."""
+        return job.done.wait(timeout)
+
+    def mark_delivered(self, job: Job) -> None:
+        """Record that a client received the job's image (it may now be pruned by count)."""
+        with self._state.lock:
+            job.delivered = True
+
+    def queue_position(self, job: Job) -> int | None:
+        """1 for the next job to run, 0 while running, None once finished."""
+        with self._state.lock:
+            return self._state.position(job)
+
+    def preview(self, job: Job) -> bytes | None:
+        """A PNG of the job's newest latents (rendered once per step, on demand)."""
+        with self._state.lock:
+            if job.state.finished and job.png is not None:
+                return job.png  # done: the real image beats any approximation
+            latents, step = job.latents, job.step
+            if latents is None or (job.preview_step == step and job.preview_png is not None):
+                return job.preview_png
+        png = self.engine.preview_png(latents)  # outside the lock: polls must not wait on it
+        with self._state.lock:
+            job.preview_png, job.preview_step = png, step
+        return png
+
+    def snapshot(self, job: Job) -> dict[str, Any]:
+        """The job as the JSON the API returns."""
+        with self._state.lock:
+            return job.to_json(self._state.position(job), self._eta_locked(job))
+
+    def stats(self) -> dict[str, Any]:
+        """Queue figures for /health; a `worker_error` means no job can run any more."""
+        worker_error, state = self._worker.error, self._state
+        with state.lock:
+            return {"waiting": len(state.waiting), "running": int(state.running is not None),
+                    "capacity": self.settings.queue_size, "completed": state.completed,
+                    "failed": state.failed, "accepting": state.accepting,
+                    "seconds_per_step": (round(state.seconds_per_step, 3)
+                                         if state.seconds_per_step else None),
+                    "worker_error": worker_error}
+
+    # ------------------------------------------------------------------ internals
+    def _now(self) -> float:
+        """`self.clock()`, looked up at each call."""
+        return self.clock()
+
+    def _eta_locked(self, job: Job) -> float | None:
+        """The job's ETA (see jobs.eta) from what the queue knows now."""
+        state, steps_left = self._state, job.total_steps - job.step
+        if job.state == JobState.QUEUED:
+            position = state.position(job)
+            ahead = list(state.waiting)[: position - 1] if position else []
+            steps_left = job.total_steps + sum(j.total_steps for j in ahead)
+            if state.running is not None:
+                steps_left += state.running.total_steps - state.running.step
+        return eta_seconds(job.state, steps_left, job.step_marks, job.started_at,
+                           self.clock(), state.seconds_per_step)
+
+    def _retry_after_locked(self) -> int:
+        """A Retry-After estimate: the running job's remaining time, at least a few seconds."""
+        running = self._state.running
+        eta = self._eta_locked(running) if running else None
+        return max(5, int(eta or 30))
+
+    def _prune_locked(self) -> None:
+        """Forget finished jobs beyond JOB_RETENTION_SECONDS and _COUNT (see jobs.retention)."""
+        jobs = self._state.jobs
+        for job_id in expired_job_ids(jobs.values(), self.clock(),
+                                      self.settings.job_retention_seconds,
+                                      self.settings.job_retention_count):
+            del jobs[job_id]
