@@ -41,18 +41,37 @@ def browser():
     pw.stop()
 
 
+# Chromium reports a Content-Security-Policy violation twice: as a console error ("Refused
+# to ... because it violates the following Content Security Policy directive") and as a
+# `securitypolicyviolation` event, which this script (run before the page's own) logs too.
+REPORT_CSP_VIOLATIONS = """document.addEventListener("securitypolicyviolation", (e) =>
+    console.error(`Content Security Policy violation: ${e.violatedDirective} ${e.blockedURI}`));
+"""
+
+
 @pytest.fixture
-def page(browser):
-    """A fresh page (own localStorage); fails the test if the page's script throws."""
+def csp_violations() -> list[str]:
+    """The Content-Security-Policy violations seen by `page` (a test may inspect them)."""
+    return []
+
+
+@pytest.fixture
+def page(browser, csp_violations):
+    """A fresh page (own localStorage); fails the test if the page's script throws or
+    anything on the page breaks the server's Content-Security-Policy."""
     ARTIFACTS.mkdir(exist_ok=True)
     context = browser.new_context(viewport={"width": 1100, "height": 900})
     context.set_default_timeout(TIMEOUT_MS)
+    context.add_init_script(REPORT_CSP_VIOLATIONS)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda message: csp_violations.append(message.text)
+            if "Content Security Policy" in message.text else None)
     yield page
     context.close()
     assert not errors, f"uncaught errors in the page: {errors}"
+    assert not csp_violations, f"Content-Security-Policy violations: {csp_violations}"
 
 
 def open_ready(page, server) -> None:
@@ -183,7 +202,9 @@ def test_generate_is_disabled_while_the_model_loads(page, make_app):
         page.goto(server.url)
         expect(page.locator("#server-status")).to_contain_text("loading")
         expect(page.locator("#generate-hint")).to_contain_text("loading")
-        page.wait_for_timeout(2000)  # several health polls later it is still off
+        for _ in range(2):  # two more health polls later it is still off
+            with page.expect_response(lambda response: response.url.endswith("/health")):
+                pass
         expect(page.locator("#generate")).to_be_disabled()
         page.screenshot(path=ARTIFACTS / "loading.png")
         page.emulate_media(color_scheme="dark")
@@ -288,3 +309,29 @@ def test_keyboard_alone_reaches_the_prompt_and_generates(page, live_server):
     page.keyboard.press("Enter")
     assert image_size(page, "#result-image") == (64, 64)
     assert re.fullmatch(r"a-cat-\d+\.png", page.get_attribute("#download", "download"))
+
+
+def test_the_policy_is_enforced_and_the_page_needs_nothing_it_forbids(page, live_server,
+                                                                       csp_violations):
+    """The page fixture fails any test whose page breaks the Content-Security-Policy; here,
+    that such a break is really seen: an inline script and a data: image are refused."""
+    server = live_server()
+    open_ready(page, server)
+    page.fill("#prompt", "a cat")
+    page.click("#generate")
+    assert image_size(page, "#result-image") == (64, 64)  # a blob: image, allowed
+    expect(page.locator("link[rel=icon]")).to_have_attribute("href", "/favicon.ico")
+    assert csp_violations == []
+    page.evaluate("""() => {
+        const script = document.createElement("script");
+        script.textContent = "window.inlineRan = true";
+        document.body.append(script);
+        const img = document.createElement("img");
+        img.src = "data:image/gif;base64,R0lGODlhAQABAAAAACw=";
+        document.body.append(img);
+    }""")
+    page.wait_for_function("() => document.querySelector('img[src^=data]').complete")
+    assert page.evaluate("() => window.inlineRan") is None
+    for directive in ("script-src", "img-src"):
+        assert any(directive in v for v in csp_violations), csp_violations
+    csp_violations.clear()  # seen as intended; the fixture checks for unintended ones
