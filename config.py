@@ -68,6 +68,13 @@ def _choice(*choices: str) -> Callable[[str, Knob], str]:
     return parse
 
 
+def _fraction(raw: str, knob: Knob) -> float:
+    value = _float(0.0, 1.0)(raw, knob)
+    if value <= 0:
+        raise ConfigError(_bad(knob, raw))
+    return value
+
+
 def _text(raw: str, knob: Knob) -> str:
     return raw.strip()
 
@@ -123,11 +130,29 @@ KNOBS: tuple[Knob, ...] = (
     Knob("ATTENTION_SLICING", "auto", "auto = off where PyTorch SDPA is available (measured: "
          "slicing is 1.6x slower on CPU and saves no memory); on = the seed's behaviour",
          _choice("auto", "on", "off"), "auto, on or off"),
-    Knob("DTYPE", "float32", "Weights/compute type; auto = bfloat16 where the CPU has AMX, "
-         "else float32 (measured: without AMX, even with AVX512-BF16, bf16 is slower than "
-         "float32; see bench/results.md). bf16 changes pixels slightly and holds a bf16 copy "
-         "of the weights in RAM (~2 GB) instead of memory-mapping them",
+    Knob("DTYPE", "float32", "Weights/compute type. auto = bfloat16 where a short probe at "
+         "load measures it at least 1.3x faster than float32 on this CPU (the log and /health "
+         "say when it is). bfloat16 changes pixels slightly; its weights are written once to "
+         "BF16_CACHE_DIR (~1.9 GB for SD v1-4) and memory-mapped, like float32's",
          _choice("float32", "bfloat16", "auto"), "float32, bfloat16 or auto"),
+    Knob("BF16_CACHE_DIR", "models/bf16-cache", "Where the bfloat16 copy of the weights is "
+         "kept (keyed by the model files, so a changed model is converted again)", _text,
+         "a folder path"),
+    Knob("SPEED_PRESET", "quality", "Default speed preset for requests that name none: "
+         "quality (no lossy option), balanced or fast (see README: Speed options)",
+         _choice("quality", "balanced", "fast"), "quality, balanced or fast"),
+    Knob("CFG_CUTOFF", "1", "Default fraction of the steps after which classifier-free "
+         "guidance stops (the UNet then runs at batch 1); 1 = never (off)", _fraction,
+         "a number 0 < x <= 1"),
+    Knob("DEEP_CACHE", "1", "Default DeepCache interval: reuse the UNet's deep features for "
+         "this many steps in a row; 1 = off", _int(1, 5), "an integer 1..5"),
+    Knob("VAE_DECODER", "full", "Default decoder of the final image: full (the model's VAE) or "
+         "tiny (TAESD: much faster, softer detail; needs TAESD_MODEL)",
+         _choice("full", "tiny"), "full or tiny"),
+    Knob("TAESD_MODEL", "madebyollin/taesd", "TAESD weights (Hub id or folder, ~10 MB) for "
+         "VAE_DECODER=tiny and for live previews; when they cannot be had, previews use a "
+         "linear colour map; empty = never load it", _text, "a Hub id, a folder or empty",
+         empty_means_off=True),
     Knob("TORCH_THREADS", "0", "CPU threads for torch; 0 = adaptive: before each image, one "
          "per usable core that other programs leave free (a shared laptop runs faster with "
          "fewer threads than cores)", _int(0, 256), "an integer 0..256"),
@@ -183,6 +208,12 @@ class Settings:
     max_size: int
     attention_slicing: str
     dtype: str
+    bf16_cache_dir: str
+    speed_preset: str
+    cfg_cutoff: float
+    deep_cache: int
+    vae_decoder: str
+    taesd_model: str
     torch_threads: int
     queue_size: int
     max_batch: int

@@ -27,6 +27,19 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "DPM++ 2M Karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
 }
 DEFAULT_SCHEDULER = "default"
+
+# Speed presets: request defaults that trade quality for time (README: Speed options has
+# each option's published quality cost). A field the request names itself always wins.
+# "quality" is today's defaults: no lossy option is ever on unless a client asks for it.
+# The values were chosen on the full-size architecture (bench/results.md).
+PRESETS: dict[str, dict[str, Any]] = {
+    "quality": {},
+    "balanced": {"scheduler": "DPM++ 2M Karras", "steps": 15, "cfg_cutoff": 0.5,
+                 "deep_cache": 2},
+    "fast": {"scheduler": "DPM++ 2M Karras", "steps": 8, "cfg_cutoff": 0.5, "deep_cache": 3,
+             "vae_decoder": "tiny"},
+}
+SPEED_FIELDS = ("cfg_cutoff", "deep_cache", "vae_decoder")
 # What A1111 calls the scheduler a diffusers model ships with, for infotexts.
 SAMPLER_OF_CLASS = {"PNDMScheduler": "PNDM", "DDIMScheduler": "DDIM",
                     "EulerDiscreteScheduler": "Euler", "LMSDiscreteScheduler": "LMS",
@@ -57,6 +70,7 @@ class FieldSpec:
     multiple_of: int | None = None
     enum: tuple[str, ...] | None = None
     nullable: bool = False
+    exclusive_minimum: bool = False  # the minimum itself is not allowed
     default: Any = None
     setting: str | None = None  # the knob that sets `maximum`, named in error messages
 
@@ -70,6 +84,8 @@ class FieldSpec:
                 out[key] = value
         if self.enum:
             out["enum"] = list(self.enum)
+        if self.exclusive_minimum:
+            out["exclusiveMinimum"] = True
         if self.nullable:
             out["nullable"] = True
         return out
@@ -94,6 +110,25 @@ def request_fields(settings: Settings) -> list[FieldSpec]:
         FieldSpec("height", description="Image height in pixels, a multiple of 8.", **size),
         FieldSpec("scheduler", "string", "Sampler (A1111 name); 'default' = the model's own.",
                   enum=(DEFAULT_SCHEDULER, *SCHEDULERS), default=DEFAULT_SCHEDULER),
+        *speed_fields(settings),
+    ]
+
+
+def speed_fields(settings: Settings) -> list[FieldSpec]:
+    """The opt-in speed options, with this server's defaults (every dialect accepts them)."""
+    return [
+        FieldSpec("speed_preset", "string", "Defaults for the fields below and steps/scheduler: "
+                  "quality (none lossy), balanced or fast; fields you send win.",
+                  enum=tuple(PRESETS), default=settings.speed_preset),
+        FieldSpec("cfg_cutoff", "number", "Stop classifier-free guidance after this fraction "
+                  "of the steps (the UNet then runs at batch 1); 1 = off.", minimum=0.0,
+                  maximum=1.0, exclusive_minimum=True, default=settings.cfg_cutoff),
+        FieldSpec("deep_cache", "integer", "DeepCache interval: reuse the UNet's deep features "
+                  "for this many steps in a row; 1 = off.", minimum=1, maximum=5,
+                  default=settings.deep_cache),
+        FieldSpec("vae_decoder", "string", "Final decode: full (the model's VAE) or tiny "
+                  "(TAESD: faster, softer).", enum=("full", "tiny"),
+                  default=settings.vae_decoder),
     ]
 
 
@@ -116,6 +151,10 @@ class GenerationRequest:
     width: int = 512
     height: int = 512
     scheduler: str = DEFAULT_SCHEDULER
+    speed_preset: str = "quality"
+    cfg_cutoff: float = 1.0
+    deep_cache: int = 1
+    vae_decoder: str = "full"
 
     def to_dict(self) -> dict[str, Any]:
         """The request as JSON-ready values."""
@@ -127,9 +166,13 @@ class GenerationRequest:
         lines = [self.prompt]
         if self.negative_prompt:
             lines.append(f"Negative prompt: {self.negative_prompt}")
+        speed = "".join(f", {label}: {value}" for label, value in (
+            ("CFG cutoff", f"{self.cfg_cutoff:g}" if self.cfg_cutoff < 1 else None),
+            ("DeepCache", self.deep_cache if self.deep_cache > 1 else None),
+            ("VAE", "TAESD" if self.vae_decoder == "tiny" else None)) if value is not None)
         lines.append(f"Steps: {self.steps}, Sampler: {sampler}, CFG scale: "
-                     f"{self.guidance_scale:g}, Seed: {seed}, Size: {self.width}x{self.height}, "
-                     f"Model: {model}")
+                     f"{self.guidance_scale:g}, Seed: {seed}, Size: {self.width}x{self.height}"
+                     f"{speed}, Model: {model}")
         return "\n".join(lines)
 
 
@@ -152,7 +195,10 @@ def parse_infotext(text: str) -> tuple[GenerationRequest, int]:
             prompt=prompt, negative_prompt=negative, seed=int(values["Seed"]),
             steps=int(values["Steps"]), guidance_scale=float(values["CFG scale"]),
             width=width, height=height,
-            scheduler=sampler if sampler in SCHEDULERS else DEFAULT_SCHEDULER)
+            scheduler=sampler if sampler in SCHEDULERS else DEFAULT_SCHEDULER,
+            cfg_cutoff=float(values.get("CFG cutoff", 1)),
+            deep_cache=int(values.get("DeepCache", 1)),
+            vae_decoder="tiny" if values.get("VAE") == "TAESD" else "full")
     except (KeyError, ValueError) as exc:
         raise ValueError(f"not an infotext this server wrote: {exc}") from None
     return request, request.seed
@@ -168,6 +214,8 @@ def _describe(spec: FieldSpec) -> str:
     lo, hi = spec.minimum, spec.maximum
     fmt = (lambda v: f"{v:g}") if spec.type == "number" else (lambda v: f"{int(v)}")
     setting = f" ({spec.setting})" if spec.setting else ""
+    if spec.exclusive_minimum:
+        return f"{kind} greater than {fmt(lo)} and at most {fmt(hi)}{setting}{extra}"
     return f"{kind} {fmt(lo)}..{fmt(hi)}{setting}{extra}"
 
 
@@ -217,6 +265,8 @@ def _check(spec: FieldSpec, value: Any) -> Any:
             raise bad()
     if not spec.minimum <= value <= spec.maximum:
         raise bad()
+    if spec.exclusive_minimum and value == spec.minimum:
+        raise bad()
     if spec.multiple_of and value % spec.multiple_of:
         raise bad()
     return value
@@ -249,4 +299,23 @@ def parse_generation_request(body: Any, settings: Settings) -> GenerationRequest
     if unknown:
         raise ValidationError(unknown[0], f"unknown field '{unknown[0]}'; allowed fields: "
                                           f"{', '.join(sorted(known))}")
-    return GenerationRequest(**{spec.name: field_value(spec, body) for spec in specs})
+    return GenerationRequest(**with_preset(body, specs))
+
+
+def with_preset(body: Mapping, specs: list[FieldSpec]) -> dict[str, Any]:
+    """Every field's checked value: what the body says, else its speed preset's value, else
+    the server default. The preset's own values are checked like a client's (a preset's
+    steps above MAX_STEPS is clamped, never an error the client did not cause)."""
+    by_name = {spec.name: spec for spec in specs}
+    preset = field_value(by_name["speed_preset"], body)
+    values = {}
+    for spec in specs:
+        absent = spec.name not in body or body[spec.name] is None
+        if absent and spec.name in PRESETS[preset]:
+            value = PRESETS[preset][spec.name]
+            if spec.maximum is not None and isinstance(value, (int, float)):
+                value = min(value, spec.maximum)
+            values[spec.name] = _check(spec, value)
+        else:
+            values[spec.name] = field_value(spec, body)
+    return values

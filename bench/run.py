@@ -47,12 +47,22 @@ PROMPT, NEGATIVE, SEED, GUIDANCE = "a lighthouse at dusk, oil painting", "blurry
 # name -> (environment for Settings.from_env, what it is). The seed recipe comes first:
 # every ratio is against it. "busy" configs run beside a process that keeps one core busy
 # (a laptop with a browser open).
+TAESD_DIR = CACHE / "taesd-random"
 CONFIGS: dict[str, tuple[dict[str, str], str]] = {
     "seed": ({"ATTENTION_SLICING": "on", "DTYPE": "float32"},
              "the seed recipe: fp32, attention slicing"),
     "default": ({}, "the project default (no settings)"),
-    "bf16": ({"DTYPE": "bfloat16"}, "DTYPE=bfloat16"),
-    "dtype-auto": ({"DTYPE": "auto"}, "DTYPE=auto"),
+    "dtype-auto": ({"DTYPE": "auto"}, "DTYPE=auto (the load-time probe decides)"),
+    "bf16": ({"DTYPE": "bfloat16"}, "DTYPE=bfloat16 (weights from the mmapped bf16 cache)"),
+    "cfg-cutoff": ({"CFG_CUTOFF": "0.5"}, "cfg_cutoff=0.5 alone"),
+    "deep-cache": ({"DEEP_CACHE": "3"}, "deep_cache=3 alone"),
+    "tiny-vae": ({"VAE_DECODER": "tiny", "TAESD_MODEL": str(TAESD_DIR)},
+                 "vae_decoder=tiny (TAESD) alone"),
+    "dpm-karras": ({}, "DPM++ 2M Karras alone (same steps as PNDM)"),
+    "preset-balanced": ({"SPEED_PRESET": "balanced", "TAESD_MODEL": str(TAESD_DIR)},
+                        "speed_preset=balanced (whole image, its own steps)"),
+    "preset-fast": ({"SPEED_PRESET": "fast", "TAESD_MODEL": str(TAESD_DIR)},
+                    "speed_preset=fast (whole image, its own steps)"),
     "threads-1": ({"TORCH_THREADS": "1"}, "TORCH_THREADS=1"),
     "busy-threads-2": ({"TORCH_THREADS": "2"}, "TORCH_THREADS=2, other core busy"),
     "busy-threads-2-passive": ({"TORCH_THREADS": "2"}, "TORCH_THREADS=2, other core busy, "
@@ -64,9 +74,23 @@ CONFIGS: dict[str, tuple[dict[str, str], str]] = {
     "seed-again": ({"ATTENTION_SLICING": "on", "DTYPE": "float32"}, "the seed recipe, repeated"),
     "default-again": ({}, "the project default, repeated"),
 }
+# What a plain `bench/run.py` measures (the thread-policy rows were measured on earlier CPUs;
+# name them with --only to re-run them).
+DEFAULT_RUN = ["seed", "default", "dtype-auto", "bf16", "cfg-cutoff", "deep-cache", "tiny-vae",
+               "dpm-karras", "preset-balanced", "preset-fast", "seed-again", "default-again"]
+# Request fields per config (on top of prompt, negative prompt, guidance, size and, unless a
+# preset decides them, --steps).
+REQUESTS: dict[str, dict] = {"dpm-karras": {"scheduler": "DPM++ 2M Karras"}}
+# Speed-ups whose steps differ in cost (cached or batch-1 steps) run this many steps, so the
+# mix of cheap and full steps is close to a 25-step image's.
+SPEEDUP_STEPS = {"cfg-cutoff": 10, "deep-cache": 10}
+PRESET_CONFIGS = {"preset-balanced", "preset-fast"}
 # Process environment (read by OpenMP when torch loads) for some configs.
 PROCESS_ENV = {"busy-threads-2-passive": {"OMP_WAIT_POLICY": "PASSIVE"}}
 BUSY_STEPS = 2  # a busy core can make a step 5-10x slower: keep each lock hold short
+# Where the machine probe finds bf16 below this fraction of fp32's speed, its row shrinks.
+BF16_HOPELESS = 0.25
+BF16_HOPELESS_SIZE = 128
 
 
 # ------------------------------------------------------------------ worker side
@@ -109,10 +133,12 @@ def worker(args) -> None:
 
     from config import Settings
     from engine import Engine
-    from params import GenerationRequest
+    from params import parse_generation_request
 
     settings = Settings.from_env({"MODEL_ID": str(MODEL_DIR), "OUTPUT_DIR": "",
-                                  "MIN_SIZE": "64", "MAX_SIZE": "1024", **env})
+                                  "MIN_SIZE": "64", "MAX_SIZE": "1024",
+                                  "BF16_CACHE_DIR": str(CACHE / "bf16"), "TAESD_MODEL": "",
+                                  **env})
     engine = Engine(settings)
     t0 = time.perf_counter()
     engine.load()
@@ -120,8 +146,12 @@ def worker(args) -> None:
     if engine.status.state != "ready":
         raise SystemExit(f"load failed: {engine.status.error}")
     after_load_anon = _status_kib("RssAnon")
-    request = GenerationRequest(prompt=PROMPT, negative_prompt=NEGATIVE, steps=args.steps,
-                                guidance_scale=GUIDANCE, width=args.size, height=args.size)
+    body = {"prompt": PROMPT, "negative_prompt": NEGATIVE, "guidance_scale": GUIDANCE,
+            "width": args.size, "height": args.size, **REQUESTS.get(args.name, {})}
+    if args.name not in PRESET_CONFIGS:
+        body["steps"] = args.steps
+    # Through the one validator every dialect uses, so the server's knobs and presets apply.
+    request = parse_generation_request(body, settings)
     marks, last = [], {}
 
     def on_step(step, total, latents):
@@ -149,6 +179,9 @@ def worker(args) -> None:
         "first_step_s": marks[0] - t_gen, "step_s": sorted(steps),
         "step_median_s": sorted(steps)[len(steps) // 2] if steps else None,
         "text_encode_s": encode[1], "vae_decode_png_s": t_end - marks[-1],
+        "decode_s": result.decode_seconds, "request": request.to_dict(), "size": args.size,
+        "precision": engine.status.precision,
+        "step_mean_s": sum(steps) / len(steps) if steps else None,
         "unet_evals": len(marks), "generate_s": t_end - t_gen,
         # cores this process kept busy while generating: well below TORCH_THREADS means
         # something outside the lock competed for the CPU
@@ -190,17 +223,34 @@ def machine_worker(args) -> None:
 
     threads = len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
-    n = 4096
-    peaks = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        torch.mm(a, b)
+    sys.path.insert(0, str(ROOT))
+    from engine.cpu import probe_precision
+
+    probe = probe_precision(threads).as_dict()  # what the engine's DTYPE=auto sees
+
+    def rate(fn, flop: float, repeats: int = 5) -> float:
+        fn()
         best = float("inf")
-        for _ in range(5):
+        for _ in range(repeats):
             t = time.perf_counter()
-            torch.mm(a, b)
+            fn()
             best = min(best, time.perf_counter() - t)
-        peaks[str(dtype).replace("torch.", "")] = 2 * n**3 / best / 1e9
+        return flop / best / 1e9
+
+    peaks, conv = {}, {}
+    for dtype in (torch.float32, torch.bfloat16):
+        name = str(dtype).replace("torch.", "")
+        # Without bf16 kernels a 4096^2 bf16 matmul takes minutes: size it by the probe.
+        n = 4096 if dtype == torch.float32 or probe["bf16_speedup"] >= BF16_HOPELESS else 1024
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        peaks[name] = rate(lambda: torch.mm(a, b), 2 * n**3)
+        # The UNet's own conv (oneDNN): 320 channels at 64x64, batch 2 (a 512x512 CFG step).
+        rows = 64 if n == 4096 else 8
+        x = torch.randn(2, 320, rows, 64, dtype=dtype)
+        w = torch.randn(320, 320, 3, 3, dtype=dtype)
+        with torch.inference_mode():
+            conv[name] = rate(lambda: torch.nn.functional.conv2d(x, w, padding=1),
+                              2 * 2 * 320 * 320 * 9 * rows * 64, 3)
     from diffusers import UNet2DConditionModel
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -209,7 +259,8 @@ def machine_worker(args) -> None:
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         unet(torch.randn(2, 4, h, h), torch.tensor(500),
              encoder_hidden_states=torch.randn(2, 77, 768))
-    print("RESULT " + json.dumps({"matmul_gflops": peaks, "threads": threads,
+    print("RESULT " + json.dumps({"matmul_gflops": peaks, "conv_gflops": conv, "probe": probe,
+                                  "threads": threads,
                                   "unet_tflop_per_step": counter.get_total_flops() / 1e12}),
           flush=True)
 
@@ -235,11 +286,34 @@ def run_locked(argv: list[str], busy: bool = False, cgroup: str | None = None,
     return {"error": f"exit {proc.returncode}: {tail}"}
 
 
+def run_openvino(args, data: dict) -> None:
+    """The OpenVINO rows (optimum-intel in its own venv, same random weights, same prompt),
+    fp32 and OpenVINO's default precision, side by side with ours."""
+    import openvino_bench
+
+    for precision in openvino_bench.PRECISIONS:
+        name = f"openvino-{precision}"
+        print("$ openvino", precision, flush=True)
+        r = openvino_bench.run(MODEL_DIR, args.size, args.steps, precision,
+                               threads=len(os.sched_getaffinity(0)),
+                               latents_out=CACHE / f"latents-{name}.pt")
+        data["configs"][name] = r
+        data["descriptions"][name] = (f"OpenVINO (optimum-intel), "
+                                      f"{'fp32' if precision == 'f32' else 'its default precision'}")
+        print(name, {k: r.get(k) for k in ("step_median_s", "peak_anon_kib", "error")},
+              flush=True)
+
+
 def _quote(s: str) -> str:
     return "'" + s.replace("'", "'\\''") + "'"
 
 
 def ensure_model() -> None:
+    if not (TAESD_DIR / "config.json").exists():
+        subprocess.run(["flock", LOCK, sys.executable, "-c",
+                        f"import sys; sys.path.insert(0, {str(ROOT)!r}); from engine.random_model "
+                        f"import build_random_taesd; build_random_taesd({str(TAESD_DIR)!r}, "
+                        "'full')"], check=True)
     if (MODEL_DIR / "model_index.json").exists():
         return
     print(f"building the full-size random-weight SD v1-4 in {MODEL_DIR} (~4 GB, once)")
@@ -351,7 +425,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4, help="denoising steps (PNDM runs +1 UNet)")
     p.add_argument("--only", default="", help="comma-separated config names")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: "
-                   "machine,reference,capped,startup")
+                   "machine,reference,openvino,capped,startup")
     p.add_argument("--merge", action="store_true", help="update bench/cache/results.json "
                    "with this run's measurements instead of starting afresh")
     p.add_argument("--out", default=str(BENCH / "results.md"))
@@ -369,7 +443,7 @@ def main() -> None:
 
     ensure_model()
     skip = set(filter(None, args.skip.split(",")))
-    names = [n for n in (args.only.split(",") if args.only else CONFIGS)]
+    names = [n for n in (args.only.split(",") if args.only else DEFAULT_RUN)]
     common = ["--size", str(args.size), "--steps", str(args.steps)]
     data: dict = {"machine": machine_summary(), "size": args.size, "steps": args.steps,
                   "configs": {}, "descriptions": {n: CONFIGS[n][1] for n in names}}
@@ -379,15 +453,28 @@ def main() -> None:
     if "reference" not in skip:
         data["reference"] = run_locked(["--worker", "reference", *common])
         print(data["reference"], flush=True)
+    bf16_hopeless = (data.get("peak", {}).get("probe", {}).get("bf16_speedup", 1)
+                     < BF16_HOPELESS)
     for name in names:
         env, _ = CONFIGS[name]
         busy = name.startswith("busy-")
-        steps = ["--steps", str(min(args.steps, BUSY_STEPS))] if busy else []
-        r = run_locked(["--worker", name, "--env", json.dumps(env), *common, *steps],
-                       busy=busy, extra_env=PROCESS_ENV.get(name))
+        argv = ["--worker", name, "--env", json.dumps(env), *common]
+        if busy:
+            argv += ["--steps", str(min(args.steps, BUSY_STEPS))]
+        elif name in SPEEDUP_STEPS:
+            argv += ["--steps", str(SPEEDUP_STEPS[name])]
+        elif env.get("DTYPE") == "bfloat16" and bf16_hopeless:
+            # bf16 with no bf16 kernels runs at ~1 % of fp32 here: a 512x512 step would take
+            # over an hour. One step at 128x128 still shows the ratio and the memory path.
+            argv += ["--steps", "1", "--size", str(BF16_HOPELESS_SIZE)]
+            data["descriptions"][name] += (f" - reduced to 1 step at {BF16_HOPELESS_SIZE}x"
+                                           f"{BF16_HOPELESS_SIZE}: bf16 is hopeless here")
+        r = run_locked(argv, busy=busy, extra_env=PROCESS_ENV.get(name))
         data["configs"][name] = r
-        print(name, {k: r.get(k) for k in ("step_median_s", "peak_anon_kib", "error")},
-              flush=True)
+        print(name, {k: r.get(k) for k in ("step_median_s", "generate_s", "peak_anon_kib",
+                                           "error")}, flush=True)
+    if "openvino" not in skip:
+        run_openvino(args, data)
     if "capped" not in skip:
         for cold in (False, True):
             r = capped_run(args, {}, cold)

@@ -10,22 +10,22 @@ from __future__ import annotations
 import ctypes
 import logging
 import math
-import os
 import statistics
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Callable
 
 from PIL import Image
 
-from config import TINY_MODEL_ID, Settings
+from config import Settings
+from engine.cpu import (PrecisionProbe, adaptive_threads, idle_cores, probe_precision,
+                        usable_cores)
+from engine.decoders import decode_full, decode_tiny, load_tiny_decoder
 from engine.images import encode_png
-from engine.cpu import adaptive_threads, cpu_has_amx_bf16, idle_cores, usable_cores
-from engine.load_errors import ModelLoadError, explain_load_error
+from engine.load_errors import explain_load_error
+from engine.loading import load_pipeline
 from engine.preview import latent_preview_png
-from engine.random_model import build_random_pipeline
-from engine.vae_bands import low_memory_vae_decode, vae_decode_in_row_bands
+from engine.speedups import DeepCache, cfg_cutoff_step, cut_guidance
 from params import SAMPLER_OF_CLASS, SCHEDULERS, GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class GenerationResult:
     seconds_per_step: float
     nsfw: bool = False
     parameters: str = ""
+    decode_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -53,11 +54,23 @@ class EngineStatus:
     """What /health reports about the model (immutable: the engine replaces it whole)."""
 
     state: str = "loading"  # loading | ready | failed
+    phase: str = "starting"  # what the load is doing now, for /health and the page
+    progress: dict | None = None  # bytes_done/bytes_total of a long phase
     error: str = ""
     load_seconds: float | None = None
     dtype: str = ""
     optimizations: tuple[str, ...] = ()
     torch_threads: int = 0
+    precision: dict | None = None  # the probe's figures and the choice made
+    hint: str = ""  # advice when the probe found a faster precision than the one in use
+
+
+def precision_hint(settings: Settings, probe: PrecisionProbe) -> str:
+    """One line telling a DTYPE=float32 user that this CPU runs bf16 faster, else ''."""
+    if settings.dtype != "float32" or not probe.bf16_faster:
+        return ""
+    return (f"this CPU runs bfloat16 about {probe.bf16_speedup:.1f}x faster: set DTYPE=auto; "
+            "pixels change slightly")
 
 
 def user_step(pipeline_step: int, pipeline_steps: int, asked: int) -> int:
@@ -75,6 +88,7 @@ class Engine:
         self.settings = settings
         self.status = EngineStatus()
         self.pipe = None
+        self.taesd = None  # TAESD, when its weights could be had: previews, VAE_DECODER=tiny
         self._default_scheduler_config = None
 
     def _set_status(self, **changes: Any) -> None:
@@ -89,70 +103,49 @@ class Engine:
             self._load()
         except Exception as exc:  # any failure must leave the server up and explain itself
             error = explain_load_error(self.settings, exc)
-            self._set_status(state="failed", error=error)
+            self._set_status(state="failed", phase="failed", error=error, progress=None)
             log.exception("model load failed: %s", error)
             return
-        self._set_status(state="ready", load_seconds=round(time.perf_counter() - started, 2))
+        self._set_status(state="ready", phase="ready", progress=None,
+                         load_seconds=round(time.perf_counter() - started, 2))
         log.info("model %s loaded in %.1f s (dtype %s; %s)", self.settings.model_id,
                  self.status.load_seconds, self.status.dtype,
                  ", ".join(self.status.optimizations))
 
     def _load(self) -> None:
         import torch
-        from diffusers import StableDiffusionPipeline
         from diffusers.utils import logging as diffusers_logging
 
         diffusers_logging.disable_progress_bar()  # server logs, not terminal progress bars
         s = self.settings
         threads = self.threads_for_next_job()
         torch.set_num_threads(threads)
-        self._set_status(torch_threads=threads)
-        if s.model_id == TINY_MODEL_ID:
-            folder = s.path(s.tiny_model_dir)
-            if not (folder / "model_index.json").exists():
-                log.info("building the tiny random-weight model in %s", folder)
-                build_random_pipeline(folder, "tiny")
-        source = s.model_source
-        if source.startswith(("/", ".", "~")) or os.path.isdir(source):
-            folder = Path(source).expanduser()
-            if not (folder / "model_index.json").is_file():
-                raise ModelLoadError(
-                    f"MODEL_ID={s.model_id!r}: {folder} is not a diffusers model folder (no "
-                    "model_index.json); point MODEL_ID at one, use a Hub id such as "
-                    "CompVis/stable-diffusion-v1-4, or MODEL_ID=tiny-random to try the server")
-        dtype = self.resolve_dtype()
-        kwargs: dict[str, Any] = dict(dtype=dtype, use_safetensors=True, low_cpu_mem_usage=True)
-        if s.hf_token:
-            kwargs["token"] = s.hf_token
-        if s.safety_checker == "off":
-            kwargs.update(safety_checker=None, requires_safety_checker=False)
-        pipe = StableDiffusionPipeline.from_pretrained(source, **kwargs)
-        if s.safety_checker == "on" and getattr(pipe, "safety_checker", None) is None:
-            raise ModelLoadError(f"SAFETY_CHECKER=on but model {s.model_id!r} ships no safety "
-                                 "checker; set SAFETY_CHECKER=off or use a model that has one")
-        pipe = pipe.to("cpu")
-        pipe.set_progress_bar_config(disable=True)
-        # /health lists what the code really applied, in the order it matters to a reader.
-        optimizations = []
-        if dtype == torch.bfloat16:
-            optimizations.append("bfloat16")
-        if self.attention_slicing_enabled():
-            pipe.enable_attention_slicing()
-            optimizations.append("attention-slicing")
-        else:
-            optimizations.append("sdpa-attention")
-        optimizations += ["mmap-safetensors" if dtype == torch.float32 else
-                          "safetensors (cast to bf16 on load)", "inference-mode"]
-        if low_memory_vae_decode(pipe.vae):
-            optimizations.append("low-memory-vae-decode")
-        if vae_decode_in_row_bands(pipe.vae):
-            optimizations.append("vae-decode-in-row-bands")
+        self._set_status(torch_threads=threads, phase="probing precision")
+        probe = probe_precision(threads)
+        bf16 = self.choose_bf16(probe)
+        self._set_status(precision=probe.as_dict() | {"chosen": "bfloat16" if bf16 else
+                                                     "float32"}, hint=precision_hint(s, probe))
+        log.info("precision probe (%d threads, %.2f s): bf16 runs %.2fx fp32 on this CPU; "
+                 "using %s", threads, probe.seconds, probe.bf16_speedup,
+                 "bfloat16" if bf16 else "float32")
+        if self.status.hint:
+            log.info(self.status.hint)
+        self._set_status(phase="loading")
+        pipe, optimizations = load_pipeline(s, bf16, self._report_progress,
+                                            self.attention_slicing_enabled())
+        self.taesd = load_tiny_decoder(s.taesd_model, required=s.vae_decoder == "tiny")
+        if self.taesd is not None:
+            optimizations.append("taesd-previews")
         optimizations.append(f"torch-threads={threads}" if s.torch_threads else
                              "torch-threads=adaptive (one per free core, chosen per image)")
         self.pipe = pipe
         self._default_scheduler_config = dict(pipe.scheduler.config)
-        self._set_status(dtype=str(dtype).replace("torch.", ""),
+        self._set_status(dtype="bfloat16" if bf16 else "float32",
                          optimizations=tuple(optimizations))
+
+    def _report_progress(self, phase: str, done: int, total: int) -> None:
+        """Publish a long loading phase's progress (the first bf16 conversion) for /health."""
+        self._set_status(phase=phase, progress={"bytes_done": done, "bytes_total": total})
 
     def threads_for_next_job(self) -> int:
         """TORCH_THREADS when set; with 0, one per usable core that other programs leave free."""
@@ -160,14 +153,10 @@ class Engine:
             return self.settings.torch_threads
         return adaptive_threads(usable_cores(), idle_cores())
 
-    def resolve_dtype(self) -> "torch.dtype":
-        """The dtype DTYPE asks for on this CPU."""
-        import torch
-
+    def choose_bf16(self, probe: PrecisionProbe) -> bool:
+        """DTYPE=bfloat16 always, auto where the probe measured bf16 fast enough."""
         choice = self.settings.dtype
-        if choice == "auto":
-            choice = "bfloat16" if cpu_has_amx_bf16() else "float32"
-        return torch.bfloat16 if choice == "bfloat16" else torch.float32
+        return choice == "bfloat16" or (choice == "auto" and probe.bf16_faster)
 
     def attention_slicing_enabled(self) -> bool:
         """Slicing only when asked, or on auto where SDPA is missing (it is slower on CPU)."""
@@ -184,11 +173,18 @@ class Engine:
         """Make one image; `on_step(step, total, latents)` runs after every step and may raise.
 
         `step`/`total` count the steps the user asked for, whatever the scheduler does inside.
+        The request's speed options (cfg_cutoff, deep_cache, vae_decoder) apply to this
+        image only.
         """
         import torch
 
         if self.pipe is None:
             raise RuntimeError("the model is not loaded")
+        if request.vae_decoder == "tiny" and self.taesd is None:
+            # Falling back beats failing a job after minutes of steps; the PNG says so.
+            log.warning("vae_decoder 'tiny' asked for but TAESD is not loaded (TAESD_MODEL): "
+                        "decoding with the full VAE")
+            request = replace(request, vae_decoder="full")
         started = time.perf_counter()  # the thread check below is part of this image's time
         pipe = self._pipeline_for(request.scheduler)
         threads = self.threads_for_next_job()
@@ -202,6 +198,9 @@ class Engine:
         def callback(pipeline, step_index, _timestep, callback_kwargs):
             step_times.append(time.perf_counter())
             pipeline_steps = getattr(pipeline, "num_timesteps", None) or request.steps
+            if step_index == cfg_cutoff_step(request.cfg_cutoff, pipeline_steps):
+                if pipeline.do_classifier_free_guidance:
+                    cut_guidance(pipeline, callback_kwargs)
             if step_index + 1 == pipeline_steps:
                 release_freed_memory()  # before the VAE decode, the peak of anonymous RAM
             if on_step is not None:
@@ -209,24 +208,43 @@ class Engine:
                         callback_kwargs["latents"])
             return callback_kwargs
 
+        with torch.inference_mode(), DeepCache(pipe.unet, request.deep_cache):
+            latents = pipe(prompt=request.prompt,
+                           negative_prompt=request.negative_prompt or None,
+                           num_inference_steps=request.steps,
+                           guidance_scale=request.guidance_scale, width=request.width,
+                           height=request.height, generator=generator, output_type="latent",
+                           callback_on_step_end=callback,
+                           callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"]
+                           ).images
+        decode_started = time.perf_counter()
         with torch.inference_mode():
-            out = pipe(prompt=request.prompt, negative_prompt=request.negative_prompt or None,
-                       num_inference_steps=request.steps,
-                       guidance_scale=request.guidance_scale, width=request.width,
-                       height=request.height, generator=generator,
-                       callback_on_step_end=callback,
-                       callback_on_step_end_tensor_inputs=["latents"])
+            image, nsfw = self._decode(pipe, latents, request.vae_decoder, generator)
+        decode_seconds = time.perf_counter() - decode_started
         seconds = time.perf_counter() - started
-        image = out.images[0]
-        nsfw = bool(out.nsfw_content_detected and out.nsfw_content_detected[0])
-        if nsfw:  # the checker already blacked the pixels; make that unmistakable
-            image = Image.new("RGB", image.size, (0, 0, 0))
         parameters = request.infotext(seed, self.settings.model_id, self.default_sampler)
         return GenerationResult(png=encode_png(image, parameters), seed=seed, width=image.width,
                                 height=image.height, steps=request.steps,
                                 seconds=round(seconds, 3),
                                 seconds_per_step=round(seconds_per_step(started, step_times), 3),
-                                nsfw=nsfw, parameters=parameters)
+                                nsfw=nsfw, parameters=parameters,
+                                decode_seconds=round(decode_seconds, 3))
+
+    def _decode(self, pipe, latents, decoder: str, generator) -> tuple[Image.Image, bool]:
+        """Latents -> PIL image and the NSFW verdict, as StableDiffusionPipeline's own tail
+        does it (same calls, same order: the default output is byte-identical)."""
+        if decoder == "tiny":
+            image = decode_tiny(self.taesd, latents)
+        else:
+            image = decode_full(pipe.vae, latents, generator)
+        image, flagged = pipe.run_safety_checker(image, "cpu", pipe.text_encoder.dtype)
+        denormalize = [True] * image.shape[0] if flagged is None else [not f for f in flagged]
+        image = pipe.image_processor.postprocess(image, output_type="pil",
+                                                 do_denormalize=denormalize)[0]
+        nsfw = bool(flagged and flagged[0])
+        if nsfw:  # the checker already blacked the pixels; make that unmistakable
+            image = Image.new("RGB", image.size, (0, 0, 0))
+        return image, nsfw
 
     def _pipeline_for(self, scheduler_name: str):
         """The shared pipeline, or a view of it with another scheduler for this job only."""
@@ -251,15 +269,17 @@ class Engine:
         return SAMPLER_OF_CLASS.get(name, name or "default")
 
     def preview_png(self, latents) -> bytes:
-        """A small PNG of the given latents (safe from any thread: reads no engine state)."""
-        return latent_preview_png(latents)
+        """A small PNG of the given latents (safe from any thread: TAESD, when loaded, is
+        only read, never changed, after the load)."""
+        return latent_preview_png(latents, self.taesd)
 
     def info(self) -> dict[str, Any]:
         """Model facts for /health and the compatibility APIs."""
         st = self.status
         return {"model": self.settings.model_id, "device": "cpu", "dtype": st.dtype,
                 "optimizations": list(st.optimizations), "torch_threads": st.torch_threads,
-                "load_seconds": st.load_seconds}
+                "load_seconds": st.load_seconds, "precision": st.precision,
+                "hint": st.hint or None}
 
 
 def release_freed_memory() -> None:

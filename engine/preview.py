@@ -12,10 +12,20 @@ LATENT_RGB_FACTORS = ((0.298, 0.207, 0.208), (0.187, 0.286, 0.173),
 PREVIEW_SCALE = 4  # preview pixels per latent pixel (a 512x512 image previews at 256x256)
 
 
-def latent_preview_png(latents) -> bytes:
-    """A small PNG of the first image's latents through the fixed 4x3 linear map."""
+def latent_preview_png(latents, taesd=None) -> bytes:
+    """A small PNG of the first image's latents: through TAESD when given (a real picture),
+    else through the fixed 4x3 linear map (microseconds, colours only)."""
     import torch
 
+    if taesd is not None:
+        from engine.decoders import decode_tiny
+
+        with torch.inference_mode():
+            image = decode_tiny(taesd, latents[:1].detach())[0]
+        rgb = ((image + 1.0) * 127.5).clamp(0, 255).round().to(torch.uint8)
+        picture = Image.fromarray(rgb.permute(1, 2, 0).numpy(), "RGB")
+        size = (latents.shape[-1] * PREVIEW_SCALE, latents.shape[-2] * PREVIEW_SCALE)
+        return encode_png(picture.resize(size, Image.Resampling.BILINEAR))
     factors = torch.tensor(LATENT_RGB_FACTORS, dtype=torch.float32)
     lat = latents[0].detach().to(torch.float32)  # (4, h, w)
     rgb = torch.einsum("chw,cr->hwr", lat, factors)

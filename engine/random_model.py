@@ -98,3 +98,31 @@ def build_random_pipeline(folder: Path | str, size: str = "tiny", seed: int = 0)
     else:
         tmp.replace(folder)
     return folder
+
+
+TAESD_ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "tiny": dict(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+                 num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1)),
+    # madebyollin/taesd's own configuration (about 2.4 M parameters).
+    "full": dict(encoder_block_out_channels=(64, 64, 64, 64),
+                 decoder_block_out_channels=(64, 64, 64, 64),
+                 num_encoder_blocks=(1, 3, 3, 3), num_decoder_blocks=(3, 3, 3, 1)),
+}
+
+
+def build_random_taesd(folder: Path | str, size: str = "tiny", seed: int = 0) -> Path:
+    """Save a random-weight TAESD (`AutoencoderTiny`) as a diffusers folder."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    taesd = AutoencoderTiny(in_channels=3, out_channels=3, latent_channels=4,
+                            **TAESD_ARCHITECTURES[size])
+    tmp = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    taesd.save_pretrained(tmp, safe_serialization=True)
+    if folder.exists():
+        shutil.rmtree(tmp)
+    else:
+        tmp.replace(folder)
+    return folder

@@ -23,6 +23,7 @@ BASE_ENV = {
     "MIN_SIZE": "64", "DEFAULT_SIZE": "64", "MAX_SIZE": "256", "DEFAULT_STEPS": "2",
     "MAX_STEPS": "50", "RATE_LIMIT": "", "OUTPUT_DIR": "", "TORCH_THREADS": "1",
     "QUEUE_SIZE": "4", "THREADS": "16", "LOG_LEVEL": "INFO",
+    "TAESD_MODEL": "",  # no Hub here; tests that want TAESD pass the random one (taesd_dir)
 }
 
 
@@ -34,11 +35,26 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_random_pipeline(tmp_path_factory.mktemp("models") / "tiny", "tiny")
 
 
+@pytest.fixture(scope="session")
+def taesd_dir(tmp_path_factory) -> Path:
+    """A tiny random-weight TAESD (AutoencoderTiny) saved as a diffusers folder."""
+    from engine.random_model import build_random_taesd
+
+    return build_random_taesd(tmp_path_factory.mktemp("models") / "taesd", "tiny")
+
+
+@pytest.fixture(scope="session")
+def bf16_cache_dir(tmp_path_factory) -> Path:
+    """Where this session's bf16 weight copies go (shared: converting once is the point)."""
+    return tmp_path_factory.mktemp("bf16-cache")
+
+
 @pytest.fixture
-def make_settings(tiny_model_dir):
+def make_settings(tiny_model_dir, bf16_cache_dir):
     """Settings as the environment would give them, on the tiny model, with overrides."""
     def make(**env: str) -> Settings:
-        return Settings.from_env({"MODEL_ID": str(tiny_model_dir), **BASE_ENV, **env})
+        return Settings.from_env({"MODEL_ID": str(tiny_model_dir), **BASE_ENV,
+                                  "BF16_CACHE_DIR": str(bf16_cache_dir), **env})
 
     return make
 

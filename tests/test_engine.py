@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import Engine, cpu_has_amx_bf16
+from engine import Engine
 from engine.pipeline import user_step
 from params import GenerationRequest
 
@@ -139,17 +139,70 @@ def test_attention_slicing_on_is_one_setting_away(make_settings):
     assert e.generate(REQ, seed=3).png  # still works
 
 
-def test_bfloat16_loads_and_reports_its_dtype(make_settings):
-    e = Engine(make_settings(DTYPE="bfloat16"))
+def test_bfloat16_loads_memory_mapped_from_its_cache(make_settings, tmp_path):
+    """The first bf16 load writes the bf16 weights once; they are then file-backed (mapped
+    from the cache's safetensors), and a second load reuses them without converting."""
+    e = Engine(make_settings(DTYPE="bfloat16", BF16_CACHE_DIR=str(tmp_path)))
     e.load()
     assert e.status.state == "ready", e.status.error
-    assert e.info()["dtype"] == "bfloat16" and "bfloat16" in e.info()["optimizations"]
-    # The banded decode is exact only in float32 and never runs on a bf16 VAE: not listed.
-    assert "vae-decode-in-row-bands" not in e.info()["optimizations"]
-    assert e.pipe.unet.dtype == torch.bfloat16
+    info = e.info()
+    assert info["dtype"] == "bfloat16" and "mmap-bf16-weights-cache" in info["optimizations"]
+    assert e.pipe.unet.dtype == torch.bfloat16 and e.pipe.text_encoder.dtype == torch.bfloat16
+    assert e.pipe.vae.dtype == torch.float32  # banded, exact decode; listed as such
+    assert "vae-decode-in-row-bands" in info["optimizations"]
+    shards = sorted(tmp_path.glob("*/shard-*.safetensors"))
+    assert len({p.parent for p in shards}) == 2  # unet and text encoder
+    maps = open("/proc/self/maps").read()
+    assert all(str(p) in maps for p in shards), "bf16 weights are not memory-mapped"
     assert e.generate(REQ, seed=3).png.startswith(b"\x89PNG")
+    before = {p: p.stat().st_mtime_ns for p in shards}
+    again = Engine(make_settings(DTYPE="bfloat16", BF16_CACHE_DIR=str(tmp_path)))
+    again.load()
+    assert again.status.state == "ready"
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/shard-*.safetensors")} == before
+    assert again.generate(REQ, seed=3).png == e.generate(REQ, seed=3).png
+
+
+def test_bfloat16_cache_is_rebuilt_when_the_model_changes(make_settings, tiny_model_dir,
+                                                         tmp_path):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    cache = tmp_path / "cache"
+    Engine(make_settings(MODEL_ID=str(model), DTYPE="bfloat16", BF16_CACHE_DIR=str(cache))).load()
+    first = {p.name for p in cache.iterdir()}
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes())  # same bytes, new file: must not be trusted
+    Engine(make_settings(MODEL_ID=str(model), DTYPE="bfloat16", BF16_CACHE_DIR=str(cache))).load()
+    second = {p.name for p in cache.iterdir()}
+    assert len(first) == 2 and len(second) == 3  # a new unet copy; the text encoder's reused
+    assert not any(".partial" in name for name in second)
+
+
+def test_dtype_auto_follows_the_probe_and_float32_gets_a_hint(make_settings):
+    from engine.cpu import PrecisionProbe
+    from engine.pipeline import precision_hint
+
+    fast = PrecisionProbe({}, {}, bf16_speedup=1.8, threads=2, seconds=0.5)
+    slow = PrecisionProbe({}, {}, bf16_speedup=0.7, threads=2, seconds=0.5)
     auto = Engine(make_settings(DTYPE="auto"))
-    assert auto.resolve_dtype() == (torch.bfloat16 if cpu_has_amx_bf16() else torch.float32)
+    assert auto.choose_bf16(fast) and not auto.choose_bf16(slow)
+    assert not Engine(make_settings(DTYPE="float32")).choose_bf16(fast)
+    assert Engine(make_settings(DTYPE="bfloat16")).choose_bf16(slow)
+    assert precision_hint(make_settings(DTYPE="float32"), fast) == (
+        "this CPU runs bfloat16 about 1.8x faster: set DTYPE=auto; pixels change slightly")
+    assert precision_hint(make_settings(DTYPE="float32"), slow) == ""
+    assert precision_hint(make_settings(DTYPE="auto"), fast) == ""
+
+
+def test_health_shows_the_measured_precision_choice(engine):
+    precision = engine.info()["precision"]
+    assert precision["chosen"] == "float32"  # DTYPE=float32, the default
+    assert precision["bf16_speedup"] > 0 and precision["threshold"] == 1.3
+    assert set(precision["conv_gflops"]) == {"float32", "bfloat16"}
+    assert all(v > 0 for v in precision["gemm_gflops"].values())
+    assert precision["seconds"] < 5  # ~1 s budget; slack for a loaded test machine
 
 
 def test_missing_model_fails_with_advice_and_does_not_raise(make_settings, tmp_path):

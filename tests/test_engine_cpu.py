@@ -1,14 +1,23 @@
-"""engine.cpu: free cores from /proc/stat, the adaptive thread policy, precision choice."""
+"""engine.cpu: free cores from /proc/stat, the adaptive thread policy, the precision probe."""
 import pytest
 
-from engine import cpu_has_amx_bf16
+from engine.cpu import BF16_MIN_SPEEDUP, PrecisionProbe, probe_precision
 
 
-def test_dtype_auto_picks_bfloat16_only_where_the_cpu_has_amx():
-    """bench/results.md: without AMX (even with AVX512-BF16) bf16 was slower than fp32."""
-    assert cpu_has_amx_bf16("flags\t: avx512f amx_bf16 amx_tile avx512_bf16")
-    assert not cpu_has_amx_bf16("flags\t: avx512f avx512_bf16 avx512_fp16")
-    assert not cpu_has_amx_bf16("")
+def test_precision_probe_times_both_dtypes_on_unet_shapes_within_its_budget():
+    probe = probe_precision(1)
+    assert set(probe.conv_gflops) == set(probe.gemm_gflops) == {"float32", "bfloat16"}
+    assert all(v > 0 for v in [*probe.conv_gflops.values(), *probe.gemm_gflops.values()])
+    assert probe.threads == 1 and probe.seconds < 5  # ~1 s; slack for a loaded machine
+    assert probe.bf16_faster == (probe.bf16_speedup >= BF16_MIN_SPEEDUP)
+    import torch
+
+    assert torch.get_num_threads() >= 1  # the probe restores the caller's thread count
+
+
+def test_bf16_is_chosen_only_at_the_measured_threshold():
+    assert PrecisionProbe({}, {}, 1.3, 2, 0.1).bf16_faster
+    assert not PrecisionProbe({}, {}, 1.29, 2, 0.1).bf16_faster
 
 
 def _stat(*cores):

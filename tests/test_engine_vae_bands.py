@@ -60,3 +60,13 @@ def test_vae_row_bands_with_shortcut_convs_and_odd_sizes(monkeypatch):
     assert (ours - ref).abs().max().item() <= 1e-4
     to_pixels = lambda t: ((t / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.int16)  # noqa: E731
     assert (to_pixels(ours) - to_pixels(ref)).abs().max().item() <= 1
+
+
+def test_row_bands_do_not_apply_to_a_bf16_vae(tiny_model_dir):
+    """They would fall back to diffusers' code at run time: say so, so /health can't list them."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(str(tiny_model_dir / "vae"), dtype=torch.bfloat16)
+    assert vae_bands.vae_decode_in_row_bands(vae) is False
+    fp32 = AutoencoderKL.from_pretrained(str(tiny_model_dir / "vae"))
+    assert vae_bands.vae_decode_in_row_bands(fp32) is True

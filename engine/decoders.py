@@ -1,0 +1,61 @@
+"""Latents -> pixels: the model's own VAE (full), or TAESD (tiny), which also draws previews.
+
+TAESD (`AutoencoderTiny`, madebyollin/taesd, about 10 MB) decodes SD 1.x latents in a
+fraction of the full VAE's time and memory, at a visible quality cost (softer detail), so
+it is opt-in for final images; as a live preview it beats the 4x3 linear map by far.
+"""
+from __future__ import annotations
+
+import logging
+
+from engine.load_errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+
+def load_tiny_decoder(source: str, required: bool, offline_hint: str = ""):
+    """The TAESD decoder from `source` (Hub id or folder), or None when it cannot be had.
+
+    With `required` (VAE_DECODER=tiny) a failure stops the load with advice instead.
+    """
+    if not source:
+        if required:
+            raise ModelLoadError("VAE_DECODER=tiny needs TAESD_MODEL (e.g. madebyollin/taesd, "
+                                 "or a local folder holding it)")
+        return None
+    from diffusers import AutoencoderTiny
+
+    try:
+        taesd = AutoencoderTiny.from_pretrained(source, dtype=_float32())
+    except Exception as exc:  # any failure: previews fall back to the linear map
+        if required:
+            raise ModelLoadError(
+                f"VAE_DECODER=tiny but TAESD_MODEL={source!r} could not be loaded "
+                f"({type(exc).__name__}): download it once with network access (`hf download "
+                f"{source}`), point TAESD_MODEL at a local folder, or set VAE_DECODER=full"
+                f"{offline_hint}") from exc
+        log.info("TAESD_MODEL=%r not available (%s): previews use the linear latent map",
+                 source, type(exc).__name__)
+        return None
+    taesd.eval().requires_grad_(False)
+    return taesd
+
+
+def _float32():
+    import torch
+
+    return torch.float32
+
+
+def decode_full(vae, latents, generator=None):
+    """Latents -> image tensor in [-1, 1] through the model's VAE, exactly as diffusers'
+    StableDiffusionPipeline does it (the VAE may run in float32 beside a bf16 UNet)."""
+    latents = latents.to(vae.dtype)
+    return vae.decode(latents / vae.config.scaling_factor, return_dict=False,
+                      generator=generator)[0]
+
+
+def decode_tiny(taesd, latents):
+    """Latents -> image tensor in [-1, 1] through TAESD (it takes SD latents unscaled)."""
+    return taesd.decode(latents.to(taesd.dtype) / taesd.config.scaling_factor,
+                        return_dict=False)[0]

@@ -1,0 +1,90 @@
+"""Load the Stable Diffusion pipeline for the CPU, in the precision chosen, and say what
+was applied (for /health)."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from config import TINY_MODEL_ID, Settings
+from engine.load_errors import ModelLoadError
+from engine.random_model import build_random_pipeline
+from engine.vae_bands import low_memory_vae_decode, vae_decode_in_row_bands
+from engine.weights_cache import cached_copy_exists, load_converted
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]  # (phase, bytes done, bytes total)
+
+
+def model_source(settings: Settings) -> str:
+    """Where from_pretrained reads the model: a Hub id or a checked local folder."""
+    s = settings
+    if s.model_id == TINY_MODEL_ID:
+        folder = s.path(s.tiny_model_dir)
+        if not (folder / "model_index.json").exists():
+            log.info("building the tiny random-weight model in %s", folder)
+            build_random_pipeline(folder, "tiny")
+    source = s.model_source
+    if source.startswith(("/", ".", "~")) or os.path.isdir(source):
+        folder = Path(source).expanduser()
+        if not (folder / "model_index.json").is_file():
+            raise ModelLoadError(
+                f"MODEL_ID={s.model_id!r}: {folder} is not a diffusers model folder (no "
+                "model_index.json); point MODEL_ID at one, use a Hub id such as "
+                "CompVis/stable-diffusion-v1-4, or MODEL_ID=tiny-random to try the server")
+    return source
+
+
+def load_pipeline(settings: Settings, bf16: bool, progress: Progress,
+                  slicing: bool) -> tuple[Any, list[str]]:
+    """The pipeline on the CPU and the optimizations really applied, in reading order.
+
+    float32 weights stay memory-mapped from the model's safetensors. With `bf16`, the UNet
+    and text encoder are swapped for bf16 copies written once under BF16_CACHE_DIR and
+    memory-mapped (no anonymous copy); the VAE stays float32, where the banded decode is
+    exact and keeps its memory peak low, and which is one call against 25+ UNet steps.
+    """
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    s = settings
+    source = model_source(settings)
+    kwargs: dict[str, Any] = dict(dtype=torch.float32, use_safetensors=True,
+                                  low_cpu_mem_usage=True)
+    if s.hf_token:
+        kwargs["token"] = s.hf_token
+    if s.safety_checker == "off":
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(source, **kwargs)
+    if s.safety_checker == "on" and getattr(pipe, "safety_checker", None) is None:
+        raise ModelLoadError(f"SAFETY_CHECKER=on but model {s.model_id!r} ships no safety "
+                             "checker; set SAFETY_CHECKER=off or use a model that has one")
+    pipe = pipe.to("cpu")
+    pipe.set_progress_bar_config(disable=True)
+    optimizations = []
+    if bf16:
+        cache = s.path(s.bf16_cache_dir)
+        modules = [pipe.unet, pipe.text_encoder]
+        fresh = not all(cached_copy_exists(cache, m, "bfloat16") for m in modules)
+        if fresh:
+            log.info("first bfloat16 start: writing bf16 weights once to %s", cache)
+        for module in modules:
+            name = type(module).__name__
+            load_converted(module, cache, torch.bfloat16,
+                           lambda done, total, name=name: progress(f"converting {name}", done,
+                                                                   total))
+        optimizations += ["bfloat16 (unet, text encoder; vae float32)",
+                          "mmap-bf16-weights-cache"]
+    if slicing:
+        pipe.enable_attention_slicing()
+        optimizations.append("attention-slicing")
+    else:
+        optimizations.append("sdpa-attention")
+    optimizations += ["mmap-safetensors", "inference-mode"]
+    if low_memory_vae_decode(pipe.vae):
+        optimizations.append("low-memory-vae-decode")
+    if vae_decode_in_row_bands(pipe.vae):
+        optimizations.append("vae-decode-in-row-bands")
+    return pipe, optimizations

@@ -1,0 +1,107 @@
+"""Opt-in ways to do less UNet work per image, each off by default (they change the pixels).
+
+- CFG cutoff: after a fraction of the steps, stop classifier-free guidance, so the UNet
+  runs at batch 1 instead of 2 (diffusers' `SDCFGCutoffCallback`, done in our step callback).
+- DeepCache (arXiv 2312.00858): on all but every `interval`-th UNet call, reuse the deep
+  features of the last full call and compute only the shallowest branch.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+def cfg_cutoff_step(cfg_cutoff: float, pipeline_steps: int) -> int | None:
+    """The pipeline step index after which guidance stops, or None if it never does.
+
+    As diffusers' SDCFGCutoffCallback: `int(steps * ratio)`; a ratio of 1 never triggers.
+    """
+    step = int(pipeline_steps * cfg_cutoff)
+    return step if step < pipeline_steps else None
+
+
+def cut_guidance(pipeline, callback_kwargs: dict[str, Any]) -> None:
+    """Stop classifier-free guidance from the next step on (batch 2 -> 1).
+
+    The embeddings are [negative, positive]; keep the conditional half. `_guidance_scale` is
+    reset by the pipeline at the start of every call, so later jobs are unaffected.
+    """
+    callback_kwargs["prompt_embeds"] = callback_kwargs["prompt_embeds"][-1:]
+    pipeline._guidance_scale = 0.0
+
+
+class DeepCache:
+    """Reuse the UNet's deep features between steps (DeepCache, branch 0), as a context:
+
+        with DeepCache(pipe.unet, interval=3):
+            pipe(...)
+
+    Every `interval`-th UNet call (and any call whose batch size changed, e.g. after a CFG
+    cutoff) runs in full and keeps each wrapped block's output; the calls in between run
+    only conv_in, the last up-block's last layer and conv_out, taking everything deeper from
+    that cache. This is the package `deepcache`'s scheme (cache_branch_id=0), written here
+    because its step counter looks timesteps up by value (PNDM repeats one, which shifts its
+    schedule) and its cache breaks when the batch size changes mid-run.
+    """
+
+    def __init__(self, unet, interval: int):
+        self.unet = unet
+        self.interval = interval
+        self.calls = 0
+        self.full = True
+        self.batch: int | None = None
+        self._cache: dict[int, Any] = {}
+        self._originals: list[tuple[Any, Any]] = []
+
+    def _skippable(self) -> list:
+        """Every module whose output is reused on a cached call, shallow to deep."""
+        unet = self.unet
+        modules = list(unet.down_blocks) + [unet.mid_block] + list(unet.up_blocks[:-1])
+        last = unet.up_blocks[-1]
+        # In the last up-block every layer but the last one is deep enough to reuse.
+        modules += list(last.resnets[:-1]) + list(getattr(last, "attentions", None) or [])[:-1]
+        return modules
+
+    def __enter__(self) -> "DeepCache":
+        if self.interval <= 1:
+            return self
+        unet_forward = self.unet.forward
+
+        def counting_forward(sample, *args, **kwargs):
+            batch = sample.shape[0]
+            self.full = self.calls % self.interval == 0 or batch != self.batch
+            if batch != self.batch:
+                self.calls = 0  # restart the interval from this full call
+            self.batch = batch
+            self.calls += 1
+            return unet_forward(sample, *args, **kwargs)
+
+        self._wrap(self.unet, counting_forward)
+        for module in self._skippable():
+            self._wrap(module, self._cached(module, module.forward))
+        return self
+
+    def _wrap(self, module, forward) -> None:
+        """Shadow the module's forward with an instance attribute, remembering any earlier one."""
+        self._originals.append((module, module.__dict__.get("forward")))
+        module.forward = forward
+
+    def _cached(self, module, forward):
+        key = id(module)
+
+        def cached_forward(*args, **kwargs):
+            if not self.full and key in self._cache:
+                return self._cache[key]
+            out = forward(*args, **kwargs)
+            self._cache[key] = out
+            return out
+
+        return cached_forward
+
+    def __exit__(self, *exc_info) -> None:
+        for module, earlier in reversed(self._originals):
+            if earlier is None:
+                del module.forward  # the class's forward shows again
+            else:
+                module.forward = earlier
+        self._originals.clear()
+        self._cache.clear()
