@@ -39,7 +39,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fast": {"scheduler": "DPM++ 2M Karras", "steps": 8, "cfg_cutoff": 0.5, "deep_cache": 3,
              "vae_decoder": "tiny"},
 }
-SPEED_FIELDS = ("cfg_cutoff", "deep_cache", "vae_decoder")
+# Request fields for the speed options, accepted in every dialect.
+SPEED_OPTIONS = ("speed_preset", "cfg_cutoff", "deep_cache", "vae_decoder")
 # What A1111 calls the scheduler a diffusers model ships with, for infotexts.
 SAMPLER_OF_CLASS = {"PNDMScheduler": "PNDM", "DDIMScheduler": "DDIM",
                     "EulerDiscreteScheduler": "Euler", "LMSDiscreteScheduler": "LMS",

@@ -24,8 +24,8 @@ from api import ApiError, error_json, failed_job_error, json_body, services
 from api.batches import run_batch
 from api.openapi import ERROR_SCHEMA, doc
 from jobs import JobState
-from params import (DEFAULT_SCHEDULER, SCHEDULERS, GenerationRequest, ValidationError,
-                    field_value, image_count_field, json_object, parse_generation_request,
+from params import (DEFAULT_SCHEDULER, SCHEDULERS, SPEED_OPTIONS, GenerationRequest,
+                    ValidationError, field_value, image_count_field, json_object, parse_generation_request,
                     request_fields)
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ bp = Blueprint("a1111", __name__, url_prefix="/sdapi/v1")
 INVALID = 422
 # Native field <- A1111 field, for the fields that only differ in name.
 RENAMED = {"cfg_scale": "guidance_scale"}
-PASSED = ("prompt", "negative_prompt", "steps", "width", "height")
+PASSED = ("prompt", "negative_prompt", "steps", "width", "height", *SPEED_OPTIONS)
 # The other A1111 names for our samplers (old k-diffusion names; PLMS is what A1111 calls
 # PNDM without its Runge-Kutta warm-up steps, which is how we configure it).
 SAMPLER_ALIASES = {"Euler a": ["k_euler_a", "k_euler_ancestral"], "Euler": ["k_euler"],
@@ -80,8 +80,9 @@ def txt2img_schema() -> dict[str, Any]:
     native = {s.name: s.schema() for s in request_fields(settings)}
     limit = settings.max_batch
     return {"type": "object", "required": ["prompt"], "additionalProperties": True,
-            "description": "Other A1111 fields (enable_hr, restore_faces, scripts, "
-                           "override_settings, ...) are accepted and ignored.",
+            "description": "Other A1111 fields (enable_hr, restore_faces, scripts, other "
+                           "override_settings, ...) are accepted and ignored. The speed "
+                           "options may also come in override_settings (a body field wins).",
             "properties": {
                 "prompt": native["prompt"], "negative_prompt": native["negative_prompt"],
                 "seed": {"type": "integer", "minimum": -1, "maximum": native["seed"]["maximum"],
@@ -97,7 +98,11 @@ def txt2img_schema() -> dict[str, Any]:
                 "batch_size": image_count_field("batch_size", settings).schema(),
                 "n_iter": {**image_count_field("n_iter", settings).schema(),
                            "description": f"batch_size x n_iter <= {limit} (MAX_BATCH)"},
-                "send_images": {"type": "boolean", "default": True}}}
+                "send_images": {"type": "boolean", "default": True},
+                **{name: native[name] for name in SPEED_OPTIONS},
+                "override_settings": {"type": "object", "description": "speed_preset, "
+                                      "cfg_cutoff, deep_cache and vae_decoder are read from "
+                                      "here too; other keys are ignored"}}}
 
 
 def render_error(exc: ApiError) -> Response:
@@ -138,7 +143,11 @@ def parse_txt2img(body: Any) -> tuple[GenerationRequest, int, int, list[str]]:
     """An A1111 txt2img body -> (request, batch_size, n_iter, ignored fields), or 422."""
     settings = services().settings
     try:
-        native = {name: body[name] for name in PASSED if name in json_object(body)}
+        overrides = json_object(body).get("override_settings")
+        # A1111 clients set per-request options through override_settings; ours too.
+        native = {name: overrides[name] for name in SPEED_OPTIONS
+                  if isinstance(overrides, dict) and name in overrides}
+        native.update({name: body[name] for name in PASSED if name in body})
         native.update({ours: body[theirs] for theirs, ours in RENAMED.items() if theirs in body})
         if body.get("seed") not in (None, -1):  # -1 is A1111's "random"
             native["seed"] = body["seed"]
@@ -156,8 +165,13 @@ def parse_txt2img(body: Any) -> tuple[GenerationRequest, int, int, list[str]]:
                        f"this server makes 1..{settings.max_batch} per request "
                        "(MAX_BATCH)")
     known = {*PASSED, *RENAMED, "seed", "sampler_name", "sampler_index", "scheduler",
-             "batch_size", "n_iter", "send_images"}
-    return req, batch_size, n_iter, sorted(k for k in body if k not in known)
+             "batch_size", "n_iter", "send_images", "override_settings"}
+    ignored = [k for k in body if k not in known]
+    if isinstance(overrides, dict):
+        ignored += [f"override_settings.{k}" for k in overrides if k not in SPEED_OPTIONS]
+    elif overrides is not None:
+        ignored.append("override_settings")
+    return req, batch_size, n_iter, sorted(ignored)
 
 
 def model_hash() -> str:

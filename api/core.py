@@ -7,7 +7,8 @@ from flask import Blueprint, Response, current_app, jsonify, render_template, se
 
 from api import ApiError, failed_job_error, json_body, services, submit, wait_for
 from api.openapi import doc
-from params import DEFAULT_SCHEDULER, SCHEDULERS, ValidationError, parse_generation_request
+from params import (DEFAULT_SCHEDULER, PRESETS, SCHEDULERS, ValidationError,
+                    parse_generation_request)
 
 bp = Blueprint("core", __name__)
 
@@ -15,6 +16,13 @@ HEALTH_SCHEMA = {"type": "object", "required": ["status"], "properties": {
     "status": {"type": "string", "enum": ["loading", "healthy", "unhealthy", "shutting_down"]},
     "device": {"type": "string"}, "model": {"type": "string"}, "dtype": {"type": "string"},
     "optimizations": {"type": "array", "items": {"type": "string"}},
+    "phase": {"type": "string", "description": "what the load is doing now"},
+    "progress": {"type": "object", "nullable": True, "description": "bytes_done, bytes_total "
+                 "and eta_seconds of a long load phase (the first bf16 conversion)"},
+    "precision": {"type": "object", "nullable": True, "description": "the load-time probe: "
+                  "bf16 vs fp32 speed on this CPU and the dtype chosen"},
+    "hint": {"type": "string", "nullable": True, "description": "advice, e.g. a faster "
+             "precision this CPU offers"},
     "queue": {"type": "object"}, "error": {"type": "string"}}}
 
 
@@ -40,7 +48,8 @@ def index():
     s = services().settings
     return render_template("index.html", limits={
         **request_limits(s), "default_guidance": s.default_guidance,
-        "api_key_required": bool(s.api_key)}, schedulers=[DEFAULT_SCHEDULER, *SCHEDULERS])
+        "api_key_required": bool(s.api_key), "default_preset": s.speed_preset},
+        schedulers=[DEFAULT_SCHEDULER, *SCHEDULERS], presets=PRESETS)
 
 
 @bp.get("/favicon.ico")
@@ -62,6 +71,9 @@ def health():
     queue = svc.queue.stats()
     body = {"model": svc.settings.model_id, "queue": queue,
             "limits": request_limits(svc.settings)}
+    if queue.get("worker_error"):  # nothing would ever run: say so, whatever the model does
+        body.update(status="unhealthy", error=queue["worker_error"] + "; restart the server")
+        return jsonify(body), 503
     if status.state == "ready" and not queue["accepting"]:
         body.update(status="shutting_down")
         return jsonify(body), 503
@@ -71,8 +83,10 @@ def health():
     if status.state == "failed":
         body.update(status="unhealthy", error=status.error)
         return jsonify(body), 503
-    body.update(status="loading", message="the model is loading; generation is available "
-                "when status is 'healthy'")
+    body.update(status="loading", phase=status.phase, progress=status.progress,
+                precision=status.precision, hint=status.hint or None,
+                message="the model is loading; generation is available when status is "
+                "'healthy'")
     response = jsonify(body)
     response.headers["Retry-After"] = "5"
     return response, 503

@@ -18,8 +18,8 @@ from flask import Blueprint, Response, jsonify, url_for
 from api import ApiError, error_json, failed_job_error, json_body, services
 from api.batches import run_batch
 from api.openapi import doc
-from params import (ValidationError, field_value, image_count_field, json_object,
-                    parse_generation_request, request_fields)
+from params import (SPEED_OPTIONS, ValidationError, field_value, image_count_field,
+                    json_object, parse_generation_request, request_fields)
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,8 @@ IGNORED = {"quality", "style", "user", "output_format", "background", "moderatio
            "output_compression", "partial_images", "safety_identifier", "complexity",
            "frame_count", "frame_duration_ms", "svg", "stream"}
 # Native fields a client may add (the SDK's extra_body), beyond what OpenAI has.
-EXTENSIONS = ("negative_prompt", "seed", "steps", "guidance_scale", "scheduler")
+EXTENSIONS = ("negative_prompt", "seed", "steps", "guidance_scale", "scheduler",
+              *SPEED_OPTIONS)
 SIZE = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*$")
 
 OPENAI_ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {
@@ -146,7 +147,7 @@ def _parse_generations(body: dict) -> tuple[Any, int, str, list[str]]:
 @bp.post("/images/generations")
 @doc("OpenAI Images: generate n images (b64_json, or url = /jobs/{id}/image). Also "
      "accepts negative_prompt, seed, steps, guidance_scale, scheduler (image i uses "
-     "seed + i).", request=generations_schema, responses={200: IMAGES_RESPONSE},
+     "seed + i) and the speed options speed_preset, cfg_cutoff, deep_cache, vae_decoder.", request=generations_schema, responses={200: IMAGES_RESPONSE},
      errors=(400, 401, 409, 413, 415, 429, 500, 503), **OPENAI_DOC)
 def generations():
     """Generate like OpenAI's POST /v1/images/generations."""

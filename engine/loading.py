@@ -75,6 +75,7 @@ def load_pipeline(settings: Settings, bf16: bool, progress: Progress,
             load_converted(module, cache, torch.bfloat16,
                            lambda done, total, name=name: progress(f"converting {name}", done,
                                                                    total))
+        progress("loading", 0, 0)
         optimizations += ["bfloat16 (unet, text encoder; vae float32)",
                           "mmap-bf16-weights-cache"]
     if slicing:

@@ -91,13 +91,14 @@ async function pollHealth() {
   try {
     const response = await fetch(HEALTH_URL, { cache: "no-store" });
     const body = await response.json();
+    showServerHint(body.hint);
     if (body.status === "healthy") {
       const q = body.queue || {};
       setServerStatus("ready", `Ready · ${body.dtype || ""} · ${q.waiting || 0} waiting`);
       delay = HEALTH_READY_MS;
       setReady(true, "");
     } else if (body.status === "loading") {
-      setServerStatus("loading", "The model is loading…");
+      setServerStatus("loading", loadingText(body));
       setReady(false, "The model is still loading; Generate turns on when it is ready.");
     } else if (body.status === "unhealthy") {
       setServerStatus("error", "The model failed to load.");
@@ -112,6 +113,56 @@ async function pollHealth() {
     setReady(false, "Cannot reach the server; retrying…");
   }
   setTimeout(pollHealth, delay);
+}
+
+/** What the model load is doing, with figures when a long phase reports them. */
+function loadingText(body) {
+  const p = body.progress;
+  const phase = body.phase || "loading";
+  if (p && p.bytes_total) {
+    const gb = (n) => (n / 1e9).toFixed(1);
+    const eta = p.eta_seconds ? `, about ${formatDuration(p.eta_seconds)} left` : "";
+    const what = phase.startsWith("converting") ?
+      "Writing the bfloat16 weights (first start only)" : phase;
+    return `${what}: ${gb(p.bytes_done)} of ${gb(p.bytes_total)} GB${eta}`;
+  }
+  if (phase === "probing precision") return "The model is loading (measuring this CPU first)…";
+  return "The model is loading into memory…";
+}
+
+function formatDuration(seconds) {
+  return seconds >= 90 ? `${Math.round(seconds / 60)} min` : `${Math.round(seconds)} s`;
+}
+
+function showServerHint(text) {
+  const el = $("server-hint");
+  el.hidden = !text;
+  el.textContent = text ? `Tip: ${text}.` : "";
+}
+
+// ------------------------------------------------------------------ speed presets
+
+const PRESETS = JSON.parse(document.body.dataset.presets || "{}");
+const PRESET_WORDS = {
+  cfg_cutoff: (v) => `guidance stops after ${Math.round(v * 100)} % of the steps`,
+  deep_cache: (v) => `DeepCache every ${v} steps`,
+  vae_decoder: (v) => (v === "tiny" ? "fast TAESD decode (softer detail)" : "full decode"),
+};
+
+/** Show what a preset changes and put its steps and sampler into the form. */
+function applyPreset(fill) {
+  const name = $("speed_preset").value;
+  const preset = PRESETS[name] || {};
+  if (fill) {
+    $("steps").value = preset.steps || limits.default_steps;
+    setSelect("scheduler", preset.scheduler || "default");
+  }
+  const parts = Object.entries(preset)
+    .filter(([key]) => key in PRESET_WORDS)
+    .map(([key, value]) => PRESET_WORDS[key](value));
+  $("preset-hint").textContent = parts.length ?
+    `${preset.steps} steps, ${preset.scheduler}; ${parts.join(", ")}. Changes the picture.` :
+    "The model's full quality; the slowest.";
 }
 
 function setReady(ready, why) {
@@ -155,6 +206,7 @@ function requestFromForm() {
     width: Number($("width").value),
     height: Number($("height").value),
     scheduler: $("scheduler").value,
+    speed_preset: $("speed_preset").value,
     seed: null,
   };
   if (!$("seed-random").checked && $("seed").value !== "") body.seed = Number($("seed").value);
@@ -170,6 +222,10 @@ function fillForm(request, seed) {
   setSelect("width", request.width);
   setSelect("height", request.height);
   setSelect("scheduler", request.scheduler);
+  if (request.speed_preset) {
+    $("speed_preset").value = request.speed_preset;
+    applyPreset(false);
+  }
   if (seed !== null && seed !== undefined) {
     $("seed-random").checked = false;
     syncSeedInput();
@@ -345,6 +401,11 @@ function paramRows(job) {
     ["Sampler", r.scheduler === "default" ? "model default" : r.scheduler],
     ["Guidance", r.guidance_scale],
   ];
+  const speed = [];
+  if (r.cfg_cutoff !== undefined && r.cfg_cutoff < 1) speed.push(`CFG cutoff ${r.cfg_cutoff}`);
+  if (r.deep_cache > 1) speed.push(`DeepCache ${r.deep_cache}`);
+  if (r.vae_decoder === "tiny") speed.push("TAESD decode");
+  if (speed.length) rows.push(["Speed", `${r.speed_preset}: ${speed.join(", ")}`]);
   if (job.seconds !== null && job.seconds !== undefined) rows.push(["Time", `${job.seconds} s`]);
   return rows;
 }
@@ -515,6 +576,8 @@ function init() {
   $("result-title").tabIndex = -1;  // focus target after picking a history item
   $("api-key").value = apiKey();
   $("form").addEventListener("submit", submitForm);
+  $("speed_preset").addEventListener("change", () => applyPreset(true));
+  applyPreset(limits.default_preset !== "quality");
   $("prompt").addEventListener("input", updateCounter);
   $("seed-random").addEventListener("change", () => {
     syncSeedInput();

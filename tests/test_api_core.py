@@ -11,7 +11,7 @@ def test_health_goes_from_loading_to_healthy(make_app):
     client = app.test_client()
     r = client.get("/health")
     assert r.status_code == 503 and r.json["status"] == "loading"
-    assert r.headers["Retry-After"]
+    assert r.headers["Retry-After"] and r.json["phase"] == "starting"
     r = client.post("/generate", json={"prompt": "a cat"})
     assert r.status_code == 503 and r.json["error"] == "loading" and r.headers["Retry-After"]
     queue = app.extensions["sd_server"].queue
@@ -23,6 +23,27 @@ def test_health_goes_from_loading_to_healthy(make_app):
     assert body["status"] == "healthy" and body["device"] == "cpu"
     assert body["dtype"] == "float32" and "sdpa-attention" in body["optimizations"]
     assert body["queue"]["capacity"] == 4 and body["queue"]["waiting"] == 0
+    # The precision probe's figures and choice (DTYPE=float32 here) are reported.
+    assert body["precision"]["chosen"] == "float32" and body["precision"]["bf16_speedup"] > 0
+
+
+def test_a_dead_worker_makes_health_unhealthy(app, monkeypatch):
+    """SystemExit from a generation (injected: the worker guards every Exception) ends the
+    only worker thread; /health must stop saying healthy."""
+    import engine as engine_module
+
+    def exits(self, request, seed, on_step=None):
+        raise SystemExit(3)
+
+    monkeypatch.setattr(engine_module.Engine, "generate", exits)
+    client = app.test_client()
+    assert client.get("/health").status_code == 200
+    queue = app.extensions["sd_server"].queue
+    job = queue.submit(engine_module.pipeline.GenerationRequest(prompt="a cat", steps=1))
+    assert queue.wait(job, 60)
+    r = client.get("/health")
+    assert r.status_code == 503 and r.json["status"] == "unhealthy"
+    assert "worker stopped" in r.json["error"] and "restart" in r.json["error"]
 
 
 def test_failed_load_leaves_server_up_and_unhealthy(make_app, tmp_path):

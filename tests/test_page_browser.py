@@ -109,12 +109,12 @@ def test_generate_shows_moving_progress_preview_and_the_image(page, live_server,
     page.click("#generate")
 
     gate.wait_reached()  # the worker is paused after step 1
-    total = server.app.extensions["sd_server"].queue.recent(1)[0].total_steps  # PNDM: 6 + 1
-    expect(page.locator("#progress-text")).to_contain_text(f"Step 1 of {total}")
+    # PNDM makes 7 UNet calls for 6 steps; the page counts the steps the user asked for.
+    expect(page.locator("#progress-text")).to_contain_text("Step 1 of 6")
     expect(page.locator("#generate")).to_be_disabled()
     first = page.eval_on_selector("#progress", "p => p.value")
     gate.release(3)
-    expect(page.locator("#progress-text")).to_contain_text(f"Step 4 of {total}")
+    expect(page.locator("#progress-text")).to_contain_text("Step 4 of 6")
     assert page.eval_on_selector("#progress", "p => p.value") > first
     assert image_size(page, "#preview")[0] > 0  # the live preview of the latents
     page.screenshot(path=ARTIFACTS / "progress.png", full_page=True)
@@ -193,6 +193,25 @@ def test_server_validation_error_is_shown_inline(page, live_server):
     expect(alert).to_have_text("'prompt' is 30 characters; the limit is 10")
     expect(page.locator("#generate")).to_be_enabled()  # fix it and try again
     assert server.app.extensions["sd_server"].queue.recent() == []
+
+
+def test_speed_preset_fills_the_form_and_travels_with_the_request(page, live_server):
+    server = live_server()
+    open_ready(page, server)
+    expect(page.locator("#preset-hint")).to_contain_text("full quality")
+    page.select_option("#speed_preset", "fast")
+    expect(page.locator("#preset-hint")).to_contain_text("DeepCache every 3 steps")
+    page.click("summary")
+    expect(page.locator("#steps")).to_have_value("8")
+    expect(page.locator("#scheduler")).to_have_value("DPM++ 2M Karras")
+    page.fill("#steps", "3")  # the user's own value wins over the preset's
+    page.fill("#prompt", "a quick sketch")
+    page.click("#generate")
+    expect(page.locator("#result-params")).to_contain_text("fast: CFG cutoff 0.5, DeepCache 3")
+    request = server.app.extensions["sd_server"].queue.recent(1)[0].request
+    assert (request.speed_preset, request.steps, request.deep_cache) == ("fast", 3, 3)
+    page.select_option("#speed_preset", "quality")
+    expect(page.locator("#steps")).to_have_value("2")  # back to the server's default steps
 
 
 def test_generate_is_disabled_while_the_model_loads(page, make_app):
