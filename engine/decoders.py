@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 
+from PIL import Image
+
 from engine.load_errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -59,3 +61,21 @@ def decode_tiny(taesd, latents):
     """Latents -> image tensor in [-1, 1] through TAESD (it takes SD latents unscaled)."""
     return taesd.decode(latents.to(taesd.dtype) / taesd.config.scaling_factor,
                         return_dict=False)[0]
+
+
+def decode_image(pipe, latents, taesd=None, generator=None) -> tuple[Image.Image, bool]:
+    """Latents -> PIL image and the NSFW verdict, through TAESD when given, else the
+    pipeline's VAE; the same calls in the same order as StableDiffusionPipeline's own tail,
+    so the default output is byte-identical to diffusers'."""
+    if taesd is not None:
+        image = decode_tiny(taesd, latents)
+    else:
+        image = decode_full(pipe.vae, latents, generator)
+    image, flagged = pipe.run_safety_checker(image, "cpu", pipe.text_encoder.dtype)
+    denormalize = [True] * image.shape[0] if flagged is None else [not f for f in flagged]
+    image = pipe.image_processor.postprocess(image, output_type="pil",
+                                             do_denormalize=denormalize)[0]
+    nsfw = bool(flagged and flagged[0])
+    if nsfw:  # the checker already blacked the pixels; make that unmistakable
+        image = Image.new("RGB", image.size, (0, 0, 0))
+    return image, nsfw

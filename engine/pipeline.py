@@ -15,12 +15,11 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-from PIL import Image
 
 from config import Settings
 from engine.cpu import (PrecisionProbe, adaptive_threads, idle_cores, probe_precision,
                         usable_cores)
-from engine.decoders import decode_full, decode_tiny, load_tiny_decoder
+from engine.decoders import decode_image, load_tiny_decoder
 from engine.images import encode_png
 from engine.load_errors import explain_load_error
 from engine.loading import load_pipeline
@@ -225,7 +224,8 @@ class Engine:
                            ).images
         decode_started = time.perf_counter()
         with torch.inference_mode():
-            image, nsfw = self._decode(pipe, latents, request.vae_decoder, generator)
+            image, nsfw = decode_image(pipe, latents, self.taesd if request.vae_decoder == "tiny"
+                                       else None, generator)
         decode_seconds = time.perf_counter() - decode_started
         seconds = time.perf_counter() - started
         parameters = request.infotext(seed, self.settings.model_id, self.default_sampler)
@@ -235,22 +235,6 @@ class Engine:
                                 seconds_per_step=round(seconds_per_step(started, step_times), 3),
                                 nsfw=nsfw, parameters=parameters,
                                 decode_seconds=round(decode_seconds, 3))
-
-    def _decode(self, pipe, latents, decoder: str, generator) -> tuple[Image.Image, bool]:
-        """Latents -> PIL image and the NSFW verdict, as StableDiffusionPipeline's own tail
-        does it (same calls, same order: the default output is byte-identical)."""
-        if decoder == "tiny":
-            image = decode_tiny(self.taesd, latents)
-        else:
-            image = decode_full(pipe.vae, latents, generator)
-        image, flagged = pipe.run_safety_checker(image, "cpu", pipe.text_encoder.dtype)
-        denormalize = [True] * image.shape[0] if flagged is None else [not f for f in flagged]
-        image = pipe.image_processor.postprocess(image, output_type="pil",
-                                                 do_denormalize=denormalize)[0]
-        nsfw = bool(flagged and flagged[0])
-        if nsfw:  # the checker already blacked the pixels; make that unmistakable
-            image = Image.new("RGB", image.size, (0, 0, 0))
-        return image, nsfw
 
     def _pipeline_for(self, scheduler_name: str):
         """The shared pipeline, or a view of it with another scheduler for this job only."""
