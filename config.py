@@ -144,8 +144,8 @@ KNOBS: tuple[Knob, ...] = (
     Knob("CFG_CUTOFF", "1", "Default fraction of the steps after which classifier-free "
          "guidance stops (the UNet then runs at batch 1); 1 = never (off)", _fraction,
          "a number 0 < x <= 1"),
-    Knob("DEEP_CACHE", "1", "Default DeepCache interval: reuse the UNet's deep features for "
-         "this many steps in a row; 1 = off", _int(1, 5), "an integer 1..5"),
+    Knob("DEEP_CACHE", "1", "Default DeepCache interval: the whole UNet runs every N-th step, "
+         "the steps between reuse its deep features; 1 = off", _int(1, 5), "an integer 1..5"),
     Knob("VAE_DECODER", "full", "Default decoder of the final image: full (the model's VAE) or "
          "tiny (TAESD: much faster, softer detail; needs TAESD_MODEL)",
          _choice("full", "tiny"), "full or tiny"),

@@ -124,8 +124,8 @@ def speed_fields(settings: Settings) -> list[FieldSpec]:
         FieldSpec("cfg_cutoff", "number", "Stop classifier-free guidance after this fraction "
                   "of the steps (the UNet then runs at batch 1); 1 = off.", minimum=0.0,
                   maximum=1.0, exclusive_minimum=True, default=settings.cfg_cutoff),
-        FieldSpec("deep_cache", "integer", "DeepCache interval: reuse the UNet's deep features "
-                  "for this many steps in a row; 1 = off.", minimum=1, maximum=5,
+        FieldSpec("deep_cache", "integer", "DeepCache interval: the whole UNet runs every N-th "
+                  "step, the steps between reuse its deep features; 1 = off.", minimum=1, maximum=5,
                   default=settings.deep_cache),
         FieldSpec("vae_decoder", "string", "Final decode: full (the model's VAE) or tiny "
                   "(TAESD: faster, softer).", enum=("full", "tiny"),

@@ -153,7 +153,10 @@ def parse_txt2img(body: Any) -> tuple[GenerationRequest, int, int, list[str]]:
             native["seed"] = body["seed"]
         # sampler_name wins over the deprecated sampler_index, as in A1111.
         field = "sampler_name" if body.get("sampler_name") else "sampler_index"
-        native["scheduler"] = resolve_sampler(body.get(field), body.get("scheduler"), field)
+        if any(body.get(name) is not None for name in ("sampler_name", "sampler_index",
+                                                        "scheduler")):
+            # Only a sampler the client named: otherwise a speed preset's sampler applies.
+            native["scheduler"] = resolve_sampler(body.get(field), body.get("scheduler"), field)
         req = parse_generation_request(native, settings)
         batch_size, n_iter = (field_value(image_count_field(name, settings), body)
                               for name in ("batch_size", "n_iter"))

@@ -1,9 +1,13 @@
 """The engine: the only package that imports torch and diffusers, one concern a module.
 
     pipeline      Engine: load the pipeline once, generate one image, status for /health
-    cpu           usable and free cores (the adaptive thread policy), precision choice
+    loading       from_pretrained on the CPU, in the chosen precision; what was applied
+    cpu           usable and free cores (the adaptive thread policy), the precision probe
+    weights_cache bf16 copies of the weights written once and memory-mapped
+    speedups      opt-in: CFG cutoff and DeepCache
+    decoders      latents -> pixels: the model's VAE or TAESD
     vae_bands     VAE decode strategies with a lower memory peak and the same pixels
-    preview       live previews of the latents
+    preview       live previews of the latents (TAESD when loaded, else a linear map)
     images        PNG encoding
     load_errors   a loading failure as one line of advice
     random_model  random-weight pipelines (tiny for tests, full-size for benchmarks)

@@ -15,7 +15,7 @@ from engine.load_errors import ModelLoadError
 log = logging.getLogger(__name__)
 
 
-def load_tiny_decoder(source: str, required: bool, offline_hint: str = ""):
+def load_tiny_decoder(source: str, required: bool):
     """The TAESD decoder from `source` (Hub id or folder), or None when it cannot be had.
 
     With `required` (VAE_DECODER=tiny) a failure stops the load with advice instead.
@@ -35,7 +35,7 @@ def load_tiny_decoder(source: str, required: bool, offline_hint: str = ""):
                 f"VAE_DECODER=tiny but TAESD_MODEL={source!r} could not be loaded "
                 f"({type(exc).__name__}): download it once with network access (`hf download "
                 f"{source}`), point TAESD_MODEL at a local folder, or set VAE_DECODER=full"
-                f"{offline_hint}") from exc
+                ) from exc
         log.info("TAESD_MODEL=%r not available (%s): previews use the linear latent map",
                  source, type(exc).__name__)
         return None

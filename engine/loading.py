@@ -11,7 +11,7 @@ from config import TINY_MODEL_ID, Settings
 from engine.load_errors import ModelLoadError
 from engine.random_model import build_random_pipeline
 from engine.vae_bands import low_memory_vae_decode, vae_decode_in_row_bands
-from engine.weights_cache import cached_copy_exists, load_converted
+from engine.weights_cache import CacheSpaceError, cached_copy_exists, load_converted
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,12 @@ def load_pipeline(settings: Settings, bf16: bool, progress: Progress,
             log.info("first bfloat16 start: writing bf16 weights once to %s", cache)
         for module in modules:
             name = type(module).__name__
-            load_converted(module, cache, torch.bfloat16,
-                           lambda done, total, name=name: progress(f"converting {name}", done,
-                                                                   total))
+            try:
+                load_converted(module, cache, torch.bfloat16,
+                               lambda done, total, name=name: progress(f"converting {name}",
+                                                                       done, total))
+            except CacheSpaceError as exc:
+                raise ModelLoadError(str(exc)) from exc
         progress("loading", 0, 0)
         optimizations += ["bfloat16 (unet, text encoder; vae float32)",
                           "mmap-bf16-weights-cache"]

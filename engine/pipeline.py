@@ -189,7 +189,7 @@ class Engine:
             # Falling back beats failing a job after minutes of steps; the PNG says so.
             log.warning("vae_decoder 'tiny' asked for but TAESD is not loaded (TAESD_MODEL): "
                         "decoding with the full VAE")
-            request = replace(request, vae_decoder="full")
+            request = self.effective_request(request)
         started = time.perf_counter()  # the thread check below is part of this image's time
         pipe = self._pipeline_for(request.scheduler)
         threads = self.threads_for_next_job()
@@ -257,6 +257,13 @@ class Engine:
         """A1111's name for the scheduler the model ships with."""
         name = (self._default_scheduler_config or {}).get("_class_name", "")
         return SAMPLER_OF_CLASS.get(name, name or "default")
+
+    def effective_request(self, request: GenerationRequest) -> GenerationRequest:
+        """The request as this engine will run it: `vae_decoder='tiny'` becomes 'full' when
+        TAESD is not loaded (so the job, the page and the PNG all say what really ran)."""
+        if request.vae_decoder == "tiny" and self.taesd is None:
+            return replace(request, vae_decoder="full")
+        return request
 
     def preview_png(self, latents) -> bytes:
         """A small PNG of the given latents (safe from any thread: TAESD, when loaded, is

@@ -35,12 +35,14 @@ class DeepCache:
         with DeepCache(pipe.unet, interval=3):
             pipe(...)
 
-    Every `interval`-th UNet call (and any call whose batch size changed, e.g. after a CFG
-    cutoff) runs in full and keeps each wrapped block's output; the calls in between run
-    only conv_in, the last up-block's last layer and conv_out, taking everything deeper from
-    that cache. This is the package `deepcache`'s scheme (cache_branch_id=0), written here
-    because its step counter looks timesteps up by value (PNDM repeats one, which shifts its
-    schedule) and its cache breaks when the batch size changes mid-run.
+    Every `interval`-th UNet call runs in full and keeps each wrapped block's output; the
+    calls in between run only conv_in, the last up-block's last layer and conv_out, taking
+    everything deeper from that cache. When a CFG cutoff shrinks the batch from [negative,
+    positive] to [positive], the cache keeps its conditional half, which is exactly what
+    those features are for the smaller batch. This is the package `deepcache`'s scheme
+    (cache_branch_id=0), written here because its step counter looks timesteps up by value
+    (PNDM repeats one, which shifts its schedule) and its cache breaks when the batch size
+    changes mid-run.
     """
 
     def __init__(self, unet, interval: int):
@@ -66,19 +68,40 @@ class DeepCache:
             return self
         unet_forward = self.unet.forward
 
-        def counting_forward(sample, *args, **kwargs):
+        def counting_forward(*args, **kwargs):
+            sample = args[0] if args else kwargs["sample"]
             batch = sample.shape[0]
-            self.full = self.calls % self.interval == 0 or batch != self.batch
-            if batch != self.batch:
-                self.calls = 0  # restart the interval from this full call
+            shrunk = self.batch is not None and batch < self.batch
+            if shrunk and not self._keep_last(batch):
+                self.calls = 0  # the cache could not follow: restart from a full call
+            self.full = self.calls % self.interval == 0 or (
+                self.batch is not None and batch > self.batch)
             self.batch = batch
             self.calls += 1
-            return unet_forward(sample, *args, **kwargs)
+            return unet_forward(*args, **kwargs)
 
         self._wrap(self.unet, counting_forward)
         for module in self._skippable():
             self._wrap(module, self._cached(module, module.forward))
         return self
+
+    def _keep_last(self, batch: int) -> bool:
+        """Cut every cached output to its last `batch` items; False if one can't be cut."""
+        import torch
+
+        def cut(value):
+            if isinstance(value, torch.Tensor):
+                return value[-batch:]
+            if isinstance(value, (tuple, list)):
+                return type(value)(cut(v) for v in value)
+            raise TypeError(type(value).__name__)
+
+        try:
+            self._cache = {key: cut(value) for key, value in self._cache.items()}
+        except TypeError:
+            self._cache.clear()
+            return False
+        return True
 
     def _wrap(self, module, forward) -> None:
         """Shadow the module's forward with an instance attribute, remembering any earlier one."""

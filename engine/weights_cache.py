@@ -53,7 +53,7 @@ def load_converted(module, cache_dir: Path, dtype, progress: Progress | None = N
     `cache_dir`, writing them there first if needed. Returns True if it had to convert."""
     from safetensors.torch import load_file
 
-    name = str(dtype).replace("torch.", "")
+    name = dtype_label(dtype)
     folder = _folder(cache_dir, module, name)
     converted = False
     if not (folder / INDEX).is_file():
@@ -80,14 +80,63 @@ def _folder(cache_dir: Path, module, dtype_name: str) -> Path:
 
 
 def _write_converted(module, folder: Path, dtype, progress: Progress | None) -> None:
-    """Write `module`'s state dict as `dtype` (floating-point tensors only) in shards."""
-    from safetensors.torch import save_file
-
+    """Write `module`'s state dict as `dtype` into `folder`, beside first, then renamed."""
     state = module.state_dict()
     total = sum(t.numel() * t.element_size() for t in state.values())
     tmp = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned(folder.parent)
+    needed = sum(t.numel() * (dtype.itemsize if t.is_floating_point() else t.element_size())
+                 for t in state.values())
+    free = shutil.disk_usage(folder.parent).free
+    if free < needed * 1.05:
+        raise CacheSpaceError(
+            f"the {dtype_label(dtype)} copy of {type(module).__name__} needs "
+            f"{needed / 1e9:.1f} GB in {folder.parent}, {free / 1e9:.1f} GB free: free some "
+            "space, set BF16_CACHE_DIR to a disk that has it, or use DTYPE=float32")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    try:
+        _write_shards(state, tmp, dtype, total, progress)
+    except BaseException:  # a full disk or a stopped server: leave no half-copy behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        tmp.replace(folder)
+    except OSError:  # another process finished the same copy first: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (folder / INDEX).is_file():
+            raise
+    log.info("wrote %s weights of %s to %s", dtype, type(module).__name__, folder)
+
+
+class CacheSpaceError(RuntimeError):
+    """Not enough free disk for the converted copy; the message says what to do."""
+
+
+def dtype_label(dtype) -> str:
+    """'bfloat16' for torch.bfloat16."""
+    return str(dtype).replace("torch.", "")
+
+
+def remove_abandoned(cache_dir: Path) -> None:
+    """Delete half-written copies whose writer is gone (killed mid-conversion)."""
+    for partial in Path(cache_dir).glob("*.partial-*"):
+        pid = partial.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            log.info("removing an abandoned partial bf16 copy: %s", partial)
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def save_shard(tensors: dict, path: Path) -> None:
+    """Write one safetensors shard."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, path)
+
+
+def _write_shards(state: dict, tmp: Path, dtype, total: int, progress: Progress | None) -> None:
+    """Write `state` as `dtype` (floating-point tensors only) in shards, then the index."""
     shards: list[str] = []
     shard: dict = {}
     shard_bytes = done = 0
@@ -96,7 +145,7 @@ def _write_converted(module, folder: Path, dtype, progress: Progress | None) -> 
         nonlocal shard, shard_bytes
         if shard:
             name = f"shard-{len(shards):04d}.safetensors"
-            save_file(shard, tmp / name)
+            save_shard(shard, tmp / name)
             shards.append(name)
         shard, shard_bytes = {}, 0
 
@@ -113,8 +162,3 @@ def _write_converted(module, folder: Path, dtype, progress: Progress | None) -> 
     (tmp / INDEX).write_text(json.dumps({"shards": shards, "dtype": str(dtype)}))
     if progress:
         progress(total, total)
-    if folder.exists():  # another process finished it meanwhile
-        shutil.rmtree(tmp)
-    else:
-        tmp.replace(folder)
-    log.info("wrote %s weights of %s to %s", dtype, type(module).__name__, folder)

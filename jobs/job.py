@@ -75,6 +75,7 @@ class Job:
     latents: Any = None  # the newest latents, for the preview (engine-owned tensor)
     preview_step: int = -1
     preview_png: bytes | None = None
+    preview_rendering: bool = False  # a request thread is rendering a preview right now
     step_marks: list[float] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event, repr=False)
 

@@ -176,7 +176,16 @@ class JobQueue:
             latents, step = job.latents, job.step
             if latents is None or (job.preview_step == step and job.preview_png is not None):
                 return job.preview_png
-        png = self.engine.preview_png(latents)  # outside the lock: polls must not wait on it
+            if job.preview_rendering:
+                # Another poller (the page, an A1111 /progress) is rendering this step: a
+                # second render would only take CPU from the generation.
+                return job.preview_png
+            job.preview_rendering = True
+        try:
+            png = self.engine.preview_png(latents)  # outside the lock: polls must not wait
+        finally:
+            with self._state.lock:
+                job.preview_rendering = False
         with self._state.lock:
             job.preview_png, job.preview_step = png, step
         return png

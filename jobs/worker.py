@@ -138,13 +138,17 @@ class Worker:
         with self.state.lock:
             job.png, job.nsfw, job.saved_path = result.png, result.nsfw, saved
             job.seconds_per_step = result.seconds_per_step
-            if result.seconds_per_step:
+            # A cached or batch-1 step is up to 10x cheaper: such a job's pace would make
+            # every other job's ETA (and Retry-After) far too short.
+            if result.seconds_per_step and req.cfg_cutoff >= 1 and req.deep_cache <= 1:
                 self.state.seconds_per_step = result.seconds_per_step
             self.state.completed += 1
             self.state.finish(job, JobState.SUCCEEDED, None, self.clock())
         log.info("generated job=%s prompt_chars=%d steps=%d size=%dx%d seconds=%.2f "
-                 "s_per_step=%.3f seed=%d", job.id, len(req.prompt), req.steps, req.width,
-                 req.height, result.seconds, result.seconds_per_step, job.seed)
+                 "s_per_step=%.3f decode_s=%.2f seed=%d preset=%s cfg_cutoff=%g deep_cache=%d "
+                 "vae=%s", job.id, len(req.prompt), req.steps, req.width, req.height,
+                 result.seconds, result.seconds_per_step, result.decode_seconds, job.seed,
+                 req.speed_preset, req.cfg_cutoff, req.deep_cache, req.vae_decoder)
 
     def _record_step(self, job: Job, step: int, total: int, latents: Any) -> None:
         """The engine's step callback: record progress; raise JobCancelled (inside the

@@ -84,3 +84,27 @@ def test_openai_sdk_extra_body_carries_the_options(live_server):
     text = infotext(base64.b64decode(result.data[0].b64_json))
     assert "Sampler: DPM++ 2M Karras" in text and "DeepCache: 3" in text
     assert "Steps: 2," in text
+
+
+def test_a1111_preset_brings_its_sampler_unless_the_client_names_one(client):
+    r = client.post("/sdapi/v1/txt2img", json={**BASE, "steps": 2, "speed_preset": "fast"})
+    assert r.status_code == 200
+    assert "Sampler: DPM++ 2M Karras" in infotext(base64.b64decode(r.json["images"][0]))
+    r = client.post("/sdapi/v1/txt2img", json={**BASE, "steps": 2, "speed_preset": "fast",
+                                               "sampler_name": "Euler"})
+    assert "Sampler: Euler," in infotext(base64.b64decode(r.json["images"][0]))
+
+
+def test_without_taesd_the_job_says_the_full_vae_ran(client):
+    """TAESD is not loaded in tests (TAESD_MODEL is empty): the fast preset's tiny decoder
+    falls back, and the job JSON says so before the job even runs."""
+    job = client.post("/jobs", json={**BASE, "speed_preset": "fast", "steps": 2}).json
+    assert job["request"]["vae_decoder"] == "full"
+    explicit = client.post("/jobs", json={**BASE, "vae_decoder": "tiny", "steps": 2}).json
+    assert explicit["request"]["vae_decoder"] == "full"
+
+
+def test_with_taesd_the_fast_preset_decodes_with_it(make_app, taesd_dir):
+    client = make_app(TAESD_MODEL=str(taesd_dir)).test_client()
+    r = client.post("/generate", json={**BASE, "speed_preset": "fast", "steps": 2})
+    assert r.status_code == 200 and "VAE: TAESD" in infotext(r.data)

@@ -5,14 +5,16 @@ from engine.cpu import BF16_MIN_SPEEDUP, PrecisionProbe, probe_precision
 
 
 def test_precision_probe_times_both_dtypes_on_unet_shapes_within_its_budget():
-    probe = probe_precision(1)
-    assert set(probe.conv_gflops) == set(probe.gemm_gflops) == {"float32", "bfloat16"}
-    assert all(v > 0 for v in [*probe.conv_gflops.values(), *probe.gemm_gflops.values()])
-    assert probe.threads == 1 and probe.seconds < 5  # ~1 s; slack for a loaded machine
-    assert probe.bf16_faster == (probe.bf16_speedup >= BF16_MIN_SPEEDUP)
     import torch
 
-    assert torch.get_num_threads() >= 1  # the probe restores the caller's thread count
+    before = torch.get_num_threads()
+    probe = probe_precision(before + 1)
+    assert torch.get_num_threads() == before  # the caller's thread count is restored
+    assert probe.threads == before + 1
+    assert set(probe.conv_gflops) == set(probe.gemm_gflops) == {"float32", "bfloat16"}
+    assert all(v > 0 for v in [*probe.conv_gflops.values(), *probe.gemm_gflops.values()])
+    assert probe.seconds < 5  # ~1 s; slack for a loaded machine
+    assert probe.bf16_faster == (probe.bf16_speedup >= BF16_MIN_SPEEDUP)
 
 
 def test_bf16_is_chosen_only_at_the_measured_threshold():

@@ -63,17 +63,27 @@ def test_cfg_cutoff_step_matches_diffusers_callback():
 
 def test_deep_cache_runs_the_deep_blocks_every_nth_step_only(engine):
     default, full = unet_batches(engine, REQ)
-    cached, deep_calls = unet_batches(engine, with_(deep_cache=3))
+    shallow = []  # the last up-block's last ResNet: the branch that runs at every step
+    hook = engine.pipe.unet.up_blocks[-1].resnets[-1].register_forward_hook(
+        lambda module, args, out: shallow.append(out.shape[0]))
+    try:
+        cached, deep_calls = unet_batches(engine, with_(deep_cache=3))
+    finally:
+        hook.remove()
     assert len(full) == 6 and len(deep_calls) == 2  # steps 1 and 4 run in full
+    assert len(shallow) == 6  # ... and the shallow branch runs at every step
     assert cached != default
     assert engine.generate(with_(deep_cache=3), 1).png == cached  # deterministic
     assert engine.generate(REQ, 1).png == default  # unwrapped afterwards
 
 
-def test_deep_cache_with_cfg_cutoff_recomputes_when_the_batch_shrinks(engine):
-    png, deep_calls = unet_batches(engine, with_(deep_cache=5, cfg_cutoff=0.5))
-    assert deep_calls == [2, 1]  # step 1, then the first batch-1 step: no stale batch-2 cache
-    assert engine.generate(with_(deep_cache=5, cfg_cutoff=0.5), 1).png == png
+def test_deep_cache_keeps_the_conditional_half_when_guidance_stops(engine):
+    """Steps 1 and 4 run in full at batch 2; guidance stops after step 4 and steps 5-6 reuse
+    the positive half of step 4's features instead of paying for another full call."""
+    png, deep_calls = unet_batches(engine, with_(deep_cache=3, cfg_cutoff=0.5))
+    assert deep_calls == [2, 2]
+    assert engine.generate(with_(deep_cache=3, cfg_cutoff=0.5), 1).png == png
+    assert png != engine.generate(with_(deep_cache=3), 1).png
 
 
 def test_deep_cache_restores_every_forward_on_error(engine):
