@@ -150,8 +150,10 @@ KNOBS: tuple[Knob, ...] = (
          "tiny (TAESD: much faster, softer detail; needs TAESD_MODEL)",
          _choice("full", "tiny"), "full or tiny"),
     Knob("TAESD_MODEL", "madebyollin/taesd", "TAESD weights (Hub id or folder, ~10 MB) for "
-         "VAE_DECODER=tiny and for live previews; when they cannot be had, previews use a "
-         "linear colour map; empty = never load it", _text, "a Hub id, a folder or empty",
+         "VAE_DECODER=tiny and for live previews. Previews use them only when they are on "
+         "this machine (a folder, or the Hub cache: `hf download madebyollin/taesd`), else a "
+         "linear colour map; VAE_DECODER=tiny downloads them. Empty = never load them",
+         _text, "a Hub id, a folder or empty",
          empty_means_off=True),
     Knob("TORCH_THREADS", "0", "CPU threads for torch; 0 = adaptive: before each image, one "
          "per usable core that other programs leave free (a shared laptop runs faster with "

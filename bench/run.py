@@ -59,6 +59,8 @@ CONFIGS: dict[str, tuple[dict[str, str], str]] = {
     "tiny-vae": ({"VAE_DECODER": "tiny", "TAESD_MODEL": str(TAESD_DIR)},
                  "vae_decoder=tiny (TAESD) alone"),
     "dpm-karras": ({}, "DPM++ 2M Karras alone (same steps as PNDM)"),
+    "fp32-small": ({}, "float32 at the size and steps given (the bf16 row's reduced ones, "
+                   "for its ratio and latent difference)"),
     "preset-balanced": ({"SPEED_PRESET": "balanced", "TAESD_MODEL": str(TAESD_DIR)},
                         "speed_preset=balanced (whole image, its own steps)"),
     "preset-fast": ({"SPEED_PRESET": "fast", "TAESD_MODEL": str(TAESD_DIR)},
@@ -490,7 +492,10 @@ def main() -> None:
         old = json.loads((CACHE / "results.json").read_text())
         for key in ("configs", "descriptions"):
             old[key].update(data[key])
-        data = {**old, **{k: v for k, v in data.items() if k not in ("configs", "descriptions")}}
+        # The run's own size/steps/machine stay those of the main run: merged rows carry
+        # their own size and request.
+        keep = ("configs", "descriptions", "size", "steps", "machine")
+        data = {**old, **{k: v for k, v in data.items() if k not in keep}}
     add_fidelity(data)
     (CACHE / "results.json").write_text(json.dumps(data, indent=1))
     import report

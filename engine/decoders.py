@@ -18,7 +18,10 @@ log = logging.getLogger(__name__)
 def load_tiny_decoder(source: str, required: bool):
     """The TAESD decoder from `source` (Hub id or folder), or None when it cannot be had.
 
-    With `required` (VAE_DECODER=tiny) a failure stops the load with advice instead.
+    Only for previews (not `required`), it is read from a folder or the local Hub cache and
+    never fetched: offline, a Hub lookup retried for ~30 s and held up every start (measured
+    in the benchmark). With `required` (VAE_DECODER=tiny) it is downloaded when missing, and
+    a failure stops the load with advice.
     """
     if not source:
         if required:
@@ -28,7 +31,8 @@ def load_tiny_decoder(source: str, required: bool):
     from diffusers import AutoencoderTiny
 
     try:
-        taesd = AutoencoderTiny.from_pretrained(source, dtype=_float32())
+        taesd = AutoencoderTiny.from_pretrained(source, dtype=_float32(),
+                                                local_files_only=not required)
     except Exception as exc:  # any failure: previews fall back to the linear map
         if required:
             raise ModelLoadError(
@@ -36,8 +40,9 @@ def load_tiny_decoder(source: str, required: bool):
                 f"({type(exc).__name__}): download it once with network access (`hf download "
                 f"{source}`), point TAESD_MODEL at a local folder, or set VAE_DECODER=full"
                 ) from exc
-        log.info("TAESD_MODEL=%r not available (%s): previews use the linear latent map",
-                 source, type(exc).__name__)
+        log.info("TAESD_MODEL=%r is not on this machine (%s): previews use the linear latent "
+                 "map; for picture previews fetch it once (`hf download %s`, about 10 MB)",
+                 source, type(exc).__name__, source)
         return None
     taesd.eval().requires_grad_(False)
     return taesd
