@@ -28,10 +28,11 @@ def load_tiny_decoder(source: str, required: bool):
             raise ModelLoadError("VAE_DECODER=tiny needs TAESD_MODEL (e.g. madebyollin/taesd, "
                                  "or a local folder holding it)")
         return None
+    import torch
     from diffusers import AutoencoderTiny
 
     try:
-        taesd = AutoencoderTiny.from_pretrained(source, dtype=_float32(),
+        taesd = AutoencoderTiny.from_pretrained(source, dtype=torch.float32,
                                                 local_files_only=not required)
     except Exception as exc:  # any failure: previews fall back to the linear map
         if required:
@@ -46,12 +47,6 @@ def load_tiny_decoder(source: str, required: bool):
         return None
     taesd.eval().requires_grad_(False)
     return taesd
-
-
-def _float32():
-    import torch
-
-    return torch.float32
 
 
 def decode_full(vae, latents, generator=None):

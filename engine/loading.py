@@ -11,7 +11,7 @@ from config import TINY_MODEL_ID, Settings
 from engine.load_errors import ModelLoadError
 from engine.random_model import build_random_pipeline
 from engine.vae_bands import low_memory_vae_decode, vae_decode_in_row_bands
-from engine.weights_cache import CacheSpaceError, cached_copy_exists, load_converted
+from engine.weights_cache import CacheSpaceError, load_converted
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +66,7 @@ def load_pipeline(settings: Settings, bf16: bool, progress: Progress,
     optimizations = []
     if bf16:
         cache = s.path(s.bf16_cache_dir)
-        modules = [pipe.unet, pipe.text_encoder]
-        fresh = not all(cached_copy_exists(cache, m, "bfloat16") for m in modules)
-        if fresh:
-            log.info("first bfloat16 start: writing bf16 weights once to %s", cache)
-        for module in modules:
+        for module in (pipe.unet, pipe.text_encoder):
             name = type(module).__name__
             try:
                 load_converted(module, cache, torch.bfloat16,

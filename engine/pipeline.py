@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-
 from config import Settings
 from engine.cpu import (PrecisionProbe, adaptive_threads, idle_cores, probe_precision,
                         usable_cores)
@@ -185,11 +184,12 @@ class Engine:
 
         if self.pipe is None:
             raise RuntimeError("the model is not loaded")
-        if request.vae_decoder == "tiny" and self.taesd is None:
+        effective = self.effective_request(request)
+        if effective is not request:
             # Falling back beats failing a job after minutes of steps; the PNG says so.
             log.warning("vae_decoder 'tiny' asked for but TAESD is not loaded (TAESD_MODEL): "
                         "decoding with the full VAE")
-            request = self.effective_request(request)
+            request = effective
         started = time.perf_counter()  # the thread check below is part of this image's time
         pipe = self._pipeline_for(request.scheduler)
         threads = self.threads_for_next_job()

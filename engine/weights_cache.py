@@ -43,11 +43,6 @@ def source_key(module, dtype_name: str) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def cached_copy_exists(cache_dir: Path, module, dtype_name: str) -> bool:
-    """True if a finished copy of this module's weights in `dtype_name` is on disk."""
-    return (_folder(cache_dir, module, dtype_name) / INDEX).is_file()
-
-
 def load_converted(module, cache_dir: Path, dtype, progress: Progress | None = None) -> bool:
     """Replace `module`'s floating-point weights with memory-mapped `dtype` copies from
     `cache_dir`, writing them there first if needed. Returns True if it had to convert."""
@@ -57,6 +52,8 @@ def load_converted(module, cache_dir: Path, dtype, progress: Progress | None = N
     folder = _folder(cache_dir, module, name)
     converted = False
     if not (folder / INDEX).is_file():
+        log.info("no %s copy of %s yet: writing it once to %s", name, type(module).__name__,
+                 folder)
         _write_converted(module, folder, dtype, progress)
         converted = True
     index = json.loads((folder / INDEX).read_text())
