@@ -30,7 +30,8 @@ DEFAULT_SCHEDULER = "default"
 
 # Speed presets: request defaults that trade quality for time (README: Speed options has
 # each option's published quality cost). A field the request names itself always wins.
-# "quality" is today's defaults: no lossy option is ever on unless a client asks for it.
+# "quality" is today's defaults: the server's knobs (CFG_CUTOFF, DEEP_CACHE, VAE_DECODER,
+# all off unless the operator sets them) and whatever the client asks for.
 # The values were chosen on the full-size architecture (bench/results.md).
 PRESETS: dict[str, dict[str, Any]] = {
     "quality": {},
