@@ -48,7 +48,9 @@ def create_app(settings: Settings | None = None, start_worker: bool = True) -> F
     from jobs import JobQueue
 
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    # The larger bound: routes that take no images refuse more than MAX_REQUEST_BYTES
+    # themselves (api.json_body), before reading the body.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_image_request_bytes
     app.json.sort_keys = False
     engine = Engine(settings)
     queue = JobQueue(engine, settings)
@@ -193,7 +195,8 @@ def http_api_error(exc: HTTPException, max_request_bytes: int) -> ApiError:
     messages = {
         404: "no such endpoint; see GET /openapi.json for the API",
         405: f"method {request.method} is not allowed here",
-        413: f"the request body is larger than {max_request_bytes} bytes",
+        413: f"the request body is larger than {max_request_bytes} bytes "
+             "(MAX_IMAGE_REQUEST_BYTES)",
         429: f"too many requests ({exc.description}); slow down and retry later",
     }
     headers = {}

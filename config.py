@@ -97,6 +97,20 @@ def _rate_limit(raw: str, knob: Knob) -> str:
     return value
 
 
+def _credentials(raw: str, knob: Knob) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        user, colon, password = item.partition(":")
+        if not colon or not user or not password:
+            # Never echo the value: it holds passwords.
+            raise ConfigError(f"{knob.name} is not valid: allowed {knob.allowed} (an entry "
+                              "has no ':' or an empty user or password)")
+        pairs.append((user, password))
+    return tuple(pairs)
+
+
 def _bad(knob: Knob, raw: str) -> str:
     return f"{knob.name}={raw!r} is not valid: allowed {knob.allowed}"
 
@@ -184,8 +198,18 @@ KNOBS: tuple[Knob, ...] = (
          "empty = same origin only; * = anyone", _origins, "origins or *"),
     Knob("API_KEY", "", "When set, generating, job and compatibility endpoints need "
          "'Authorization: Bearer <key>'", _text, "any string or empty"),
-    Knob("MAX_REQUEST_BYTES", "65536", "Largest request body; bigger gets 413",
+    Knob("API_AUTH", "", "When set, the endpoints API_KEY protects also take HTTP Basic auth "
+         "with these credentials (A1111's --api-auth; SillyTavern, Open WebUI). With API_KEY "
+         "too, either one is enough. Never logged", _credentials,
+         "user:pass[,user2:pass2] or empty"),
+    Knob("MAX_REQUEST_BYTES", "65536", "Largest request body without images; bigger gets 413",
          _int(1024, 16 * 1024 * 1024), "an integer 1024..16777216"),
+    Knob("MAX_IMAGE_REQUEST_BYTES", "20971520", "Largest body of a request that carries "
+         "images (img2img, inpainting, edits, extras, png-info); bigger gets 413",
+         _int(65536, 256 * 1024 * 1024), "an integer 65536..268435456"),
+    Knob("MAX_INPUT_PIXELS", "16777216", "Most pixels (width x height) an uploaded image may "
+         "have before it is resized; bigger gets 400 (a decompression bomb never gets decoded)",
+         _int(4096, 256 * 1024 * 1024), "an integer 4096..268435456"),
     Knob("SHUTDOWN_GRACE_SECONDS", "30", "On SIGTERM/SIGINT, how long the running job may "
          "finish before it is cancelled", _int(0, 3600), "an integer 0..3600"),
 )
@@ -229,7 +253,10 @@ class Settings:
     rate_limit_storage_uri: str
     cors_origins: tuple[str, ...]
     api_key: str
+    api_auth: tuple[tuple[str, str], ...]
     max_request_bytes: int
+    max_image_request_bytes: int
+    max_input_pixels: int
     shutdown_grace_seconds: int
 
     @classmethod
@@ -266,6 +293,9 @@ class Settings:
         if self.max_batch > self.queue_size:
             raise ConfigError(f"MAX_BATCH={self.max_batch} is not valid: allowed <= QUEUE_SIZE "
                               f"({self.queue_size}), or a full batch could never be queued")
+        if self.max_image_request_bytes < self.max_request_bytes:
+            raise ConfigError(f"MAX_IMAGE_REQUEST_BYTES={self.max_image_request_bytes} is not "
+                              f"valid: allowed >= MAX_REQUEST_BYTES ({self.max_request_bytes})")
         if self.threads < self.queue_size + 2:
             raise ConfigError(f"THREADS={self.threads} is not valid: allowed >= QUEUE_SIZE + 2 "
                               f"({self.queue_size + 2}) so /health answers while every "

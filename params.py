@@ -7,7 +7,7 @@ everywhere. `request_fields` is also what the OpenAPI document is generated from
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from config import Settings
@@ -25,6 +25,14 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "LMS": ("LMSDiscreteScheduler", {}),
     "DPM++ 2M": ("DPMSolverMultistepScheduler", {}),
     "DPM++ 2M Karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "DPM++ 2M SDE": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+    "DPM++ 2M SDE Karras": ("DPMSolverMultistepScheduler",
+                            {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}),
+    "UniPC": ("UniPCMultistepScheduler", {}),
+    "Heun": ("HeunDiscreteScheduler", {}),
+    "DPM2": ("KDPM2DiscreteScheduler", {}),
+    "DPM2 a": ("KDPM2AncestralDiscreteScheduler", {}),
+    "DEIS": ("DEISMultistepScheduler", {}),
 }
 DEFAULT_SCHEDULER = "default"
 
@@ -46,7 +54,15 @@ SPEED_OPTIONS = ("speed_preset", "cfg_cutoff", "deep_cache", "vae_decoder")
 SAMPLER_OF_CLASS = {"PNDMScheduler": "PNDM", "DDIMScheduler": "DDIM",
                     "EulerDiscreteScheduler": "Euler", "LMSDiscreteScheduler": "LMS",
                     "EulerAncestralDiscreteScheduler": "Euler a",
-                    "DPMSolverMultistepScheduler": "DPM++ 2M"}
+                    "DPMSolverMultistepScheduler": "DPM++ 2M",
+                    "UniPCMultistepScheduler": "UniPC", "HeunDiscreteScheduler": "Heun",
+                    "KDPM2DiscreteScheduler": "DPM2",
+                    "KDPM2AncestralDiscreteScheduler": "DPM2 a",
+                    "DEISMultistepScheduler": "DEIS"}
+# img2img/inpainting fields: the images are decoded and fitted by `uploads` at parse time.
+IMAGE_FIELDS = ("init_image", "mask_image")
+DEFAULT_STRENGTH = 0.75
+DEFAULT_MASK_BLUR = 4  # A1111's default
 
 
 class ValidationError(ValueError):
@@ -113,6 +129,29 @@ def request_fields(settings: Settings) -> list[FieldSpec]:
         FieldSpec("scheduler", "string", "Sampler (A1111 name); 'default' = the model's own.",
                   enum=(DEFAULT_SCHEDULER, *SCHEDULERS), default=DEFAULT_SCHEDULER),
         *speed_fields(settings),
+        *image_fields(settings),
+    ]
+
+
+def image_fields(settings: Settings) -> list[FieldSpec]:
+    """img2img and inpainting: an input image, how much to change it, and a mask."""
+    return [
+        FieldSpec("init_image", "string", "img2img: the input image, base64 or a data: URL "
+                  f"(PNG/JPEG/WebP, at most {settings.max_input_pixels} pixels; EXIF rotation "
+                  "honoured). Without width/height the output keeps its aspect, fitted to "
+                  "MAX_SIZE and rounded to multiples of 8.", nullable=True),
+        FieldSpec("strength", "number", "img2img: how much to change the input image (0 = "
+                  "keep, 1 = ignore it); steps x strength denoising steps run.", minimum=0.0,
+                  maximum=1.0, exclusive_minimum=True, default=DEFAULT_STRENGTH),
+        FieldSpec("mask_image", "string", "Inpainting: a mask of the input image's size, "
+                  "base64 or a data: URL; white = repaint, black = keep.", nullable=True),
+        FieldSpec("resize_mode", "integer", "How the input image and mask fit width x height "
+                  "(A1111): 0 stretch, 1 crop, 2 fit and fill, 3 as 0.", minimum=0, maximum=3,
+                  default=0),
+        FieldSpec("mask_blur", "integer", "Inpainting: Gaussian blur radius of the mask's "
+                  "edge, in pixels.", minimum=0, maximum=64, default=DEFAULT_MASK_BLUR),
+        FieldSpec("mask_invert", "integer", "Inpainting: 1 = repaint the black part instead.",
+                  minimum=0, maximum=1, default=0),
     ]
 
 
@@ -157,10 +196,38 @@ class GenerationRequest:
     cfg_cutoff: float = 1.0
     deep_cache: int = 1
     vae_decoder: str = "full"
+    # img2img / inpainting: Pillow images already fitted to width x height (RGB; mask 'L',
+    # white = repaint), or None for txt2img.
+    init_image: Any = field(default=None, compare=False, repr=False)
+    mask_image: Any = field(default=None, compare=False, repr=False)
+    strength: float = DEFAULT_STRENGTH
+    resize_mode: int = 0
+    mask_blur: int = DEFAULT_MASK_BLUR
+    mask_invert: int = 0
+
+    @property
+    def mode(self) -> str:
+        """txt2img, img2img or inpaint."""
+        if self.init_image is None:
+            return "txt2img"
+        return "img2img" if self.mask_image is None else "inpaint"
+
+    @property
+    def denoising_steps(self) -> int:
+        """The steps that really run: all of them for txt2img, steps x strength for img2img
+        (as diffusers and A1111 count them)."""
+        if self.init_image is None:
+            return self.steps
+        return min(int(self.steps * self.strength), self.steps)
 
     def to_dict(self) -> dict[str, Any]:
-        """The request as JSON-ready values."""
-        return asdict(self)
+        """The request as JSON-ready values (an image as its size, never its pixels)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in IMAGE_FIELDS:
+            image = out[name]
+            out[name] = None if image is None else {"width": image.width,
+                                                    "height": image.height}
+        return out
 
     def infotext(self, seed: int, model: str, default_sampler: str = "PNDM") -> str:
         """A1111's `parameters` text: prompt, negative prompt, then the settings line."""
@@ -171,7 +238,11 @@ class GenerationRequest:
         speed = "".join(f", {label}: {value}" for label, value in (
             ("CFG cutoff", f"{self.cfg_cutoff:g}" if self.cfg_cutoff < 1 else None),
             ("DeepCache", self.deep_cache if self.deep_cache > 1 else None),
-            ("VAE", "TAESD" if self.vae_decoder == "tiny" else None)) if value is not None)
+            ("VAE", "TAESD" if self.vae_decoder == "tiny" else None),
+            ("Denoising strength", f"{self.strength:g}" if self.init_image is not None
+             else None),
+            ("Mask blur", self.mask_blur if self.mask_image is not None else None))
+            if value is not None)
         lines.append(f"Steps: {self.steps}, Sampler: {sampler}, CFG scale: "
                      f"{self.guidance_scale:g}, Seed: {seed}, Size: {self.width}x{self.height}"
                      f"{speed}, Model: {model}")
@@ -200,7 +271,9 @@ def parse_infotext(text: str) -> tuple[GenerationRequest, int]:
             scheduler=sampler if sampler in SCHEDULERS else DEFAULT_SCHEDULER,
             cfg_cutoff=float(values.get("CFG cutoff", 1)),
             deep_cache=int(values.get("DeepCache", 1)),
-            vae_decoder="tiny" if values.get("VAE") == "TAESD" else "full")
+            vae_decoder="tiny" if values.get("VAE") == "TAESD" else "full",
+            strength=float(values.get("Denoising strength", DEFAULT_STRENGTH)),
+            mask_blur=int(values.get("Mask blur", DEFAULT_MASK_BLUR)))
     except (KeyError, ValueError) as exc:
         raise ValueError(f"not an infotext this server wrote: {exc}") from None
     return request, request.seed
@@ -301,7 +374,42 @@ def parse_generation_request(body: Any, settings: Settings) -> GenerationRequest
     if unknown:
         raise ValidationError(unknown[0], f"unknown field '{unknown[0]}'; allowed fields: "
                                           f"{', '.join(sorted(known))}")
-    return GenerationRequest(**with_preset(body, specs))
+    images = {name: body.get(name) for name in IMAGE_FIELDS}
+    text_only = {k: v for k, v in body.items() if k not in IMAGE_FIELDS}
+    values = with_preset(text_only, [s for s in specs if s.name not in IMAGE_FIELDS])
+    if images["init_image"] is None:
+        if images["mask_image"] is not None:
+            raise ValidationError("mask_image", "'mask_image' needs 'init_image': inpainting "
+                                                "repaints part of an input image")
+        return GenerationRequest(**values)
+    return _with_images(values, images, body, settings)
+
+
+def _with_images(values: dict[str, Any], images: dict[str, Any], body: Mapping,
+                 settings: Settings) -> GenerationRequest:
+    """The request with its input image (and mask) decoded and fitted to the output size."""
+    import uploads  # Pillow work; params itself stays free of image code
+
+    init = uploads.decode_image("init_image", images["init_image"], settings.max_input_pixels)
+    mask = None
+    if images["mask_image"] is not None:
+        mask = uploads.decode_image("mask_image", images["mask_image"],
+                                    settings.max_input_pixels)
+    if body.get("width") is None and body.get("height") is None:
+        values["width"], values["height"] = uploads.fit_size(
+            init.width, init.height, settings.min_size, settings.max_size)
+    width, height, mode = values["width"], values["height"], values["resize_mode"]
+    if mask is not None:
+        mask = uploads.prepare_mask(mask, init, "mask_image", width, height, mode,
+                                    values["mask_blur"], bool(values["mask_invert"]))
+    values["init_image"] = uploads.resize(uploads.rgb(init), width, height, mode)
+    values["mask_image"] = mask
+    request = GenerationRequest(**values)
+    if request.denoising_steps < 1:
+        raise ValidationError("strength", f"steps x strength = {request.steps} x "
+                                          f"{request.strength:g} runs no step; raise 'strength'"
+                                          " or 'steps'")
+    return request
 
 
 def with_preset(body: Mapping, specs: list[FieldSpec]) -> dict[str, Any]:

@@ -61,11 +61,17 @@ def render_native_error(exc: ApiError) -> Response:
 MAX_JSON_DEPTH = 64
 
 
-def json_body() -> Any:
-    """The request's JSON body, or ApiError 415 (not JSON) / 400 (malformed or too deep)."""
+def json_body(image_fields: tuple[str, ...] = ()) -> Any:
+    """The request's JSON body, or ApiError 415 (not JSON) / 400 (malformed or too deep) /
+    413 (too big). A body may exceed MAX_REQUEST_BYTES (up to MAX_IMAGE_REQUEST_BYTES) only
+    on a route that takes images (`image_fields`) and only when it carries one of them."""
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type",
                        "send the body as JSON with 'Content-Type: application/json'")
+    settings = services().settings
+    size = request.content_length
+    if size is not None and size > settings.max_request_bytes and not image_fields:
+        raise body_too_large(settings, size)  # refused before a byte is read
     try:
         body = request.get_json(silent=True)
         too_deep = _nesting_depth(body) > MAX_JSON_DEPTH
@@ -75,9 +81,21 @@ def json_body() -> Any:
         raise ApiError(400, "invalid_json", f"the request body nests arrays/objects more "
                        f"than {MAX_JSON_DEPTH} levels deep; send a flat JSON object such as "
                        '{"prompt": "a cat"}')
-    if body is None:
+    size = len(request.get_data(cache=True))
+    if body is None and size <= settings.max_request_bytes:
         raise ApiError(400, "invalid_json", "the request body is not valid JSON")
+    if size > settings.max_request_bytes and not (
+            isinstance(body, dict) and any(body.get(name) for name in image_fields)):
+        raise body_too_large(settings, size)
     return body
+
+
+def body_too_large(settings: Settings, size: int) -> ApiError:
+    """413 for a body over MAX_REQUEST_BYTES that carries no image."""
+    return ApiError(413, "request_entity_too_large", f"the request body is {size} bytes; "
+                    f"without images the limit is {settings.max_request_bytes} bytes "
+                    f"(MAX_REQUEST_BYTES), with images {settings.max_image_request_bytes} "
+                    "(MAX_IMAGE_REQUEST_BYTES)")
 
 
 def _nesting_depth(value: Any) -> int:

@@ -7,7 +7,7 @@ from flask import Blueprint, Response, current_app, jsonify, render_template, se
 
 from api import ApiError, failed_job_error, json_body, services, submit, wait_for
 from api.openapi import doc
-from params import (DEFAULT_SCHEDULER, PRESETS, SCHEDULERS, ValidationError,
+from params import (DEFAULT_SCHEDULER, IMAGE_FIELDS, PRESETS, SCHEDULERS, ValidationError,
                     parse_generation_request)
 
 bp = Blueprint("core", __name__)
@@ -99,7 +99,7 @@ def health():
      errors=(400, 401, 409, 413, 415, 429, 500, 503), tags=("native",))
 def generate():
     """Queue the request, wait for the image, answer image/png."""
-    req = parse_or_400(json_body())
+    req = parse_or_400(json_body(IMAGE_FIELDS))
     started = time.monotonic()
     job = submit(req)
     if not wait_for(job):

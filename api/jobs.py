@@ -6,6 +6,7 @@ from flask import Blueprint, Response, jsonify, request, url_for
 from api import ApiError, json_body, services, submit
 from api.core import parse_or_400
 from api.openapi import doc
+from params import IMAGE_FIELDS
 
 bp = Blueprint("jobs", __name__)
 
@@ -44,7 +45,7 @@ def job_json(job) -> dict:
      errors=(400, 401, 413, 415, 429, 503), tags=("jobs",))
 def create_job():
     """Queue a job; answer 202 with its id, state, queue position and status URL."""
-    job = submit(parse_or_400(json_body()))
+    job = submit(parse_or_400(json_body(IMAGE_FIELDS)))
     body = job_json(job)
     response = jsonify(body)
     response.status_code = 202

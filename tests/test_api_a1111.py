@@ -86,7 +86,7 @@ def test_sampler_aliases_legacy_index_and_karras_schedule(client):
     ({"cfg_scale": 99}, "cfg_scale"), ({"steps": 0}, "steps"), ({"steps": "many"}, "steps"),
     ({"width": 65}, "width"), ({"height": 4096}, "height"), ({"seed": -5}, "seed"),
     ({"prompt": ""}, "prompt"), ({"prompt": "x" * 5000}, "prompt"),
-    ({"sampler_name": "Heun"}, "Heun"), ({"sampler_name": 3}, "sampler_name"),
+    ({"sampler_name": "Restart"}, "Restart"), ({"sampler_name": 3}, "sampler_name"),
     ({"scheduler": "Exponential"}, "Exponential"),
     ({"sampler_name": "Euler", "scheduler": "Karras"}, "Karras"),
     ({"batch_size": 0}, "batch_size"), ({"n_iter": "two"}, "n_iter"),

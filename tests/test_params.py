@@ -35,7 +35,7 @@ def test_all_fields_accepted():
     ("guidance_scale", 20.5, "0..20"), ("guidance_scale", -1, "0..20"),
     ("guidance_scale", float("nan"), "0..20"),
     ("width", 100, "multiple of 8"), ("width", 56, "64..256"), ("height", 264, "64..256"),
-    ("scheduler", "Heun", "one of"),
+    ("scheduler", "Restart", "one of"),
     # JSON's "\ud800": half a UTF-16 pair, which the tokenizer and the PNG text chunk reject.
     ("prompt", "a \ud800 cat", "unpaired surrogate"),
     ("negative_prompt", "\udfff", "unpaired surrogate"),
