@@ -80,7 +80,7 @@ class Job:
     done: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def __post_init__(self) -> None:
-        self.total_steps = self.total_steps or self.request.steps
+        self.total_steps = self.total_steps or self.request.denoising_steps
 
     def to_json(self, queue_position: int | None, eta_seconds: float | None) -> dict[str, Any]:
         """The job as the JSON the API returns, given what only the queue knows."""
