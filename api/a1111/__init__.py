@@ -324,22 +324,13 @@ def sd_models():
                      "filename": settings.model_source, "config": None}])
 
 
-@bp.get("/options")
-@doc("AUTOMATIC1111 options, read-only: the served checkpoint and a few settings.",
-     responses={200: {"type": "object", "properties": {
-         "sd_model_checkpoint": {"type": "string"}}}}, errors=(401,), **A1111_DOC)
-def options():
-    """A read-only subset of A1111's options; sd_model_checkpoint names the served model."""
-    settings = services().settings
-    return jsonify({"sd_model_checkpoint": model_title(), "sd_checkpoint_hash": model_hash(),
-                    "samples_format": "png", "outdir_samples": settings.output_dir,
-                    "live_previews_enable": True, "show_progress_every_n_steps": 1,
-                    "CLIP_stop_at_last_layers": 1, "sd_vae": "Automatic"})
-
-
 @bp.get("/scripts")
 @doc("AUTOMATIC1111 script list: none (clients such as webuiapi probe it for extensions).",
      responses={200: {"type": "object"}}, errors=(401,), **A1111_DOC)
 def scripts():
     """No scripts or extensions here."""
     return jsonify({"txt2img": [], "img2img": []})
+
+
+# The other A1111 routes live in their own modules and register on `bp` when imported.
+from api.a1111 import extras, img2img, lists, options  # noqa: E402,F401
