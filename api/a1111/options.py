@@ -1,21 +1,183 @@
-"""A1111 options: GET the settings clients read, POST any subset of them."""
+"""A1111 options: GET the settings clients read, POST any subset of them.
+
+Three kinds of key:
+- supported (SPEED_OPTIONS): validated like the request fields, stored, and used as the
+  server-wide default of later A1111 generations that do not name them
+  (`with_speed_defaults`);
+- the model (`sd_model_checkpoint`, and `sd_checkpoint_hash` which follows it): computed from
+  the served model, never stored; naming the served model is a no-op, naming another is a
+  422 until model switching exists (`check_checkpoint` is the one place to extend);
+- everything else: kept and echoed by GET (so a client's GET-then-POST round trip is
+  lossless) but with no effect here, which the POST's answer and the log both say.
+The store is in memory (jobs.options.OptionsStore): a restart forgets what was set.
+"""
 from __future__ import annotations
 
-from flask import jsonify
+import logging
+import math
+from typing import Any, Mapping
 
-from api import services
-from api.a1111 import A1111_DOC, bp, model_hash, model_title
+from flask import current_app, jsonify
+
+from api import ApiError, json_body, services
+from api.a1111 import A1111_DOC, INVALID, bp, model_hash, model_title
 from api.openapi import doc
+from jobs.options import OptionsFull, OptionsStore
+from params import PRESETS, SPEED_OPTIONS, ValidationError, field_value, speed_fields
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "sd_a1111_options"
+# A1111 has about 400 options; their JSON is ~20 KB. This bounds what clients can store.
+MAX_OPTIONS_BYTES = 256 * 1024
+MODEL_KEYS = ("sd_model_checkpoint", "sd_checkpoint_hash")
+# The keys clients read, with A1111's defaults where they describe this server too. They
+# have no effect here (PNG only, no CLIP skip, no eta noise); they are what a client expects.
+A1111_DEFAULTS: dict[str, Any] = {
+    "samples_format": "png", "save_images_add_number": True,
+    "send_seed": True, "send_size": True, "CLIP_stop_at_last_layers": 1,
+    "eta_noise_seed_delta": 0, "eta_ancestral": 1.0, "sd_vae": "Automatic",
+    "live_previews_enable": True, "show_progress_every_n_steps": 1,
+    "enable_pnginfo": True, "jpeg_quality": 80, "img2img_fix_steps": False,
+}
+OPTIONS_RESPONSE = {"type": "object", "additionalProperties": True, "properties": {
+    "sd_model_checkpoint": {"type": "string", "description": "the served model's title, as "
+                            "in GET /sdapi/v1/sd-models"},
+    "sd_checkpoint_hash": {"type": "string", "description": "sha256 of the model's id"},
+    "speed_preset": {"type": "string"}, "cfg_cutoff": {"type": "number"},
+    "deep_cache": {"type": "integer"}, "vae_decoder": {"type": "string"}}}
+SET_RESPONSE = {"type": "object", "properties": {
+    "applied": {"type": "array", "items": {"type": "string"},
+                "description": "keys stored that change later A1111 generations"},
+    "no_effect": {"type": "array", "items": {"type": "string"},
+                  "description": "keys kept and echoed by GET, with no effect here"}}}
+
+
+def store() -> OptionsStore:
+    """This app's options store, made on first use with the server's defaults."""
+    stores = current_app.extensions
+    if EXTENSION not in stores:
+        settings = services().settings
+        # samples_save: whether finished images are saved (OUTPUT_DIR set), as it is.
+        initial = {**A1111_DEFAULTS, "samples_save": bool(settings.output_dir),
+                   "outdir_samples": settings.output_dir,
+                   **{spec.name: spec.default for spec in speed_fields(settings)}}
+        # setdefault: two first requests racing both get the one store that won.
+        stores.setdefault(EXTENSION, OptionsStore(initial, MAX_OPTIONS_BYTES))
+    return stores[EXTENSION]
+
+
+def with_speed_defaults(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """An A1111 generation's native `fields` with the stored speed options filled in. They
+    act as the server's own knobs (CFG_CUTOFF, DEEP_CACHE, ...): a field the request names
+    wins, and so does a preset it names, for the fields that preset sets."""
+    snapshot = store().snapshot()
+    preset = fields.get("speed_preset") or snapshot.get("speed_preset")
+    out = dict(fields)
+    for name in SPEED_OPTIONS:
+        value = snapshot.get(name)
+        if fields.get(name) is not None or value is None:
+            continue
+        if name != "speed_preset" and name in PRESETS.get(preset, {}):
+            continue
+        out[name] = value
+    return out
+
+
+def model_names() -> set[str]:
+    """Every name a client may use for the served model: title, id, title without the hash,
+    short and full hash, the source path (A1111 accepts all of these as checkpoint aliases)."""
+    settings = services().settings
+    title, sha = model_title(), model_hash()
+    return {title, settings.model_id, title.rsplit(" [", 1)[0], sha, sha[:10],
+            str(settings.model_source)}
+
+
+def check_checkpoint(name: Any) -> None:
+    """Accept a checkpoint naming the served model; 422 otherwise. Model switching (the
+    models issue) will load the named model here instead."""
+    if not isinstance(name, str):
+        raise _invalid("sd_model_checkpoint", "'sd_model_checkpoint' must be a model title "
+                       "from GET /sdapi/v1/sd-models")
+    wanted = name.strip()
+    for suffix in (".safetensors", ".ckpt"):
+        wanted = wanted.removesuffix(suffix)
+    if wanted not in model_names():
+        raise _invalid("sd_model_checkpoint", f"model '{name}' is not served here; this "
+                       f"server serves only '{model_title()}' (switching models is not "
+                       "supported yet)")
+
+
+def _invalid(key: str, message: str) -> ApiError:
+    return ApiError(INVALID, "invalid_option", message, param=key)
+
+
+def _finite(key: str, value: Any) -> None:
+    """422 for NaN/Infinity anywhere in a value: GET must give valid JSON back."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise _invalid(key, f"option '{key}' holds a non-finite number; send a finite "
+                           "one")
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+
+
+def validate(body: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An options body -> (supported values, other values), or 422 naming the key."""
+    if not isinstance(body, dict):
+        raise _invalid("body", 'the body must be a JSON object of options, e.g. '
+                       '{"sd_model_checkpoint": "..."} (GET /sdapi/v1/options lists them)')
+    if "sd_model_checkpoint" in body:
+        check_checkpoint(body["sd_model_checkpoint"])
+    specs = {spec.name: spec for spec in speed_fields(services().settings)}
+    supported, others = {}, {}
+    for key, value in body.items():
+        if key in specs:
+            if value is None:
+                raise _invalid(key, f"option '{key}' cannot be null")
+            try:
+                supported[key] = field_value(specs[key], {key: value})
+            except ValidationError as exc:
+                raise _invalid(key, f"option {exc.message}") from None
+        elif key not in MODEL_KEYS:
+            _finite(key, value)
+            others[key] = value
+    return supported, others
 
 
 @bp.get("/options")
-@doc("AUTOMATIC1111 options, read-only: the served checkpoint and a few settings.",
-     responses={200: {"type": "object", "properties": {
-         "sd_model_checkpoint": {"type": "string"}}}}, errors=(401,), **A1111_DOC)
+@doc("AUTOMATIC1111 options: the served checkpoint, the speed options (speed_preset, "
+     "cfg_cutoff, deep_cache, vae_decoder: the defaults of A1111 generations), the keys "
+     "clients read, and whatever was POSTed (kept in memory, no effect).",
+     responses={200: OPTIONS_RESPONSE}, errors=(401,), **A1111_DOC)
 def options():
-    """A read-only subset of A1111's options; sd_model_checkpoint names the served model."""
-    settings = services().settings
+    """Every stored option, with sd_model_checkpoint naming the served model."""
     return jsonify({"sd_model_checkpoint": model_title(), "sd_checkpoint_hash": model_hash(),
-                    "samples_format": "png", "outdir_samples": settings.output_dir,
-                    "live_previews_enable": True, "show_progress_every_n_steps": 1,
-                    "CLIP_stop_at_last_layers": 1, "sd_vae": "Automatic"})
+                    **store().snapshot()})
+
+
+@bp.post("/options")
+@doc("AUTOMATIC1111 set options: any subset (e.g. the whole GET dict back). The speed "
+     "options are validated (422 naming the key) and become the defaults of later A1111 "
+     "generations; sd_model_checkpoint must name the served model (a no-op; another model is "
+     "a 422); other keys are kept and shown by GET but have no effect. In memory only: a "
+     "restart forgets them.", request={"type": "object", "additionalProperties": True},
+     responses={200: SET_RESPONSE}, errors=(400, 401, 413, 415, 422), **A1111_DOC)
+def set_options():
+    """Validate every key, then store them all (or none)."""
+    supported, others = validate(json_body())
+    try:
+        changed = store().update({**supported, **others})
+    except OptionsFull as exc:
+        raise ApiError(413, "too_many_options", f"{exc}; send fewer or smaller options")
+    if changed:
+        effective = [key for key in changed if key in supported]
+        idle = [key for key in changed if key in others]
+        log.info("a1111 options set: %s%s", ", ".join(f"{k}={supported[k]!r}"
+                                                     for k in effective) or "nothing in effect",
+                 f"; no effect here: {', '.join(idle)}" if idle else "")
+    return jsonify({"applied": sorted(supported), "no_effect": sorted(others)})
