@@ -1,4 +1,329 @@
-"""A1111 extras: upscaling (`extra-single-image`, `extra-batch-images`), `png-info` and `interrogate`."""
+"""A1111 extras: upscaling (`extra-single-image`, `extra-batch-images`), `png-info` and
+`interrogate`.
+
+Upscaling here is Pillow resampling (Lanczos, Nearest, Bicubic, Bilinear): real, fast on
+a CPU, and what A1111 itself calls "Lanczos" and "Nearest"; no model upscalers (ESRGAN...)
+or face restorers. It runs in the request thread, not the job queue: even the largest
+allowed image resamples in well under a second. png-info parses the `parameters` text
+chunk (or a JPEG/WebP's EXIF UserComment) as A1111's infotext parser does.
+"""
 from __future__ import annotations
 
-from api.a1111 import bp  # noqa: F401  (routes register on the dialect's blueprint)
+import base64
+import io
+import json
+import math
+import re
+from typing import Any
+
+from flask import jsonify
+from PIL import Image
+
+import uploads
+from api import ApiError, json_body, services
+from api.a1111 import A1111_DOC, INVALID, bp
+from api.openapi import doc
+from params import FieldSpec, ValidationError, field_value
+
+# What `upscaler_1` / `upscaler_2` may name ("None" = no upscaling), as GET upscalers lists.
+UPSCALERS: dict[str, Image.Resampling | None] = {
+    "None": None, "Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEAREST,
+    "Bicubic": Image.Resampling.BICUBIC, "Bilinear": Image.Resampling.BILINEAR}
+# A batch may hold this many images, and its outputs this many times MAX_INPUT_PIXELS in
+# all: enough for real batches, bounded so one request cannot hold gigabytes of pixels.
+MAX_BATCH_IMAGES, MAX_BATCH_PIXEL_FACTOR = 32, 4
+# A1111 infotext: "Key: value, Key: "quoted, value", ..." on the last line. A1111's own
+# pattern, except that keys and leading blanks are bounded and matched possessively: as
+# written by A1111 it takes seconds on a hostile 8 KB line, this one is linear.
+PARAM = re.compile(r'\s{0,64}+(\w[\w \-/]{1,64}+):\s*+("(?:\\.|[^\\"])++"|[^,]*+)(?:,|$)')
+IMAGE_SIZE = re.compile(r"^(\d+)x(\d+)$")
+# A real settings line is a few KB; a longer last line is kept as prompt text, unparsed.
+MAX_SETTINGS_LINE = 65536
+# Pillow's image.info keys that are not text chunks a client wrote (A1111 drops these too).
+NOT_ITEMS = {"parameters", "dpi", "exif", "loop", "background", "timestamp", "duration",
+             "progressive", "progression", "icc_profile", "chromaticity", "photoshop",
+             "transparency", "gamma", "aspect", "interlace", "srgb", "xmp"}
+EXIF_IFD, USER_COMMENT = 0x8769, 0x9286
+FACE_FIELDS = ("gfpgan_visibility", "codeformer_visibility")
+
+_UNIT = dict(type="number", minimum=0.0, maximum=1.0, default=0.0)
+EXTRAS_SPECS = [
+    FieldSpec("resize_mode", "integer", "0 = scale by upscaling_resize, 1 = scale to "
+              "upscaling_resize_w x upscaling_resize_h", minimum=0, maximum=1, default=0),
+    FieldSpec("upscaling_resize", "number", "scale factor (resize_mode 0)", minimum=0.0,
+              maximum=64.0, exclusive_minimum=True, default=2.0),
+    FieldSpec("upscaling_resize_w", "integer", "target width (resize_mode 1)", minimum=1,
+              maximum=65536, default=512),
+    FieldSpec("upscaling_resize_h", "integer", "target height (resize_mode 1)", minimum=1,
+              maximum=65536, default=512),
+    FieldSpec("upscaler_1", "string", "main upscaler", enum=tuple(UPSCALERS), default="None"),
+    FieldSpec("upscaler_2", "string", "second upscaler, blended in", enum=tuple(UPSCALERS),
+              default="None"),
+    FieldSpec("extras_upscaler_2_visibility", description="weight of upscaler_2", **_UNIT),
+    FieldSpec("gfpgan_visibility", description="must be 0: no face restorers here", **_UNIT),
+    FieldSpec("codeformer_visibility", description="must be 0: no face restorers here",
+              **_UNIT),
+    FieldSpec("codeformer_weight", description="ignored", **_UNIT),
+]
+BOOLEANS = {"upscaling_crop": True, "show_extras_results": True, "upscale_first": False}
+
+
+def _schema(image_field: dict[str, Any]) -> dict[str, Any]:
+    props = {spec.name: spec.schema() for spec in EXTRAS_SPECS}
+    props.update({name: {"type": "boolean", "default": default}
+                  for name, default in BOOLEANS.items()})
+    props["upscaling_crop"]["description"] = "resize_mode 1: crop the overflow (centred)"
+    return {"type": "object", "additionalProperties": True, "properties": {
+        **props, **image_field}}
+
+
+SINGLE_SCHEMA = _schema({"image": {"type": "string", "description": "base64 image or data "
+                                   "URL (PNG/JPEG/WebP)"}})
+BATCH_SCHEMA = _schema({"imageList": {"type": "array", "maxItems": MAX_BATCH_IMAGES,
+                                      "items": {"type": "object", "required": ["data"],
+                                                "properties": {"data": {"type": "string"},
+                                                               "name": {"type": "string"}}}}})
+IMAGE_B64 = {"type": "string", "format": "byte"}
+EXTRAS_ERRORS = (400, 401, 413, 415, 422)
+
+
+def _invalid(field: str, message: str) -> ApiError:
+    return ApiError(INVALID, "invalid_field", message, param=field)
+
+
+def parse_extras(body: Any) -> dict[str, Any]:
+    """An extras body's upscaling fields, checked (422 naming the field)."""
+    if not isinstance(body, dict):
+        raise _invalid("body", "the body must be a JSON object with 'image' (or 'imageList')")
+    try:
+        values = {spec.name: field_value(spec, body) for spec in EXTRAS_SPECS}
+    except ValidationError as exc:
+        if exc.field.startswith("upscaler_"):
+            raise _invalid(exc.field, f"upscaler {body.get(exc.field)!r} is not available "
+                           f"here; use one of {', '.join(UPSCALERS)} (GET "
+                           "/sdapi/v1/upscalers)") from None
+        raise _invalid(exc.field, exc.message) from None
+    for name, default in BOOLEANS.items():
+        value = body.get(name, default)
+        if not isinstance(value, bool):
+            raise _invalid(name, f"'{name}' must be true or false")
+        values[name] = value
+    for name in FACE_FIELDS:
+        if values[name] > 0:
+            raise _invalid(name, f"'{name}' must be 0: this server has no face restorers "
+                           "(GET /sdapi/v1/face-restorers is empty)")
+    return values
+
+
+def target_size(width: int, height: int, opts: dict[str, Any]) -> tuple[tuple[int, int],
+                                                                       tuple[int, int]]:
+    """(resampled size, final size after the crop) for an image, as A1111 computes them:
+    mode 0 scales by upscaling_resize; mode 1 scales until the image covers the target and,
+    with upscaling_crop, crops the overflow around the centre."""
+    if opts["resize_mode"] == 1:
+        want = (opts["upscaling_resize_w"], opts["upscaling_resize_h"])
+        scale = max(want[0] / width, want[1] / height)
+    else:
+        scale = opts["upscaling_resize"]
+    scaled = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if opts["resize_mode"] == 1 and opts["upscaling_crop"]:
+        return scaled, (min(want[0], scaled[0]), min(want[1], scaled[1]))
+    return scaled, scaled
+
+
+def upscale(image: Image.Image, field: str, opts: dict[str, Any]) -> Image.Image:
+    """One image upscaled as `opts` say; unchanged when upscaler_1 is "None" (as A1111)."""
+    first = UPSCALERS[opts["upscaler_1"]]
+    if first is None:
+        return image
+    image = image.convert("RGBA" if "A" in image.getbands() or "transparency" in image.info
+                          else "RGB")
+    scaled, final = target_size(image.width, image.height, opts)
+    limit = services().settings.max_input_pixels
+    for size in (scaled, final):
+        if size[0] * size[1] > limit:
+            knob = "upscaling_resize" if opts["resize_mode"] == 0 else "upscaling_resize_w"
+            raise _invalid(knob, f"'{field}' ({image.width}x{image.height}) would become "
+                           f"{size[0]}x{size[1]} = {size[0] * size[1]} pixels; the limit is "
+                           f"{limit} (MAX_INPUT_PIXELS): ask for a smaller size")
+    out = image.resize(scaled, first)
+    second = UPSCALERS[opts["upscaler_2"]]
+    if second is not None and opts["extras_upscaler_2_visibility"] > 0:
+        out = Image.blend(out, image.resize(scaled, second), opts["extras_upscaler_2_visibility"])
+    if final != scaled:
+        left, top = (scaled[0] - final[0]) // 2, (scaled[1] - final[1]) // 2
+        out = out.crop((left, top, left + final[0], top + final[1]))
+    return out
+
+
+def png_base64(image: Image.Image, info: dict[str, Any]) -> str:
+    """The image as a base64 PNG keeping the input's text chunks (A1111 keeps them too)."""
+    from PIL import PngImagePlugin
+
+    meta = PngImagePlugin.PngInfo()
+    for key, value in info.items():
+        if isinstance(key, str) and isinstance(value, str):
+            meta.add_text(key, value)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=meta)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _decode(field: str, data: Any) -> Image.Image:
+    try:
+        return uploads.decode_image(field, data, services().settings.max_input_pixels)
+    except ValidationError as exc:
+        raise _invalid(exc.field, exc.message) from None
+
+
+def _html_info(opts: dict[str, Any], count: int) -> str:
+    if UPSCALERS[opts["upscaler_1"]] is None:
+        return f"<p>{count} image(s) unchanged (upscaler_1 is None)</p>"
+    how = (f"by {opts['upscaling_resize']:g}" if opts["resize_mode"] == 0 else
+           f"to {opts['upscaling_resize_w']}x{opts['upscaling_resize_h']}")
+    return f"<p>Postprocess upscale {how}, Postprocess upscaler: {opts['upscaler_1']}</p>"
+
+
+@bp.post("/extra-single-image")
+@doc("AUTOMATIC1111 extras on one image: upscale with a Pillow resampler (GET upscalers), "
+     "by a factor or to a size with an optional centre crop; upscaler_1 \"None\" returns the "
+     "image unchanged. No face restoration (its visibilities must be 0). The output is at "
+     "most MAX_INPUT_PIXELS pixels.", request=SINGLE_SCHEMA,
+     responses={200: {"type": "object", "properties": {"html_info": {"type": "string"},
+                                                        "image": IMAGE_B64}}},
+     errors=EXTRAS_ERRORS, **A1111_DOC)
+def extra_single_image():
+    """Upscale `image` and answer it as a base64 PNG."""
+    body = json_body(image_fields=("image",))
+    opts = parse_extras(body)
+    if not body.get("image"):
+        raise _invalid("image", "'image' is required: a base64 image or data URL")
+    image = _decode("image", body["image"])
+    out = upscale(image, "image", opts)
+    return jsonify({"html_info": _html_info(opts, 1), "image": png_base64(out, image.info)})
+
+
+@bp.post("/extra-batch-images")
+@doc("AUTOMATIC1111 extras on several images (imageList[].data), upscaled as "
+     f"extra-single-image does; at most {MAX_BATCH_IMAGES} images, and "
+     f"{MAX_BATCH_PIXEL_FACTOR} x MAX_INPUT_PIXELS output pixels in all.",
+     request=BATCH_SCHEMA, responses={200: {"type": "object", "properties": {
+         "html_info": {"type": "string"}, "images": {"type": "array", "items": IMAGE_B64}}}},
+     errors=EXTRAS_ERRORS, **A1111_DOC)
+def extra_batch_images():
+    """Upscale every image of `imageList` and answer them as base64 PNGs, in order."""
+    body = json_body(image_fields=("imageList",))
+    opts = parse_extras(body)
+    items = body.get("imageList")
+    if not isinstance(items, list) or not items:
+        raise _invalid("imageList", "'imageList' must be a non-empty list of "
+                       '{"data": <base64 image>, "name": "..."}')
+    if len(items) > MAX_BATCH_IMAGES:
+        raise _invalid("imageList", f"'imageList' has {len(items)} images; at most "
+                       f"{MAX_BATCH_IMAGES} per request")
+    budget = MAX_BATCH_PIXEL_FACTOR * services().settings.max_input_pixels
+    images = []
+    for i, item in enumerate(items):
+        field = f"imageList[{i}].data"
+        if not isinstance(item, dict) or not item.get("data"):
+            raise _invalid(field, f"'{field}' is required: a base64 image or data URL")
+        image = _decode(field, item["data"])
+        out = upscale(image, field, opts)
+        budget -= out.width * out.height
+        if budget < 0:
+            raise _invalid("imageList", f"the outputs would pass {MAX_BATCH_PIXEL_FACTOR} x "
+                           "MAX_INPUT_PIXELS pixels in all; send fewer or smaller images")
+        images.append(png_base64(out, image.info))
+    return jsonify({"html_info": _html_info(opts, len(images)), "images": images})
+
+
+def read_infotext(image: Image.Image) -> tuple[str, dict[str, Any]]:
+    """(the `parameters` text, the other text items) of an image: a PNG text chunk, or a
+    JPEG/WebP's EXIF UserComment (where A1111 writes it)."""
+    items = {key: value for key, value in image.info.items()
+             if isinstance(key, str) and key not in NOT_ITEMS and
+             (isinstance(value, (str, bool, int)) or
+              isinstance(value, float) and math.isfinite(value))}
+    text = image.info.get("parameters")
+    if not isinstance(text, str):
+        text = _exif_comment(image)
+    return text or "", items
+
+
+def _exif_comment(image: Image.Image) -> str | None:
+    """The EXIF UserComment as text (its 8-byte charset prefix decoded), or None."""
+    try:
+        raw = image.getexif().get_ifd(EXIF_IFD).get(USER_COMMENT)
+    except Exception:  # noqa: BLE001  (a broken EXIF block simply has no comment)
+        return None
+    if isinstance(raw, str):
+        return raw
+    if not isinstance(raw, bytes) or len(raw) < 8:
+        return None
+    prefix, payload = raw[:8], raw[8:]
+    if prefix == b"UNICODE\0":
+        encoding = "utf-16-le" if payload[1:2] == b"\0" and payload[:1] != b"\0" else "utf-16-be"
+        return payload.decode(encoding, errors="replace")
+    return payload.decode("utf-8" if prefix != b"ASCII\0\0\0" else "ascii", errors="replace")
+
+
+def parse_parameters(text: str) -> dict[str, Any]:
+    """A1111's infotext parser: Prompt, Negative prompt and each "Key: value" of the last
+    line (a "WxH" value split into Key-1 and Key-2, quoted values unquoted); {} for no text."""
+    if not text.strip():
+        return {}
+    *lines, last = text.strip().split("\n")
+    if len(last) > MAX_SETTINGS_LINE or len(PARAM.findall(last)) < 3:
+        lines.append(last)
+        last = ""
+    prompt, negative, in_negative = [], [], False
+    for line in lines:
+        line = line.strip()
+        if line.startswith("Negative prompt:"):
+            line, in_negative = line[len("Negative prompt:"):].strip(), True
+        (negative if in_negative else prompt).append(line)
+    out: dict[str, Any] = {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative)}
+    for key, value in PARAM.findall(last):
+        value = value.strip()
+        if len(value) > 1 and value[0] == value[-1] == '"':
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        size = IMAGE_SIZE.match(value) if isinstance(value, str) else None
+        if size:
+            out[f"{key}-1"], out[f"{key}-2"] = size.group(1), size.group(2)
+        else:
+            out[key] = value
+    return out
+
+
+@bp.post("/png-info")
+@doc("AUTOMATIC1111 png-info: the image's generation text (`info`, from its PNG "
+     "`parameters` chunk or EXIF UserComment), its other text chunks (`items`) and the text "
+     "parsed as A1111 does (`parameters`: Prompt, Negative prompt, Steps, Sampler, Size-1, "
+     "Size-2, ...). An image without one answers \"\" and empty objects.",
+     request={"type": "object", "required": ["image"], "properties": {
+         "image": {"type": "string", "description": "base64 image or data URL"}}},
+     responses={200: {"type": "object", "properties": {
+         "info": {"type": "string"}, "items": {"type": "object"},
+         "parameters": {"type": "object"}}}}, errors=EXTRAS_ERRORS, **A1111_DOC)
+def png_info():
+    """Read and parse an image's generation parameters."""
+    body = json_body(image_fields=("image",))
+    if not isinstance(body, dict) or not body.get("image"):
+        raise _invalid("image", "'image' is required: a base64 PNG (or data URL)")
+    text, items = read_infotext(_decode("image", body["image"]))
+    return jsonify({"info": text, "items": items, "parameters": parse_parameters(text)})
+
+
+@bp.post("/interrogate")
+@doc("AUTOMATIC1111 interrogate: not available. This CPU server has no CLIP or DeepDanbooru "
+     "interrogator (it would need further models in memory and seconds of CPU per image); "
+     "it answers 501.", request={"type": "object", "properties": {
+         "image": {"type": "string"}, "model": {"type": "string", "default": "clip"}}},
+     responses={}, errors=(401, 501), **A1111_DOC)
+def interrogate():
+    """Always 501: there is no interrogator here."""
+    raise ApiError(501, "not_implemented", "this server has no image interrogator (CLIP or "
+                   "DeepDanbooru): captioning is not available on this CPU server")

@@ -1,4 +1,136 @@
-"""A1111 list endpoints: what this server really has, in A1111's shapes."""
+"""A1111 list endpoints: what this server really has, in A1111's shapes.
+
+Clients (SillyTavern, webuiapi, Open WebUI) call these to fill their menus; a 404 or a 500
+breaks them, a made-up entry misleads them. So each answers 200 with the truth: the Pillow
+upscalers extras really uses, and empty lists where this server has none (no LoRAs yet, no
+embeddings, hypernetworks, face restorers, Real-ESRGAN models, styles, latent upscaling or
+VAE files).
+"""
 from __future__ import annotations
 
-from api.a1111 import bp  # noqa: F401  (routes register on the dialect's blueprint)
+import logging
+from pathlib import Path
+
+from flask import jsonify
+
+from api import services
+from api.a1111 import A1111_DOC, bp
+from api.a1111.extras import UPSCALERS
+from api.openapi import doc
+
+log = logging.getLogger(__name__)
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+NAMED_LIST = {"type": "array", "items": {"type": "object", "required": ["name"],
+                                         "properties": {"name": {"type": "string"}}}}
+UPSCALERS_RESPONSE = {"type": "array", "items": {"type": "object", "properties": {
+    "name": {"type": "string"},
+    **{key: {"type": "string", "nullable": True}
+       for key in ("model_name", "model_path", "model_url")},
+    "scale": {"type": "number", "nullable": True}}}}
+MEMORY_RESPONSE = {"type": "object", "properties": {
+    "ram": {"type": "object", "properties": {key: {"type": "integer"} for key in (
+        "free", "used", "total")}},
+    "cuda": {"type": "object", "properties": {"error": {"type": "string"}}}}}
+NO_GPU = "no GPU: this server runs on the CPU"
+
+
+def _empty_list(path: str, what: str) -> None:
+    """Register GET `path` answering [] : this server has no `what`."""
+    def view():
+        return jsonify([])
+
+    view.__name__ = path.replace("-", "_")
+    view.__doc__ = f"No {what} here: an empty list, as A1111 answers when it has none."
+    bp.get(f"/{path}")(doc(f"AUTOMATIC1111 {what}: none on this server (an empty list).",
+                           responses={200: NAMED_LIST}, errors=(401,), **A1111_DOC)(view))
+
+
+for _path, _what in (("loras", "LoRAs"), ("hypernetworks", "hypernetworks"),
+                     ("face-restorers", "face restorers"),
+                     ("realesrgan-models", "Real-ESRGAN models"),
+                     ("prompt-styles", "prompt styles"),
+                     ("latent-upscale-modes", "latent upscale modes"),
+                     ("sd-vae", "VAE files (the vae_decoder option picks full or TAESD)")):
+    _empty_list(_path, _what)
+
+
+@bp.get("/upscalers")
+@doc("AUTOMATIC1111 upscalers: None and the Pillow resamplers extra-single-image and "
+     "extra-batch-images use (no model-based upscalers on this CPU server).",
+     responses={200: UPSCALERS_RESPONSE}, errors=(401,), **A1111_DOC)
+def upscalers():
+    """The upscalers extras accepts, in A1111's UpscalerItem shape."""
+    return jsonify([{"name": name, "model_name": None, "model_path": None, "model_url": None,
+                     "scale": None} for name in UPSCALERS])
+
+
+@bp.get("/embeddings")
+@doc("AUTOMATIC1111 textual-inversion embeddings: none on this server.",
+     responses={200: {"type": "object", "properties": {
+         "loaded": {"type": "object"}, "skipped": {"type": "object"}}}},
+     errors=(401,), **A1111_DOC)
+def embeddings():
+    """No embeddings: A1111's shape with both dicts empty."""
+    return jsonify({"loaded": {}, "skipped": {}})
+
+
+@bp.get("/cmd-flags")
+@doc("AUTOMATIC1111 command-line flags, as the values that describe this server (listen "
+     "address, port, auth required or not; never a credential).",
+     responses={200: {"type": "object"}}, errors=(401,), **A1111_DOC)
+def cmd_flags():
+    """The A1111 flags clients read, filled from this server's settings."""
+    settings = services().settings
+    full = settings.dtype == "float32"
+    return jsonify({
+        "api": True, "nowebui": False, "server_name": settings.host,
+        "listen": settings.host not in ("127.0.0.1", "localhost", "::1"),
+        "port": settings.port, "share": False,
+        # Whether Basic auth is required, never the credentials themselves.
+        "api_auth": "(set; not shown)" if settings.api_auth else None, "gradio_auth": None,
+        "api_log": True, "api_server_stop": False,
+        "cors_allow_origins": ",".join(settings.cors_origins) or None,
+        "data_dir": str(PROJECT_DIR), "models_dir": settings.models_dir,
+        "ckpt_dir": settings.models_dir, "lora_dir": settings.lora_dir,
+        "embeddings_dir": None, "hypernetwork_dir": None, "ckpt": settings.model_source,
+        "use_cpu": ["all"], "skip_torch_cuda_test": True, "lowvram": False,
+        "medvram": False, "xformers": False, "no_half": full, "no_half_vae": full,
+        "precision": "full" if full else "autocast", "device_id": None,
+        "enable_insecure_extension_access": False, "disable_safe_unpickle": False,
+    })
+
+
+def _meminfo() -> dict[str, int]:
+    """/proc/meminfo's fields in bytes."""
+    out = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts and parts[0].isdigit():
+            out[key] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
+    return out
+
+
+def _rss() -> int:
+    """This process's resident memory in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise OSError("no VmRSS in /proc/self/status")
+
+
+@bp.get("/memory")
+@doc("AUTOMATIC1111 memory: ram.total and ram.free (available) from /proc/meminfo, ram.used "
+     "= this process's resident memory (as A1111 reports it); cuda says there is no GPU.",
+     responses={200: MEMORY_RESPONSE}, errors=(401,), **A1111_DOC)
+def memory():
+    """RAM figures from /proc; no CUDA here."""
+    try:
+        info = _meminfo()
+        ram = {"free": info.get("MemAvailable", info["MemFree"]), "used": _rss(),
+               "total": info["MemTotal"]}
+    except (OSError, KeyError, ValueError) as exc:  # not Linux: say so, as A1111 does
+        log.warning("memory: cannot read /proc (%s)", exc)
+        ram = {"error": f"cannot read /proc: {exc}"}
+    return jsonify({"ram": ram, "cuda": {"error": NO_GPU}})
