@@ -3,8 +3,9 @@
 
 Upscaling here is Pillow resampling (Lanczos, Nearest, Bicubic, Bilinear): real, fast on
 a CPU, and what A1111 itself calls "Lanczos" and "Nearest"; no model upscalers (ESRGAN...)
-or face restorers. It runs in the request thread, not the job queue: even the largest
-allowed image resamples in well under a second. png-info parses the `parameters` text
+or face restorers. It runs in the request thread, not the job queue: the largest allowed
+output (16 MP, 1024x1024 x4 with Lanczos) takes about 1 s to resample and 2 s to encode
+as PNG on this session's CPU, small next to a generation. png-info parses the `parameters` text
 chunk (or a JPEG/WebP's EXIF UserComment) as A1111's infotext parser does.
 """
 from __future__ import annotations
