@@ -20,11 +20,12 @@ from engine.cpu import (PrecisionProbe, adaptive_threads, idle_cores, probe_prec
                         usable_cores)
 from engine.decoders import decode_image, load_tiny_decoder
 from engine.images import encode_png
+from engine.img2img import TENSOR_INPUTS, mode_arguments, paste_over_input, pipeline_view
 from engine.load_errors import explain_load_error
 from engine.loading import load_pipeline
 from engine.preview import latent_preview_png
 from engine.speedups import DeepCache, cfg_cutoff_step, cut_guidance
-from params import SAMPLER_OF_CLASS, SCHEDULERS, GenerationRequest
+from params import SAMPLER_OF_CLASS, GenerationRequest
 
 log = logging.getLogger(__name__)
 
@@ -176,9 +177,10 @@ class Engine:
                  on_step: StepCallback | None = None) -> GenerationResult:
         """Make one image; `on_step(step, total, latents)` runs after every step and may raise.
 
-        `step`/`total` count the steps the user asked for, whatever the scheduler does inside.
-        The request's speed options (cfg_cutoff, deep_cache, vae_decoder) apply to this
-        image only.
+        The mode follows the request: txt2img, img2img (`init_image`) or inpainting (and
+        `mask_image`). `step`/`total` count the denoising steps the user asked for (steps x
+        strength for img2img), whatever the scheduler does inside. The request's speed
+        options (cfg_cutoff, deep_cache, vae_decoder) apply to this image only.
         """
         import torch
 
@@ -191,7 +193,7 @@ class Engine:
                         "decoding with the full VAE")
             request = effective
         started = time.perf_counter()  # the thread check below is part of this image's time
-        pipe = self._pipeline_for(request.scheduler)
+        pipe = self._pipeline_for(request.mode, request.scheduler)
         threads = self.threads_for_next_job()
         if threads != torch.get_num_threads():
             log.info("torch threads %d -> %d (cores free now)", torch.get_num_threads(), threads)
@@ -199,17 +201,20 @@ class Engine:
         self._set_status(torch_threads=threads)
         generator = torch.Generator("cpu").manual_seed(seed)
         step_times: list[float] = []
+        asked = request.denoising_steps
 
         def callback(pipeline, step_index, _timestep, callback_kwargs):
             step_times.append(time.perf_counter())
-            pipeline_steps = getattr(pipeline, "num_timesteps", None) or request.steps
+            # Heun/DPM2 run ~2 UNet calls per step and PNDM one extra: count in the
+            # pipeline's own calls here, in the user's steps outside.
+            pipeline_steps = getattr(pipeline, "num_timesteps", None) or asked
             if step_index == cfg_cutoff_step(request.cfg_cutoff, pipeline_steps):
                 if pipeline.do_classifier_free_guidance:
                     cut_guidance(pipeline, callback_kwargs)
             if step_index + 1 == pipeline_steps:
                 release_freed_memory()  # before the VAE decode, the peak of anonymous RAM
             if on_step is not None:
-                on_step(user_step(step_index + 1, pipeline_steps, request.steps), request.steps,
+                on_step(user_step(step_index + 1, pipeline_steps, asked), asked,
                         callback_kwargs["latents"])
             return callback_kwargs
 
@@ -217,15 +222,16 @@ class Engine:
             latents = pipe(prompt=request.prompt,
                            negative_prompt=request.negative_prompt or None,
                            num_inference_steps=request.steps,
-                           guidance_scale=request.guidance_scale, width=request.width,
-                           height=request.height, generator=generator, output_type="latent",
-                           callback_on_step_end=callback,
-                           callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"]
-                           ).images
+                           guidance_scale=request.guidance_scale, generator=generator,
+                           output_type="latent", callback_on_step_end=callback,
+                           callback_on_step_end_tensor_inputs=TENSOR_INPUTS[request.mode],
+                           **mode_arguments(request)).images
         decode_started = time.perf_counter()
         with torch.inference_mode():
             image, nsfw = decode_image(pipe, latents, self.taesd if request.vae_decoder == "tiny"
                                        else None, generator)
+        if not nsfw:  # a flagged image stays black, input pixels included
+            image = paste_over_input(image, request)
         decode_seconds = time.perf_counter() - decode_started
         seconds = time.perf_counter() - started
         parameters = request.infotext(seed, self.settings.model_id, self.default_sampler)
@@ -236,21 +242,10 @@ class Engine:
                                 nsfw=nsfw, parameters=parameters,
                                 decode_seconds=round(decode_seconds, 3))
 
-    def _pipeline_for(self, scheduler_name: str):
-        """The shared pipeline, or a view of it with another scheduler for this job only."""
-        if scheduler_name in ("", "default"):
-            return self.pipe
-        import diffusers
-
-        class_name, extra = SCHEDULERS[scheduler_name]
-        scheduler = getattr(diffusers, class_name).from_config(self._default_scheduler_config,
-                                                              **extra)
-        # A new pipeline object over the same modules: the weights are shared (no copy) and
-        # the shared pipeline's scheduler is never touched, so other jobs are unaffected.
-        components = {**self.pipe.components, "scheduler": scheduler}
-        view = type(self.pipe)(**components, requires_safety_checker=False)
-        view.set_progress_bar_config(disable=True)
-        return view
+    def _pipeline_for(self, mode: str, scheduler_name: str):
+        """The shared pipeline, or a view of it for this job's mode and scheduler (the same
+        modules, so no weight is copied, and the shared pipeline is never changed)."""
+        return pipeline_view(self.pipe, mode, scheduler_name, self._default_scheduler_config)
 
     @property
     def default_sampler(self) -> str:

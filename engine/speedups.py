@@ -22,10 +22,15 @@ def cfg_cutoff_step(cfg_cutoff: float, pipeline_steps: int) -> int | None:
 def cut_guidance(pipeline, callback_kwargs: dict[str, Any]) -> None:
     """Stop classifier-free guidance from the next step on (batch 2 -> 1).
 
-    The embeddings are [negative, positive]; keep the conditional half. `_guidance_scale` is
-    reset by the pipeline at the start of every call, so later jobs are unaffected.
+    The embeddings are [negative, positive]; keep the conditional half. Inpainting's mask
+    tensors are doubled for guidance too, and its latent blend uses the whole mask once
+    guidance is off, so they are cut the same way (else the latents would grow to batch 2).
+    `_guidance_scale` is reset by the pipeline at the start of every call, so later jobs are
+    unaffected.
     """
-    callback_kwargs["prompt_embeds"] = callback_kwargs["prompt_embeds"][-1:]
+    for name in ("prompt_embeds", "mask", "masked_image_latents"):
+        if name in callback_kwargs:
+            callback_kwargs[name] = callback_kwargs[name][-1:]
     pipeline._guidance_scale = 0.0
 
 
