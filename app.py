@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import errno
-import hmac
 import logging
 import os
 import signal
@@ -16,29 +15,17 @@ from typing import Any, Callable, NamedTuple
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from api import ApiError, Services, a1111, core, jobs, openai_images, openapi, render_native_error
+from api import (ApiError, Services, a1111, core, jobs, openai_images, openapi,
+                 render_native_error, security)
+# Re-exported: who may call what is decided in api/security.py.
+from api.security import GENERATING_ENDPOINTS, OPEN_ENDPOINTS, SECURITY_HEADERS  # noqa: F401
 from config import ConfigError, Settings
 
 log = logging.getLogger("sd_server")
 
-# Endpoints that start generations: rate limited. Every endpoint outside OPEN_ENDPOINTS
-# needs the API key when one is set.
-GENERATING_ENDPOINTS = {"core.generate", "jobs.create_job", "a1111.txt2img",
-                        "openai_images.generations"}
-OPEN_ENDPOINTS = {"core.index", "core.health", "core.favicon", "static",
-                  "openapi.openapi_json"}
 # Each blueprint's error shape; the native one everywhere else (and where no route matched).
 ERROR_RENDERERS: dict[str, Callable[[ApiError], Response]] = {
     a1111.bp.name: a1111.render_error, openai_images.bp.name: openai_images.render_error}
-# Sent on every response. The page is one HTML file, one script module and one stylesheet
-# from this server; its images are blob: URLs of fetched PNGs (fetched so the API key can
-# be sent). Nothing may frame it.
-SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; "
-                               "frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-}
 
 
 def create_app(settings: Settings | None = None, start_worker: bool = True) -> Flask:
@@ -59,7 +46,7 @@ def create_app(settings: Settings | None = None, start_worker: bool = True) -> F
     app.wsgi_app = ResponseTracker(app)
     _register_blueprints(app)
     _install_request_log(app)  # before security: after_request hooks run in reverse order
-    _install_security(app, settings)
+    security.install(app, settings)
     _install_error_handlers(app)
     if start_worker:
         queue.start()
@@ -121,49 +108,6 @@ def _install_request_log(app: Flask) -> None:
         log.log(logging.DEBUG if quiet else logging.INFO, "%s %s -> %d (%.0f ms)",
                 request.method, request.path, response.status_code, ms)
         return response
-
-
-def _install_security(app: Flask, settings: Settings) -> None:
-    """Security headers, CORS (closed unless CORS_ORIGINS), API key (when API_KEY), rate
-    limits (RATE_LIMIT)."""
-    @app.after_request
-    def add_security_headers(response: Response) -> Response:
-        # after_request also runs on the responses of error handlers, so errors carry them.
-        response.headers.update(SECURITY_HEADERS)
-        return response
-
-    if settings.cors_origins:
-        from flask_cors import CORS
-
-        origins = "*" if "*" in settings.cors_origins else list(settings.cors_origins)
-        CORS(app, origins=origins, send_wildcard=origins == "*", expose_headers=["X-Seed", "X-Job-Id", "Location",
-                                                   "X-Generation-Seconds", "Retry-After"],
-             allow_headers=["Content-Type", "Authorization"])
-
-    if settings.api_key:
-        expected = f"Bearer {settings.api_key}".encode()
-
-        @app.before_request
-        def require_api_key():
-            if request.endpoint in OPEN_ENDPOINTS or request.method == "OPTIONS":
-                return None
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):  # constant time
-                # Raised, not returned, so a dialect's blueprint renders it in its own shape.
-                raise ApiError(401, "unauthorized", "this server needs an API key: send "
-                               "'Authorization: Bearer <API_KEY>'", {"WWW-Authenticate": "Bearer"})
-            return None
-
-    if settings.rate_limit:
-        from flask_limiter import Limiter
-        from flask_limiter.util import get_remote_address
-
-        limiter = Limiter(get_remote_address, app=app, storage_uri=settings.rate_limit_storage_uri,
-                          headers_enabled=True, default_limits=[])
-        for endpoint in GENERATING_ENDPOINTS & set(app.view_functions):
-            app.view_functions[endpoint] = limiter.limit(settings.rate_limit)(
-                app.view_functions[endpoint])
-        app.extensions["sd_limiter"] = limiter
 
 
 def _install_error_handlers(app: Flask) -> None:

@@ -7,6 +7,7 @@ from flask import Blueprint, Response, current_app, jsonify, render_template, se
 
 from api import ApiError, failed_job_error, json_body, services, submit, wait_for
 from api.openapi import doc
+from api.security import auth_kind
 from params import (DEFAULT_SCHEDULER, IMAGE_FIELDS, PRESETS, SCHEDULERS, ValidationError,
                     parse_generation_request)
 
@@ -48,7 +49,9 @@ def index():
     s = services().settings
     return render_template("index.html", limits={
         **request_limits(s), "default_guidance": s.default_guidance,
-        "api_key_required": bool(s.api_key), "default_preset": s.speed_preset},
+        # "auth": which credential the page asks for (none, bearer, basic or either).
+        "api_key_required": bool(s.api_key), "auth": auth_kind(s),
+        "default_preset": s.speed_preset},
         schedulers=[DEFAULT_SCHEDULER, *SCHEDULERS], presets=PRESETS)
 
 

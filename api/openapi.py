@@ -23,7 +23,8 @@ ERROR_SCHEMA = {"type": "object", "required": ["error", "message"],
 def doc(summary: str, request: Any = None, responses: dict[int, Any] | None = None,
         tags: tuple[str, ...] = (), **extra: Any) -> Callable:
     """Attach OpenAPI facts to a view function (request: a schema, 'generation', or a
-    callable returning a schema, for bodies whose limits come from the settings)."""
+    callable returning a schema, for bodies whose limits come from the settings; extra
+    `content_type` for a body that is not JSON, e.g. multipart/form-data)."""
     def wrap(fn: Callable) -> Callable:
         fn.openapi = {"summary": summary, "request": request, "responses": responses or {},
                       "tags": list(tags), **extra}
@@ -82,7 +83,7 @@ def build_spec(app) -> dict[str, Any]:
                 schema = ({"$ref": "#/components/schemas/GenerationRequest"}
                           if body == "generation" else body)
                 op["requestBody"] = {"required": True, "content": {
-                    "application/json": {"schema": schema}}}
+                    meta.get("content_type", "application/json"): {"schema": schema}}}
             for status, spec in sorted(meta["responses"].items()):
                 op["responses"][str(status)] = _response(status, spec)
             error_ref = {"$ref": "#/components/schemas/Error"}
@@ -99,7 +100,8 @@ def build_spec(app) -> dict[str, Any]:
                                     "and OpenAI-compatible APIs."},
             "paths": paths,
             "components": {"schemas": schemas, "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer"}}}}
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "basic": {"type": "http", "scheme": "basic"}}}}
 
 
 @bp.get("/openapi.json")

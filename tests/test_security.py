@@ -5,6 +5,8 @@ import pytest
 GENERATING = [("/generate", {"prompt": "a cat"}), ("/jobs", {"prompt": "a cat"}),
               ("/sdapi/v1/txt2img", {"prompt": "a cat", "steps": 1, "width": 64, "height": 64}),
               ("/v1/images/generations", {"prompt": "a cat", "size": "64x64"})]
+# The generating routes that take images (multipart, or JSON a test cannot make up here).
+GENERATING_WITH_IMAGES = ["/v1/images/edits", "/sdapi/v1/img2img"]
 
 
 def test_every_generating_endpoint_and_nothing_else_is_rate_limited(make_app):
@@ -19,7 +21,10 @@ def test_every_generating_endpoint_and_nothing_else_is_rate_limited(make_app):
             r = client.open(path, method=method, json={"not": "valid"})
         if r.status_code == 429:
             limited.add((method, path))
-    assert limited == {(method, path) for path, _ in GENERATING for method in ["POST"]}
+    served = {path for _, path in every_route(app)}
+    assert limited == {("POST", path) for path in [*(p for p, _ in GENERATING),
+                                                   *GENERATING_WITH_IMAGES] if path in served}
+    assert "/v1/images/edits" in served
 
 
 def every_route(app, skip_endpoints=frozenset()):
@@ -198,3 +203,166 @@ def test_deeply_nested_json_is_400_in_each_dialects_shape(client, path, name):
     assert "more than 64 levels deep" in message
     if path.startswith("/sdapi/"):
         assert r.json["detail"] == message
+
+
+# HTTP Basic auth (API_AUTH), alone and beside API_KEY.
+
+def basic(user: str, password: str, encoding: str = "utf-8") -> dict:
+    """An Authorization header as Open WebUI builds it (base64 of 'user:pass')."""
+    import base64
+
+    token = base64.b64encode(f"{user}:{password}".encode(encoding)).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+AUTH = "alice:pw-1,bob:p\u00e4ss:word"  # a password may hold ':' and non-ASCII
+
+
+def test_basic_auth_guards_every_route_but_page_health_icon_and_docs(make_app):
+    app = make_app(API_AUTH=AUTH)
+    client = app.test_client()
+    wrong = [{}, basic("alice", "pw-2"), basic("alice", "pw-1x"), basic("carol", "pw-1"),
+             basic("alice", "p\u00e4ss:word"), {"Authorization": "Basic !!!"},
+             {"Authorization": "Basic " + "YWxpY2U="},  # 'alice' with no colon
+             {"Authorization": "Bearer pw-1"}]
+    for method, path in protected_routes(app):
+        for headers in wrong:
+            r = client.open(path, method=method, json={"prompt": "a"}, headers=headers)
+            assert r.status_code == 401, (method, path, headers)
+            assert r.headers["WWW-Authenticate"] == 'Basic realm="sd-cpu-server", charset="UTF-8"'
+    for headers in (basic("alice", "pw-1"), basic("bob", "p\u00e4ss:word"),
+                    basic("bob", "p\u00e4ss:word", "latin-1"),  # what requests sends
+                    {"authorization": basic("alice", "pw-1")["Authorization"].replace(
+                        "Basic", "basic")}):
+        assert client.get("/jobs", headers=headers).status_code == 200, headers
+    for path in ("/", "/health", "/openapi.json", "/favicon.ico"):
+        r = client.get(path)
+        assert r.status_code == 200 and b"pw-1" not in r.data
+
+
+def test_either_credential_is_enough_when_both_are_set(make_app, caplog):
+    client = make_app(API_KEY="k-123", API_AUTH="alice:pw-1").test_client()
+    with caplog.at_level("DEBUG"):
+        assert client.get("/jobs", headers={"Authorization": "Bearer k-123"}).status_code == 200
+        assert client.get("/jobs", headers=basic("alice", "pw-1")).status_code == 200
+        r = client.get("/jobs", headers=basic("alice", "k-123"))
+    assert r.status_code == 401
+    assert r.headers["WWW-Authenticate"] == ('Basic realm="sd-cpu-server", charset="UTF-8", '
+                                             "Bearer")
+    assert "Basic" in r.json["message"] and "Bearer" in r.json["message"]
+    assert "pw-1" not in caplog.text and "k-123" not in caplog.text  # never logged
+
+
+@pytest.mark.parametrize("path, body, shape", [
+    ("/generate", {"prompt": "a"}, "native"),
+    ("/sdapi/v1/txt2img", {"prompt": "a"}, "a1111"),
+    ("/v1/images/generations", {"prompt": "a"}, "openai")])
+def test_wrong_basic_credential_is_401_in_each_dialects_shape(make_app, path, body, shape):
+    client = make_app(API_AUTH="alice:pw-1").test_client()
+    r = client.post(path, json=body, headers=basic("alice", "nope"))
+    assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Basic ")
+    if shape == "openai":
+        assert r.json["error"]["type"] == "authentication_error"
+    else:
+        assert r.json["error"] == "unauthorized" and "API_AUTH" in r.json["message"]
+    if shape == "a1111":
+        assert r.json["detail"] == r.json["message"]
+
+
+def test_the_pages_own_requests_get_no_basic_challenge(make_app):
+    """A `Basic` challenge makes the browser pop its login dialog over the page's own; the
+    page marks its requests (X-Requested-With: sd-cpu-page) and gets a challenge browsers
+    do not act on."""
+    client = make_app(API_AUTH="alice:pw-1").test_client()
+    r = client.get("/jobs", headers={"X-Requested-With": "sd-cpu-page"})
+    assert r.status_code == 401 and r.headers["WWW-Authenticate"] == 'xBasic realm="sd-cpu-server"'
+    assert client.get("/jobs", headers={"X-Requested-With": "sd-cpu-page",
+                                        **basic("alice", "pw-1")}).status_code == 200
+
+
+@pytest.mark.parametrize("env, auth", [({}, "none"), ({"API_KEY": "k"}, "bearer"),
+                                       ({"API_AUTH": "a:b"}, "basic"),
+                                       ({"API_KEY": "k", "API_AUTH": "a:b"}, "either")])
+def test_the_page_is_told_which_credential_to_ask_for(make_app, env, auth):
+    import json
+    import re
+
+    page = make_app(**env).test_client().get("/").get_data(as_text=True)
+    limits = json.loads(re.search(r'data-limits="([^"]*)"', page)[1].replace("&#34;", '"')
+                        .replace("&quot;", '"'))
+    assert limits["auth"] == auth
+
+
+def test_requests_and_webuiapi_clients_authenticate_with_basic(live_server):
+    """The real clients: requests' auth= tuple and webuiapi's set_auth (A1111's --api-auth)."""
+    import requests
+    import webuiapi
+
+    server = live_server(API_AUTH="alice:pw-1")
+    r = requests.post(server.url + "/generate", json={"prompt": "a", "steps": 1},
+                      auth=("alice", "pw-1"), timeout=60)
+    assert r.status_code == 200 and r.headers["Content-Type"] == "image/png"
+    r = requests.post(server.url + "/generate", json={"prompt": "a"}, auth=("alice", "no"),
+                      timeout=60)
+    assert r.status_code == 401 and "Basic" in r.headers["WWW-Authenticate"]
+    host, port = server.url.rsplit("//", 1)[1].split(":")
+    api = webuiapi.WebUIApi(host=host, port=int(port), steps=1)
+    with pytest.raises(RuntimeError) as refused:  # webuiapi raises (status, body) on a 401
+        api.txt2img(prompt="a cat", width=64, height=64)
+    assert refused.value.args[0] == 401
+    api.set_auth("alice", "pw-1")
+    result = api.txt2img(prompt="a cat", width=64, height=64, seed=3)
+    assert result.image.size == (64, 64) and result.info["seed"] == 3
+
+
+# The cross-site request guard: a page on another site may not POST/PUT/DELETE.
+
+def cross_site_refused(r, shape: str = "native") -> bool:
+    """Whether `r` is the guard's 403 in the dialect's shape."""
+    if r.status_code != 403:
+        return False
+    if shape == "openai":
+        return r.json["error"]["code"] == "cross_site_request" and \
+            "CORS_ORIGINS" in r.json["error"]["message"]
+    return r.json["error"] == "cross_site_request" and "CORS_ORIGINS" in r.json["message"]
+
+
+@pytest.mark.parametrize("headers", [
+    {"Origin": "http://evil.example"}, {"Origin": "null"},
+    {"Origin": "http://localhost.evil.example"}, {"Origin": "http://localhost:8080"},
+    {"Referer": "http://evil.example/page.html"}, {"Referer": "not a url"},
+    {"Origin": "http://evil.example", "Referer": "http://localhost/"}])
+def test_cross_site_posts_are_refused_in_each_dialects_shape(client, headers):
+    """The test client's host is 'localhost'; none of these is it."""
+    assert cross_site_refused(client.post("/generate", json={"prompt": "a"}, headers=headers))
+    assert cross_site_refused(client.post("/jobs", data="prompt=a", headers=headers))
+    r = client.post("/sdapi/v1/txt2img", json={"prompt": "a"}, headers=headers)
+    assert cross_site_refused(r) and r.json["detail"] == r.json["message"]
+    r = client.post("/v1/images/edits", data={"prompt": "a"}, headers=headers,
+                    content_type="multipart/form-data")
+    assert cross_site_refused(r, "openai")
+    assert cross_site_refused(client.delete("/jobs/abc", headers=headers))
+    assert client.get("/jobs", headers=headers).json["jobs"] == []  # nothing was queued
+
+
+@pytest.mark.parametrize("headers", [
+    {}, {"Origin": "http://localhost"}, {"Origin": "https://localhost"},
+    {"Origin": "http://localhost:80"}, {"Referer": "http://localhost/"}, {"Referer": ""}])
+def test_same_site_requests_and_clients_without_origin_pass(client, headers):
+    """No Origin or Referer (curl, SDKs), or this server's own host (a TLS proxy in front
+    turns https into http, so the scheme is not compared)."""
+    r = client.post("/jobs", json={"prompt": "a"}, headers=headers)
+    assert r.status_code == 202, r.json
+
+
+def test_cors_origins_may_post_and_reads_are_never_refused(make_app):
+    client = make_app(CORS_ORIGINS="http://good.example:3000").test_client()
+    good = {"Origin": "http://good.example:3000"}
+    assert client.post("/jobs", json={"prompt": "a"}, headers=good).status_code == 202
+    evil = {"Origin": "http://good.example:3001"}
+    assert cross_site_refused(client.post("/jobs", json={"prompt": "a"}, headers=evil))
+    assert client.get("/jobs", headers=evil).status_code == 200
+    r = client.options("/jobs", headers={**good, "Access-Control-Request-Method": "POST"})
+    assert r.status_code == 200 and r.headers["Access-Control-Allow-Origin"] == good["Origin"]
+    anyone = make_app(CORS_ORIGINS="*").test_client()
+    assert anyone.post("/jobs", json={"prompt": "a"}, headers=evil).status_code == 202
