@@ -120,6 +120,11 @@ KNOBS: tuple[Knob, ...] = (
          "Hub model id, a local diffusers folder, or 'tiny-random' (a tiny random-weight "
          "model built offline: produces noise, for trying the server and for tests)",
          _text, "a Hub id, a folder path or 'tiny-random'"),
+    Knob("MODELS_DIR", "models", "Folder of local models: diffusers folders and single-file "
+         "SD 1.x checkpoints (.safetensors; .ckpt pickles are refused), listed by the model "
+         "APIs and the page; MODEL_ID may name one of them", _text, "a folder path"),
+    Knob("LORA_DIR", "models/lora", "Folder of LoRAs (.safetensors, kohya/A1111 or "
+         "diffusers/peft format) for <lora:name:weight> prompts", _text, "a folder path"),
     Knob("HF_TOKEN", "", "Hugging Face token for gated models (HF_AUTH_TOKEN is read too); "
          "v1-4 needs none. Never logged", _text, "any string"),
     Knob("HOST", "127.0.0.1", "Address to listen on; 0.0.0.0 to serve the LAN or inside a "
@@ -221,6 +226,8 @@ class Settings:
     `Settings.from_env()`. The defaults live in KNOBS only: `from_env({})` gives them."""
 
     model_id: str
+    models_dir: str
+    lora_dir: str
     hf_token: str
     host: str
     port: int

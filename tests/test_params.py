@@ -2,7 +2,7 @@
 import pytest
 
 from config import Settings
-from params import MAX_SEED, GenerationRequest, ValidationError, parse_generation_request
+from params import MAX_SEED, GenerationRequest, ValidationError, lora_tags, parse_generation_request
 
 SETTINGS = Settings.from_env({"MIN_SIZE": "64", "MAX_SIZE": "256", "DEFAULT_SIZE": "128",
                               "MAX_STEPS": "50", "DEFAULT_STEPS": "20"})
@@ -94,3 +94,31 @@ def test_image_counts_are_1_to_max_batch_naming_the_setting():
     for bad in (0, SETTINGS.max_batch + 1, 1.5, True, "2"):
         with pytest.raises(ValidationError, match=r"'n' must be an integer 1\.\.4 \(MAX_BATCH\)"):
             field_value(spec, {"n": bad})
+
+
+@pytest.mark.parametrize("prompt,clean,loras", [
+    ("a cat <lora:style:0.5>, best", "a cat, best", [("style", 0.5, 0.5)]),
+    ("<lora:style>", "", [("style", 1.0, 1.0)]),  # a missing weight is 1, as in A1111
+    ("<lora:style:>", "", [("style", 1.0, 1.0)]),
+    ("x <lora:a:0.5:0.2>", "x", [("a", 0.5, 0.2)]),  # text-encoder and UNet weights
+    ("<lora:a:-1> <lora:b:4>", "", [("a", -1.0, -1.0), ("b", 4.0, 4.0)]),
+    ("no tags (here) [x:y]", "no tags (here) [x:y]", []),
+])
+def test_lora_tags_are_read_and_stripped(prompt, clean, loras):
+    assert lora_tags(prompt) == (clean, loras)
+
+
+@pytest.mark.parametrize("prompt,needle", [
+    ("x <lora:a:<lora:b:1>>", "nested or not closed"),
+    ("x <lora:a:1", "nested or not closed"),
+    ("<lora::1>", "names no LoRA"),
+    ("<lora:a:9>", "-4..4"),
+    ("<lora:a:-4.5>", "-4..4"),
+    ("<lora:a:heavy>", "not a number"),
+    ("<lora:a:1:1:1>", "too many parts"),
+    ("<lora:a:1> <lora:a:0.5>", "named twice"),
+])
+def test_bad_lora_tags_name_the_field_and_the_problem(prompt, needle):
+    with pytest.raises(ValidationError) as err:
+        lora_tags(prompt, "prompt")
+    assert err.value.field == "prompt" and needle in err.value.message
