@@ -1,0 +1,332 @@
+"""The local model catalogue: the MODEL_ID model, then every diffusers folder and single-file
+checkpoint directly in MODELS_DIR; finding one by any name a client sends; the sha256 of
+single files (computed once, cached); and single files converted once to a diffusers folder
+that `from_pretrained` memory-maps, offline.
+
+Layout of MODELS_DIR (all optional):
+
+    <name>/model_index.json      a diffusers folder
+    <stem>.safetensors           an SD 1.x checkpoint in the original (A1111/civitai) layout
+    <stem>.config/               its diffusers config folder, for checkpoints not SD 1.x shaped
+    <stem>.ckpt                  listed but refused: a Python pickle can run code
+    .sha256.json                 the hash cache (keyed by real path, size, mtime)
+    .converted/<stem>-<key>/     the diffusers copy of a checkpoint (keyed the same way)
+
+Nothing here imports torch until a checkpoint is converted: listing is cheap.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from config import TINY_MODEL_ID, Settings
+from engine import checkpoints
+from engine.load_errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]  # (phase, bytes done, bytes total)
+HASH_CACHE = ".sha256.json"
+CONVERTED = ".converted"
+CKPT_PROBLEM = ("refused: .ckpt files are Python pickles that can run code; convert it to "
+                ".safetensors")
+SD1_TOKENIZER_SOURCES = (  # where an SD 1.x tokenizer may already sit in the local HF cache
+    ("openai/clip-vit-large-patch14", ""),
+    ("CompVis/stable-diffusion-v1-4", "tokenizer"),
+    ("stable-diffusion-v1-5/stable-diffusion-v1-5", "tokenizer"),
+    ("runwayml/stable-diffusion-v1-5", "tokenizer"),
+)
+_HASH_SUFFIX = re.compile(r"\s*\[[0-9a-fA-F]{8,64}\]$")
+
+
+class UnknownModel(LookupError):
+    """No model of the catalogue has that name; the message lists the names we have."""
+
+
+class ModelUnavailable(ModelLoadError):
+    """The model is known but cannot be loaded; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model the server can list: what clients call it and what loads it."""
+
+    name: str        # what clients use (A1111 model_name): stem, folder name or Hub id
+    title: str       # A1111 title: "<file name> [<sha256[:10]>]" once the hash is known
+    kind: str        # "hub" | "diffusers" | "single_file" | "ckpt"
+    source: str      # what loads it: a Hub id, a folder or a file path
+    filename: str    # the path shown to clients (the Hub id for a Hub model)
+    sha256: str | None = None
+    problem: str = ""  # "" or why it cannot load
+
+    @property
+    def short_hash(self) -> str | None:
+        """A1111's short hash: the first 10 hex characters of the sha256."""
+        return self.sha256[:10] if self.sha256 else None
+
+
+def list_models(settings: Settings) -> list[ModelEntry]:
+    """The MODEL_ID model first, then MODELS_DIR's models sorted by name (hashes from the
+    cache only: listing never hashes a file)."""
+    local = _scan(settings)
+    first = _startup_entry(settings, local)
+    rest = [e for e in local if not _same(e.source, first.source)]
+    return [first] + rest
+
+
+def find_model(settings: Settings, wanted: str) -> ModelEntry:
+    """The entry a client means by `wanted`: A1111 title "name [hash10]", model_name,
+    filename, file name with or without extension, or the title without its hash.
+    Raises UnknownModel (listing the names we have) or ModelUnavailable (its problem)."""
+    wanted = (wanted or "").strip()
+    entries = list_models(settings)
+    entry = _match(entries, wanted) or _match(entries, _HASH_SUFFIX.sub("", wanted))
+    if entry is None:
+        names = ", ".join(e.name for e in entries)
+        raise UnknownModel(f"unknown model {wanted!r}; the models are: {names}")
+    if entry.problem:
+        raise ModelUnavailable(f"model {entry.name!r}: {entry.problem}")
+    return entry
+
+
+def model_sha256(entry: ModelEntry, settings: Settings, compute: bool = False) -> str | None:
+    """The sha256 of a single-file model from the cache, hashing the file (once: the result is
+    cached by real path, size and mtime) only when `compute`. None for a diffusers folder or a
+    Hub model: their weights are several files, so there is no one file hash to show."""
+    if entry.kind not in ("single_file", "ckpt"):
+        return None
+    path = Path(entry.source).resolve()
+    key, stat = str(path), path.stat()
+    cache_file = settings.path(settings.models_dir) / HASH_CACHE
+    cache = _read_json(cache_file)
+    hit = cache.get(key)
+    if hit and hit.get("size") == stat.st_size and hit.get("mtime_ns") == stat.st_mtime_ns:
+        return hit.get("sha256")
+    if not compute:
+        return None
+    digest = _file_sha256(path)
+    cache = _read_json(cache_file)  # re-read: another process may have added entries meanwhile
+    cache[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+    _write_json(cache_file, cache)
+    return digest
+
+
+def with_hash(entry: ModelEntry, settings: Settings) -> ModelEntry:
+    """The entry with its sha256 computed (and cached) and its title showing the short hash."""
+    digest = model_sha256(entry, settings, compute=True)
+    return replace(entry, sha256=digest, title=_title(Path(entry.source).name, digest)) \
+        if digest else entry
+
+
+def prepare_single_file(entry: ModelEntry, settings: Settings, progress: Progress | None = None,
+                        tokenizer=None) -> Path:
+    """The diffusers folder that loads this single-file checkpoint, converting it once (offline,
+    float32) into MODELS_DIR/.converted/<stem>-<key>/; later calls return the cached folder.
+
+    The config is `<stem>.config/` beside the file when present, else the shipped SD 1.x one;
+    the tokenizer is `tokenizer` (e.g. the loaded pipeline's), the sidecar's, or the CLIP
+    ViT-L/14 one found locally (see sd1_tokenizer). Raises ModelUnavailable with what to do."""
+    if entry.problem:
+        raise ModelUnavailable(f"model {entry.name!r}: {entry.problem}")
+    if entry.kind != "single_file":
+        raise ValueError(f"{entry.name!r} is a {entry.kind} model, not a single file")
+    path = Path(entry.source).resolve()
+    target = converted_folder(path, settings)
+    if (target / "model_index.json").is_file():
+        return target
+    config = checkpoints.sidecar_config(path) or checkpoints.SD1_CONFIG
+    if not (config / "tokenizer").is_dir():
+        tokenizer = sd1_tokenizer(settings, tokenizer)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    needed, free = checkpoints.converted_bytes(path), shutil.disk_usage(target.parent).free
+    if free < needed * 1.05 + 2**20:
+        raise ModelUnavailable(
+            f"converting {path.name} needs {needed / 1e9:.1f} GB in {target.parent}, "
+            f"{free / 1e9:.1f} GB free: free some space or convert it to a diffusers folder "
+            "elsewhere and put that in MODELS_DIR")
+    _remove_stale(target, path)
+    if progress:
+        progress("converting checkpoint", 0, needed)
+    log.info("converting %s once to a diffusers folder in %s", path, target)
+    checkpoints.convert_checkpoint(path, config, target, tokenizer)
+    if progress:
+        progress("converting checkpoint", needed, needed)
+    return target
+
+
+def converted_folder(path: Path, settings: Settings) -> Path:
+    """Where the diffusers copy of checkpoint `path` goes: named by its real path, size, mtime
+    and config, so an edited or replaced file is converted again."""
+    real = Path(path).resolve()
+    stat = real.stat()
+    sidecar = checkpoints.sidecar_config(real)
+    config_stamp = (sidecar / "model_index.json").stat().st_mtime_ns if sidecar else "sd-v1"
+    key = hashlib.sha256(f"{real}:{stat.st_size}:{stat.st_mtime_ns}:{config_stamp}".encode())
+    return settings.path(settings.models_dir) / CONVERTED / f"{real.stem}-{key.hexdigest()[:12]}"
+
+
+def sd1_tokenizer(settings: Settings, tokenizer=None):
+    """The CLIP ViT-L/14 tokenizer SD 1.x checkpoints need, found without the network: the one
+    given (e.g. the loaded pipeline's), a local diffusers model's, or the HF cache's."""
+    if _is_sd1_tokenizer(tokenizer):
+        return tokenizer
+    from transformers import CLIPTokenizer
+
+    folders = [Path(e.source) / "tokenizer" for e in list_models(settings)
+               if e.kind == "diffusers" and (Path(e.source) / "tokenizer").is_dir()]
+    for folder in folders:
+        candidate = _try_tokenizer(lambda: CLIPTokenizer.from_pretrained(folder))
+        if _is_sd1_tokenizer(candidate):
+            return candidate
+    for repo, sub in SD1_TOKENIZER_SOURCES:
+        candidate = _try_tokenizer(lambda: CLIPTokenizer.from_pretrained(
+            repo, subfolder=sub, local_files_only=True))
+        if _is_sd1_tokenizer(candidate):
+            return candidate
+    raise ModelUnavailable(
+        "SD 1.x checkpoints need the CLIP ViT-L/14 tokenizer and none is on this machine: "
+        "download it once with network access (`hf download openai/clip-vit-large-patch14 "
+        "vocab.json merges.txt tokenizer_config.json special_tokens_map.json`), or put any "
+        "SD 1.x diffusers folder (it has tokenizer/) in MODELS_DIR")
+
+
+def _try_tokenizer(load):
+    try:
+        return load()
+    except Exception:  # absent or unreadable: try the next place
+        return None
+
+
+def _is_sd1_tokenizer(tokenizer) -> bool:
+    return tokenizer is not None and len(tokenizer) == checkpoints.SD1_VOCAB_SIZE
+
+
+def _scan(settings: Settings) -> list[ModelEntry]:
+    """Every diffusers folder and checkpoint file directly in MODELS_DIR, sorted by name."""
+    root = settings.path(settings.models_dir)
+    if not root.is_dir():
+        return []
+    skip = {settings.path(settings.lora_dir).resolve(), settings.path(settings.bf16_cache_dir).resolve()}
+    entries = []
+    for item in root.iterdir():
+        if item.name.startswith(".") or ".partial-" in item.name or item.resolve() in skip:
+            continue
+        if item.is_dir() and not item.name.endswith(".config") \
+                and (item / "model_index.json").is_file():
+            entries.append(_folder_entry(item))
+        elif item.is_file() and item.suffix.lower() in (".safetensors", ".ckpt"):
+            entries.append(_file_entry(item, settings))
+    return sorted(entries, key=lambda e: e.name.lower())
+
+
+def _folder_entry(folder: Path, name: str | None = None) -> ModelEntry:
+    problem = "" if (folder / "model_index.json").is_file() else (
+        f"{folder} is not a diffusers model folder (no model_index.json)")
+    return ModelEntry(name=name or folder.name, title=name or folder.name, kind="diffusers",
+                      source=str(folder), filename=str(folder), problem=problem)
+
+
+def _file_entry(path: Path, settings: Settings) -> ModelEntry:
+    ckpt = path.suffix.lower() == ".ckpt"
+    entry = ModelEntry(name=path.stem, title=path.name, kind="ckpt" if ckpt else "single_file",
+                       source=str(path), filename=str(path),
+                       problem=CKPT_PROBLEM if ckpt else checkpoints.checkpoint_problem(path))
+    digest = model_sha256(entry, settings)
+    return replace(entry, sha256=digest, title=_title(path.name, digest))
+
+
+def _title(file_name: str, digest: str | None) -> str:
+    return f"{file_name} [{digest[:10]}]" if digest else file_name
+
+
+def _startup_entry(settings: Settings, local: list[ModelEntry]) -> ModelEntry:
+    """The MODEL_ID model: tiny-random, a folder or file path, a catalogue name, or a Hub id."""
+    model_id = settings.model_id
+    if model_id == TINY_MODEL_ID:
+        folder = settings.path(settings.tiny_model_dir)
+        return replace(_folder_entry(folder, TINY_MODEL_ID), problem="")  # built on load
+    path = Path(model_id).expanduser()
+    if model_id.startswith(("/", ".", "~")) or path.exists():
+        if path.suffix.lower() in (".safetensors", ".ckpt") and not path.is_dir():
+            if not path.is_file():
+                return ModelEntry(model_id, model_id, "single_file", model_id, model_id,
+                                  problem=f"{path} does not exist")
+            return _file_entry(path, settings)
+        return _folder_entry(path)
+    found = _match(local, model_id) or _match(local, _HASH_SUFFIX.sub("", model_id))
+    if found:
+        return found
+    return ModelEntry(name=model_id, title=model_id, kind="hub", source=model_id,
+                      filename=model_id)
+
+
+def _match(entries: list[ModelEntry], wanted: str) -> ModelEntry | None:
+    """The first entry any of whose names is exactly `wanted`."""
+    for entry in entries:
+        file_name = Path(entry.filename).name
+        names = {entry.name, entry.title, entry.filename, file_name, Path(file_name).stem,
+                 _HASH_SUFFIX.sub("", entry.title)}
+        if entry.sha256:
+            names |= {entry.sha256, entry.sha256[:10]}
+        if wanted in names:
+            return entry
+    return None
+
+
+def _same(a: str, b: str) -> bool:
+    """Whether two sources are the same file or folder (Hub ids compare as text)."""
+    try:
+        return Path(a).resolve() == Path(b).resolve() if os.path.exists(a) else a == b
+    except OSError:
+        return a == b
+
+
+def _remove_stale(target: Path, checkpoint: Path) -> None:
+    """Delete older conversions of the same checkpoint (it was edited or replaced) and
+    half-written ones whose writer was killed."""
+    for old in target.parent.glob(glob.escape(target.name.rsplit("-", 1)[0]) + "-*"):
+        pid = old.name.rsplit("-", 1)[-1]
+        if ".partial-" in old.name:
+            if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+                shutil.rmtree(old, ignore_errors=True)
+        elif old != target and _read_json(old / "source.json").get("checkpoint") == str(checkpoint):
+            log.info("removing an outdated conversion: %s", old)
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Write beside and rename, so readers never see half a file; a read-only MODELS_DIR
+    only costs hashing again next time."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f, indent=1, sort_keys=True)
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("could not write the hash cache %s: %s", path, exc)

@@ -1,0 +1,232 @@
+"""The model catalogue and single-file checkpoints, offline, on the tiny random model: a
+diffusers folder and an original-LDM-layout .safetensors made from it (with its config
+folder beside it, since the tiny model is not SD 1.x shaped)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from engine import checkpoints, models
+from engine.models import (CKPT_PROBLEM, ModelUnavailable, UnknownModel, find_model,
+                           list_models, model_sha256, prepare_single_file, with_hash)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model as one LDM-layout .safetensors plus its `<stem>.config/` folder."""
+    folder = tmp_path_factory.mktemp("checkpoint")
+    path = checkpoints.save_single_file(tiny_model_dir, folder / "tinyck.safetensors")
+    shutil.copytree(tiny_model_dir, folder / "tinyck.config",
+                    ignore=shutil.ignore_patterns("*.safetensors"))
+    return path
+
+
+@pytest.fixture
+def models_dir(tmp_path, tiny_checkpoint) -> Path:
+    """A MODELS_DIR holding the tiny checkpoint and its config folder."""
+    root = tmp_path / "models"
+    root.mkdir()
+    shutil.copy2(tiny_checkpoint, root / "tinyck.safetensors")
+    shutil.copytree(tiny_checkpoint.with_name("tinyck.config"), root / "tinyck.config")
+    return root
+
+
+@pytest.fixture
+def settings(make_settings, models_dir):
+    """Settings on the tiny model with MODELS_DIR = models_dir (LORA_DIR inside it)."""
+    return make_settings(MODELS_DIR=str(models_dir), LORA_DIR=str(models_dir / "lora"))
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No Hub and no network at all: HF_HUB_OFFLINE=1, and any outgoing connection fails."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    attempts = []
+
+    def refuse(self, address, *args):
+        attempts.append(address)
+        raise OSError(f"test is offline: connection to {address} refused")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    yield attempts
+    assert not attempts, f"the code tried to reach the network: {attempts}"
+
+
+def _state_dicts_equal(a, b) -> None:
+    import torch
+
+    for name in ("unet", "vae", "text_encoder"):
+        sa, sb = getattr(a, name).state_dict(), getattr(b, name).state_dict()
+        assert sa.keys() == sb.keys(), name
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), f"{name} weights differ"
+
+
+def _image(pipe):
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the engine does here: on a busy 2-core box, 1 is 20x faster
+    try:
+        return pipe("a red fox", num_inference_steps=2, height=64, width=64, output_type="np",
+                    generator=torch.Generator().manual_seed(7)).images[0]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_single_file_converts_once_to_the_same_model_offline(settings, tiny_model_dir,
+                                                             offline, monkeypatch):
+    import numpy as np
+    from diffusers import StableDiffusionPipeline
+
+    phases = []
+    entry = find_model(settings, "tinyck")
+    folder = prepare_single_file(entry, settings, lambda *p: phases.append(p))
+    assert folder.parent == settings.path(settings.models_dir) / ".converted"
+    assert (folder / "model_index.json").is_file() and phases[-1][0] == "converting checkpoint"
+    assert not list(folder.parent.glob("*.partial-*"))
+    converted = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
+    original = StableDiffusionPipeline.from_pretrained(tiny_model_dir, safety_checker=None)
+    for pipe in (converted, original):
+        pipe.set_progress_bar_config(disable=True)
+    _state_dicts_equal(original, converted)
+    assert np.array_equal(_image(original), _image(converted))
+
+    calls = []
+    real = checkpoints.convert_checkpoint
+    monkeypatch.setattr(checkpoints, "convert_checkpoint", lambda *a: calls.append(a) or real(*a))
+    assert prepare_single_file(find_model(settings, "tinyck"), settings) == folder
+    assert calls == [], "the second load converted again instead of using the cache"
+    os.utime(entry.source, ns=(1, 1))  # a replaced file is converted again, the old copy goes
+    again = prepare_single_file(find_model(settings, "tinyck"), settings)
+    assert again != folder and len(calls) == 1 and not folder.exists()
+
+
+def test_catalogue_lists_models_dir_and_skips_caches(settings, models_dir, tiny_model_dir):
+    shutil.copytree(tiny_model_dir, models_dir / "Folder-model")
+    (models_dir / "old.ckpt").write_bytes(b"\x80\x02 a pickle")
+    (models_dir / "notes.txt").write_text("not a model")
+    for skipped in ("lora", ".converted", "half.partial-12", "unrelated"):
+        (models_dir / skipped).mkdir()
+    (models_dir / "lora" / "model_index.json").write_text("{}")  # LORA_DIR is never a model
+    (models_dir / "half.partial-12" / "model_index.json").write_text("{}")
+
+    entries = list_models(settings)
+    assert [e.name for e in entries] == [tiny_model_dir.name, "Folder-model", "old", "tinyck"]
+    first, folder, ckpt, single = entries
+    assert (first.kind, first.source) == ("diffusers", str(tiny_model_dir))
+    assert (folder.kind, folder.sha256, folder.problem) == ("diffusers", None, "")
+    assert (single.kind, single.problem, single.title) == ("single_file", "", "tinyck.safetensors")
+    assert (ckpt.kind, ckpt.problem) == ("ckpt", CKPT_PROBLEM)
+    with pytest.raises(ModelUnavailable, match="pickles that can run code"):
+        find_model(settings, "old.ckpt")
+    with pytest.raises(UnknownModel) as err:
+        find_model(settings, "dreamshaper")
+    assert "'dreamshaper'" in str(err.value) and "Folder-model, old, tinyck" in str(err.value)
+
+
+def test_find_model_takes_every_name_a1111_clients_send(settings, models_dir):
+    entry = with_hash(find_model(settings, "tinyck"), settings)
+    short = entry.sha256[:10]
+    assert entry.title == f"tinyck.safetensors [{short}]" and entry.short_hash == short
+    path = str(models_dir / "tinyck.safetensors")
+    for name in ("tinyck", "tinyck.safetensors", f"tinyck.safetensors [{short}]", path,
+                 "tinyck.safetensors [0123456789]", f" {short} "):
+        assert find_model(settings, name).source == path, name
+    assert list_models(settings)[1].title == f"tinyck.safetensors [{short}]"
+    with pytest.raises(UnknownModel):
+        find_model(settings, "tinyck.ckpt")
+
+
+def test_sha256_is_the_files_and_computed_once(settings, models_dir, monkeypatch):
+    calls = []
+    real = models._file_sha256
+    monkeypatch.setattr(models, "_file_sha256", lambda p: calls.append(p) or real(p))
+    path = models_dir / "tinyck.safetensors"
+    entry = find_model(settings, "tinyck")
+    assert model_sha256(entry, settings) is None and calls == []  # listing never hashes
+    expected = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert model_sha256(entry, settings, compute=True) == expected and len(calls) == 1
+    assert model_sha256(entry, settings, compute=True) == expected and len(calls) == 1
+    assert find_model(settings, "tinyck").sha256 == expected  # read back from .sha256.json
+    assert (models_dir / ".sha256.json").is_file()
+    os.utime(path, ns=(5, 5))  # a changed file is hashed again
+    assert model_sha256(entry, settings) is None
+    folder_entry = list_models(settings)[0]
+    assert model_sha256(folder_entry, settings, compute=True) is None
+
+
+def _fake_checkpoint(path: Path, keys: dict) -> Path:
+    """A header-faithful checkpoint: the real key names and tiny tensors of the given shapes."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({k: torch.zeros(shape) for k, shape in keys.items()}, path)
+    return path
+
+
+SD1_KEYS = {checkpoints.SD1_KEY: (1,), checkpoints.SD1_CLIP_KEY: (77, 768),
+            checkpoints.UNET + "input_blocks.0.0.weight": (1, 4, 1, 1),
+            checkpoints.VAE + "encoder.conv_in.weight": (1,)}
+
+
+@pytest.mark.parametrize("keys,reason", [
+    ({**SD1_KEYS, "conditioner.embedders.1.model.positional_embedding": (1,)}, "an SDXL checkpoint"),
+    ({**SD1_KEYS, "cond_stage_model.model.token_embedding.weight": (1,)}, "an SD 2.x checkpoint"),
+    ({"lora_unet_down_blocks_0.alpha": (1,)}, "not a full SD 1.x checkpoint"),
+    ({**SD1_KEYS, checkpoints.UNET + "input_blocks.0.0.weight": (1, 9, 1, 1)}, "inpainting"),
+    ({**SD1_KEYS, checkpoints.SD1_CLIP_KEY: (77, 1024)}, "not SD 1.x shaped"),
+])
+def test_other_families_are_refused_by_their_keys(settings, models_dir, keys, reason):
+    _fake_checkpoint(models_dir / "other.safetensors", keys)
+    entry = next(e for e in list_models(settings) if e.name == "other")
+    assert reason in entry.problem and "SD 1.x" in entry.problem
+    with pytest.raises(ModelUnavailable, match="other"):
+        find_model(settings, "other")
+    with pytest.raises(ModelUnavailable):
+        prepare_single_file(entry, settings)
+
+
+def test_sd1_checkpoint_without_a_tokenizer_says_what_to_download(settings, models_dir,
+                                                                  offline, monkeypatch):
+    """The HF cache of this machine is not under test: its lookup list is emptied."""
+    from diffusers import StableDiffusionPipeline
+
+    monkeypatch.setattr(models, "SD1_TOKENIZER_SOURCES", ())
+    _fake_checkpoint(models_dir / "sd15.safetensors", SD1_KEYS)
+    entry = find_model(settings, "sd15.safetensors")
+    assert entry.problem == ""
+    tiny_tokenizer = StableDiffusionPipeline.from_pretrained(
+        settings.model_source, safety_checker=None).tokenizer  # 1000 words: not CLIP ViT-L/14
+    with pytest.raises(ModelUnavailable, match="hf download openai/clip-vit-large-patch14"):
+        prepare_single_file(entry, settings, tokenizer=tiny_tokenizer)
+
+
+def test_conversion_refuses_when_the_disk_is_too_small(settings, monkeypatch):
+    monkeypatch.setattr(models.shutil, "disk_usage", lambda p: SimpleNamespace(free=1000))
+    with pytest.raises(ModelUnavailable, match=r"needs .* GB free"):
+        prepare_single_file(find_model(settings, "tinyck"), settings)
+    assert not (settings.path(settings.models_dir) / ".converted").exists() or not any(
+        (settings.path(settings.models_dir) / ".converted").iterdir())
+
+
+def test_model_id_may_name_a_catalogue_entry_a_file_or_the_hub(make_settings, models_dir):
+    def first(model_id: str):
+        s = make_settings(MODEL_ID=model_id, MODELS_DIR=str(models_dir))
+        entries = list_models(s)
+        assert len({e.source for e in entries}) == len(entries), "an entry is listed twice"
+        return entries[0]
+
+    assert (first("tinyck.safetensors").name, first("tinyck").kind) == ("tinyck", "single_file")
+    assert first(str(models_dir / "tinyck.safetensors")).name == "tinyck"
+    hub = first("CompVis/stable-diffusion-v1-4")
+    assert (hub.kind, hub.source, hub.sha256) == ("hub", "CompVis/stable-diffusion-v1-4", None)
+    assert first("tiny-random").name == "tiny-random"
