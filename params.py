@@ -33,6 +33,7 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "DPM2": ("KDPM2DiscreteScheduler", {}),
     "DPM2 a": ("KDPM2AncestralDiscreteScheduler", {}),
     "DEIS": ("DEISMultistepScheduler", {}),
+    "LCM": ("LCMScheduler", {}),
 }
 DEFAULT_SCHEDULER = "default"
 
@@ -58,7 +59,7 @@ SAMPLER_OF_CLASS = {"PNDMScheduler": "PNDM", "DDIMScheduler": "DDIM",
                     "UniPCMultistepScheduler": "UniPC", "HeunDiscreteScheduler": "Heun",
                     "KDPM2DiscreteScheduler": "DPM2",
                     "KDPM2AncestralDiscreteScheduler": "DPM2 a",
-                    "DEISMultistepScheduler": "DEIS"}
+                    "DEISMultistepScheduler": "DEIS", "LCMScheduler": "LCM"}
 # img2img/inpainting fields: the images are decoded and fitted by `uploads` at parse time.
 IMAGE_FIELDS = ("init_image", "mask_image")
 DEFAULT_STRENGTH = 0.75
@@ -69,6 +70,10 @@ DEFAULT_MASK_BLUR = 4  # A1111's default
 # <lora:name:text-encoder weight:UNet weight>.
 LORA_TAG = re.compile(r"<lora:([^<>]*)>")
 MIN_LORA_WEIGHT, MAX_LORA_WEIGHT = -4.0, 4.0
+MAX_LORAS = 8
+# What a request with an LCM-LoRA gets for the fields it does not name (few steps, guidance 1:
+# no CFG, so one UNet pass per step): latent-consistency's own recommendation.
+LCM_DEFAULTS = {"scheduler": "LCM", "steps": 4, "guidance_scale": 1.0}
 
 
 class ValidationError(ValueError):
@@ -101,6 +106,12 @@ class FieldSpec:
     def schema(self) -> dict[str, Any]:
         """This field as a JSON Schema (OpenAPI 3.0 flavour)."""
         out: dict[str, Any] = {"type": self.type, "description": self.description}
+        if self.type == "array":  # the one array field: loras
+            out["items"] = {"type": "object", "required": ["name"], "properties": {
+                "name": {"type": "string"}, "weight": {
+                    "type": "number", "minimum": MIN_LORA_WEIGHT, "maximum": MAX_LORA_WEIGHT,
+                    "default": 1.0}}}
+            out["maxItems"] = MAX_LORAS
         for key, value in (("minimum", self.minimum), ("maximum", self.maximum),
                            ("maxLength", self.max_length), ("multipleOf", self.multiple_of),
                            ("default", self.default)):
@@ -136,6 +147,10 @@ def request_fields(settings: Settings) -> list[FieldSpec]:
                   enum=(DEFAULT_SCHEDULER, *SCHEDULERS), default=DEFAULT_SCHEDULER),
         *speed_fields(settings),
         *image_fields(settings),
+        FieldSpec("loras", "array", "LoRAs from LORA_DIR with their weights, as "
+                  '[{"name": "style", "weight": 0.8}]; <lora:name:weight> in the prompt does '
+                  "the same. With an LCM-LoRA, absent steps/guidance/scheduler become 4, 1 "
+                  "and LCM.", nullable=True),
     ]
 
 
@@ -210,6 +225,14 @@ class GenerationRequest:
     resize_mode: int = 0
     mask_blur: int = DEFAULT_MASK_BLUR
     mask_invert: int = 0
+    # (name, text-encoder weight, UNet weight) for each LoRA, from the prompt's <lora:...>
+    # tags and the `loras` field; the prompt keeps its tags (the PNG's infotext shows them).
+    loras: tuple[tuple[str, float, float], ...] = ()
+
+    @property
+    def clip_prompt(self) -> str:
+        """The prompt the text encoder sees: without its <lora:...> tags."""
+        return LORA_TAG.sub("", self.prompt).strip() if "<lora:" in self.prompt else self.prompt
 
     @property
     def mode(self) -> str:
@@ -235,10 +258,17 @@ class GenerationRequest:
                                                     "height": image.height}
         return out
 
-    def infotext(self, seed: int, model: str, default_sampler: str = "PNDM") -> str:
-        """A1111's `parameters` text: prompt, negative prompt, then the settings line."""
+    def infotext(self, seed: int, model: str, default_sampler: str = "PNDM",
+                 lora_hashes: Mapping[str, str] | None = None) -> str:
+        """A1111's `parameters` text: prompt (with every LoRA as a <lora:...> tag), negative
+        prompt, then the settings line (with A1111's `Lora hashes`, name: sha256[:12])."""
         sampler = default_sampler if self.scheduler == DEFAULT_SCHEDULER else self.scheduler
-        lines = [self.prompt]
+        tagged = {name for name, *_ in lora_tags(self.prompt)[1]} if "<lora:" in self.prompt \
+            else set()
+        extra_tags = " ".join(f"<lora:{name}:{te:g}>" if te == unet else
+                              f"<lora:{name}:{te:g}:{unet:g}>"
+                              for name, te, unet in self.loras if name not in tagged)
+        lines = [f"{self.prompt} {extra_tags}".strip()]
         if self.negative_prompt:
             lines.append(f"Negative prompt: {self.negative_prompt}")
         speed = "".join(f", {label}: {value}" for label, value in (
@@ -247,7 +277,9 @@ class GenerationRequest:
             ("VAE", "TAESD" if self.vae_decoder == "tiny" else None),
             ("Denoising strength", f"{self.strength:g}" if self.init_image is not None
              else None),
-            ("Mask blur", self.mask_blur if self.mask_image is not None else None))
+            ("Mask blur", self.mask_blur if self.mask_image is not None else None),
+            ("Lora hashes", '"' + ", ".join(f"{n}: {h[:12]}" for n, h in lora_hashes.items())
+             + '"' if lora_hashes else None))
             if value is not None)
         lines.append(f"Steps: {self.steps}, Sampler: {sampler}, CFG scale: "
                      f"{self.guidance_scale:g}, Seed: {seed}, Size: {self.width}x{self.height}"
@@ -419,15 +451,60 @@ def parse_generation_request(body: Any, settings: Settings) -> GenerationRequest
     if unknown:
         raise ValidationError(unknown[0], f"unknown field '{unknown[0]}'; allowed fields: "
                                           f"{', '.join(sorted(known))}")
+    special = (*IMAGE_FIELDS, "loras")
     images = {name: body.get(name) for name in IMAGE_FIELDS}
-    text_only = {k: v for k, v in body.items() if k not in IMAGE_FIELDS}
-    values = with_preset(text_only, [s for s in specs if s.name not in IMAGE_FIELDS])
+    text_only = {k: v for k, v in body.items() if k not in special}
+    values = with_preset(text_only, [s for s in specs if s.name not in special])
+    values["loras"], lcm = _loras(values["prompt"], body.get("loras"), settings)
+    if lcm:
+        values.update({name: value for name, value in LCM_DEFAULTS.items()
+                       if body.get(name) is None})
+        values["steps"] = min(values["steps"], settings.max_steps)
     if images["init_image"] is None:
         if images["mask_image"] is not None:
             raise ValidationError("mask_image", "'mask_image' needs 'init_image': inpainting "
                                                 "repaints part of an input image")
         return GenerationRequest(**values)
     return _with_images(values, images, body, settings)
+
+
+def _loras(prompt: str, field: Any, settings: Settings
+           ) -> tuple[tuple[tuple[str, float, float], ...], bool]:
+    """The request's LoRAs (prompt tags, then the `loras` field), each checked against
+    LORA_DIR, and whether one of them is an LCM-LoRA; ValidationError naming the field."""
+    _clean, found = lora_tags(prompt, "prompt")
+    if field is not None:
+        if not isinstance(field, list) or len(field) > MAX_LORAS:
+            raise ValidationError("loras", f"'loras' must be a list of at most {MAX_LORAS} "
+                                           '{"name": ..., "weight": ...} objects')
+        for item in field:
+            if not isinstance(item, Mapping) or not isinstance(item.get("name"), str) \
+                    or set(item) - {"name", "weight"}:
+                raise ValidationError("loras", "each item of 'loras' must be "
+                                               '{"name": <LoRA name>, "weight": <number>}')
+            weight = item.get("weight", 1.0)
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (
+                    MIN_LORA_WEIGHT <= weight <= MAX_LORA_WEIGHT):
+                raise ValidationError("loras", f"the weight of LoRA '{item['name']}' must be "
+                                               f"a number {MIN_LORA_WEIGHT:g}..{MAX_LORA_WEIGHT:g}")
+            if any(item["name"].strip() == seen[0] for seen in found):
+                raise ValidationError("loras", f"LoRA '{item['name']}' is named twice; give "
+                                               "it once, with the weight you want")
+            found.append((item["name"].strip(), float(weight), float(weight)))
+    if len(found) > MAX_LORAS:
+        raise ValidationError("loras", f"{len(found)} LoRAs; at most {MAX_LORAS} at once")
+    if not found:
+        return (), False
+    from engine.loras import LoraError, find_lora  # reads file headers only, no torch
+
+    lcm = False
+    for name, *_ in found:
+        try:
+            lcm |= find_lora(settings, name).lcm
+        except LoraError as exc:
+            raise ValidationError("loras" if field and any(
+                i.get("name") == name for i in field) else "prompt", str(exc)) from None
+    return tuple(found), lcm
 
 
 def _with_images(values: dict[str, Any], images: dict[str, Any], body: Mapping,
