@@ -129,14 +129,21 @@ def test_sdk_edit_with_mask_is_inpainting_of_the_asked_size(live_server):
         image=("photo.png", picture(), "image/png"), mask=("mask.png", openai_mask(),
                                                             "image/png"),
         prompt="a blue square", n=2, size="64x64", response_format="b64_json",
-        model="dall-e-2", user="me", extra_body={"steps": 2})
+        model="dall-e-2", user="me", extra_body={"steps": 2, "mask_blur": 0})
     images = [png(base64.b64decode(item.b64_json)) for item in result.data]
     assert [image.size for image in images] == [(64, 64), (64, 64)]
     seeds = [item.model_extra["seed"] for item in result.data]
     assert seeds[1] == seeds[0] + 1 and images[0].tobytes() != images[1].tobytes()
     # A mask repaints its area from noise (strength 1); the infotext says it was inpainting.
     assert "Denoising strength: 1," in images[0].info["parameters"]
-    assert "Mask blur: " in images[0].info["parameters"]
+    assert "Mask blur: 0" in images[0].info["parameters"]
+    # Only the transparent hole changes: the rest is the input, pixel for pixel.
+    original = Image.open(io.BytesIO(picture())).convert("RGB")
+    outside, inside = (0, 0, 64, 16), (16, 16, 48, 48)
+    for image in images:
+        image = image.convert("RGB")
+        assert image.crop(outside).tobytes() == original.crop(outside).tobytes()
+        assert image.crop(inside).tobytes() != original.crop(inside).tobytes()
 
 
 def test_sdk_edit_is_the_native_request_it_translates_to(live_server):
