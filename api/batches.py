@@ -11,6 +11,7 @@ import secrets
 from dataclasses import replace
 
 from api import services, submit_many, wait_for
+from jobs import JobState
 from params import MAX_SEED, GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ def submit_batch(request: GenerationRequest, count: int) -> list:
 def wait_batch(jobs: list) -> bool:
     """Wait for the jobs in order; once one is cancelled or fails, cancel the rest.
 
-    That is A1111's interrupt: it stops the running image and the rest of its batch.
+    That is A1111's interrupt: it stops the running image and the rest of its batch. A
+    skipped job (A1111's skip) is the exception: the batch goes on without it.
     Returns False if the client went away (every unfinished job is then cancelled).
     """
     queue = services().queue
@@ -44,6 +46,9 @@ def wait_batch(jobs: list) -> bool:
             for rest in jobs[index + 1:]:
                 queue.cancel(rest.id)
             return False
+        if job.png is None and job.skip_requested and job.state is JobState.CANCELLED:
+            log.info("job %s skipped; its batch goes on", job.id)
+            continue
         if job.png is None:
             for rest in jobs[index + 1:]:
                 queue.cancel(rest.id)

@@ -72,6 +72,12 @@ class Job:
     client: str = ""
     delivered: bool = False  # the image reached a client; until then count-pruning spares it
     cancel_requested: bool = False
+    skip_requested: bool = False  # A1111 skip: this image stops, the rest of its batch runs
+    # Jobs queued together (an A1111 or OpenAI batch) know their batch, for A1111's
+    # /progress; a job queued alone is a batch of 1.
+    batch_id: str = ""
+    batch_index: int = 0
+    batch_size: int = 1
     latents: Any = None  # the newest latents, for the preview (engine-owned tensor)
     preview_step: int = -1
     preview_png: bytes | None = None

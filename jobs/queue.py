@@ -108,9 +108,11 @@ class JobQueue:
             if len(state.waiting) + len(requests) > self.settings.queue_size:
                 raise QueueFull(self._retry_after_locked())
             jobs = []
-            for request in requests:
+            for index, request in enumerate(requests):
                 seed = request.seed if request.seed is not None else random_seed()
-                job = Job(request=request, seed=seed, client=client, created_at=self.clock())
+                job = Job(request=request, seed=seed, client=client, created_at=self.clock(),
+                          batch_index=index, batch_size=len(requests))
+                job.batch_id = jobs[0].batch_id if jobs else job.id
                 state.waiting.append(job)
                 state.jobs[job.id] = job
                 jobs.append(job)
@@ -125,6 +127,13 @@ class JobQueue:
         with self._state.lock:
             return self._state.running
 
+    def active(self) -> Job | None:
+        """The running job, else the next one waiting (between two images of a batch the
+        worker has not yet taken the next); None when idle."""
+        with self._state.lock:
+            state = self._state
+            return state.running or (state.waiting[0] if state.waiting else None)
+
     def get(self, job_id: str) -> Job | None:
         """The job with this id, or None if unknown or no longer retained."""
         with self._state.lock:
@@ -138,15 +147,17 @@ class JobQueue:
             jobs = list(reversed(self._state.jobs.values()))
         return jobs[:limit] if limit else jobs
 
-    def cancel(self, job_id: str) -> Job | None:
+    def cancel(self, job_id: str, skip: bool = False) -> Job | None:
         """Cancel a job: a queued one leaves the queue now, a running one stops at its next
-        step. Finished jobs are left as they are. Returns the job, or None if unknown."""
+        step. Finished jobs are left as they are. Returns the job, or None if unknown.
+        `skip` (A1111's skip) marks it so the rest of its batch still runs."""
         state = self._state
         with state.lock:
             job = state.jobs.get(job_id)
             if job is None or job.state.finished:
                 return job
             job.cancel_requested = True
+            job.skip_requested = job.skip_requested or skip
             if job.state == JobState.QUEUED:
                 state.waiting.remove(job)
                 state.finish(job, JobState.CANCELLED, "cancelled before it started",

@@ -4,6 +4,7 @@ import base64
 import io
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -159,11 +160,12 @@ def test_progress_and_interrupt_mid_generation(live_server, gate):
     p = requests.get(url + "/progress", timeout=10).json()
     state = p["state"]
     assert state["sampling_step"] == 1 and state["sampling_steps"] == 3
-    assert p["progress"] == pytest.approx(1 / 3, abs=0.01)
-    assert state["job_count"] == 2 and state["interrupted"] is False  # running + waiting
+    assert p["progress"] == pytest.approx(1 / 6, abs=0.01)  # 1/3 of the first of 2 images
+    assert state["job_count"] == 2 and state["job_no"] == 0  # the batch's images
+    assert state["interrupted"] is False and state["skipped"] is False
     preview = Image.open(io.BytesIO(base64.b64decode(p["current_image"])))
     assert preview.format == "PNG" and preview.width > 0
-    assert p["textinfo"] == "Step 1/3"
+    assert p["textinfo"] == "Image 1/2, step 1/3"
     skipped = requests.get(url + "/progress?skip_current_image=true", timeout=10).json()
     assert skipped["current_image"] is None
 
@@ -222,3 +224,163 @@ def test_webuiapi_with_api_key_sends_it_as_bearer(live_server):
     assert caught.value.args[0] == 401
     api.session.headers["Authorization"] = "Bearer sekrit"
     assert api.txt2img(prompt="a cat", seed=2, width=64, height=64).info["seed"] == 2
+
+
+def png_b64(width: int, height: int, color=(200, 40, 40), noise: bool = False) -> str:
+    """A base64 PNG input image (noise makes it big: a body over MAX_REQUEST_BYTES)."""
+    image = (Image.frombytes("RGB", (width, height), os.urandom(width * height * 3))
+             if noise else Image.new("RGB", (width, height), color))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def run_in_thread(url: str, body: dict) -> tuple[threading.Thread, dict]:
+    """POST `body` in a thread (the gate holds the worker); the answer lands in the dict."""
+    answer = {}
+    thread = threading.Thread(target=lambda: answer.update(
+        r=requests.post(url, json=body, timeout=120)))
+    thread.start()
+    return thread, answer
+
+
+def test_progress_counts_the_batch_and_hides_pndms_extra_step(live_server, gate):
+    server = live_server()
+    url = server.url + "/sdapi/v1"
+    # No sampler: the tiny model's own PNDM, which runs steps + 1 UNet calls.
+    thread, answer = run_in_thread(url + "/txt2img", {"prompt": "a cat", "seed": 20,
+                                                      "steps": 3, "batch_size": 2})
+    seen = []
+    while thread.is_alive():
+        if not gate.reached.wait(0.2):
+            continue
+        gate.reached.clear()
+        p = requests.get(url + "/progress?skip_current_image=true", timeout=10).json()
+        seen.append((p["state"]["job_no"], p["state"]["sampling_step"], p["progress"],
+                     p["state"]["job_count"], p["state"]["sampling_steps"]))
+        gate.release()
+    assert answer["r"].status_code == 200 and len(answer["r"].json()["images"]) == 2
+    assert {(count, steps) for _, _, _, count, steps in seen} == {(2, 3)}
+    assert [no for no, *_ in seen] == sorted(no for no, *_ in seen)  # job_no counts up
+    for image in (0, 1):
+        steps = [step for no, step, *_ in seen if no == image]
+        assert steps == sorted(steps) and max(steps) == 3  # never "step 4 of 3"
+    for no, step, progress, _, _ in seen:
+        assert progress == pytest.approx((no + step / 3) / 2, abs=0.001)
+    assert [p for _, _, p, _, _ in seen] == sorted(p for _, _, p, _, _ in seen)
+    idle = requests.get(url + "/progress", timeout=10).json()
+    assert idle["state"]["job_count"] == 0 and idle["progress"] == 0
+
+
+def test_skip_drops_the_running_image_and_the_batch_goes_on(live_server, gate):
+    server = live_server()
+    url = server.url + "/sdapi/v1"
+    thread, answer = run_in_thread(url + "/txt2img", {
+        "prompt": "a cat", "seed": 30, "steps": 2, "batch_size": 3,
+        "sampler_name": "Euler a"})
+    gate.wait_reached()  # image 1, step 1
+    gate.release()
+    gate.wait_reached()  # image 1, step 2
+    gate.release()
+    gate.wait_reached()  # image 2, step 1
+    state = requests.get(url + "/progress", timeout=10).json()["state"]
+    assert state["job_no"] == 1 and state["job_count"] == 3
+    assert requests.post(url + "/skip", timeout=10).json() == {}
+    state = requests.get(url + "/progress", timeout=10).json()["state"]
+    assert state["skipped"] is True and state["interrupted"] is False
+    gate.open()
+    thread.join(60)
+    r = answer["r"]
+    assert r.status_code == 200
+    info = json.loads(r.json()["info"])
+    assert len(r.json()["images"]) == 2 and info["all_seeds"] == [30, 31, 32]
+    assert info["skipped_seeds"] == [31] and info["interrupted"] is False
+    assert ["Seed: 30," in info["infotexts"][0], "Seed: 32," in info["infotexts"][1]] == \
+        [True, True]
+    states = [requests.get(f"{server.url}/jobs/{job_id}", timeout=10).json()["state"]
+              for job_id in info["job_ids"]]
+    assert states == ["succeeded", "cancelled", "succeeded"]
+
+
+def test_skip_when_idle_is_harmless(client):
+    assert client.post("/sdapi/v1/skip").json == {}
+    assert client.get("/sdapi/v1/progress").json["state"]["job_count"] == 0
+
+
+SQUARE = png_b64(64, 64)
+
+
+@pytest.mark.parametrize("fields, named", [
+    ({"init_images": None}, "init_images"), ({"init_images": SQUARE}, "init_images"),
+    ({"init_images": []}, "init_images"), ({"init_images": ["bm90IGFuIGltYWdl"]},
+                                           "init_images"),
+    ({"init_images": [3]}, "init_images"),
+    ({"denoising_strength": 0}, "denoising_strength"),
+    ({"denoising_strength": 1.5}, "denoising_strength"),
+    ({"steps": 2, "denoising_strength": 0.1}, "denoising_strength"),  # runs no step
+    ({"mask": png_b64(32, 32)}, "mask"), ({"mask": "####"}, "mask"),
+    ({"inpainting_mask_invert": 2}, "inpainting_mask_invert"),
+    ({"mask_blur": -1}, "mask_blur"), ({"mask_blur_x": "wide"}, "mask_blur"),
+    ({"resize_mode": 7}, "resize_mode"), ({"cfg_scale": 99}, "cfg_scale"),
+    ({"width": 65}, "width"), ({"prompt": ""}, "prompt"),
+])
+def test_img2img_bad_values_are_422_naming_the_a1111_field(client, fields, named):
+    body = {"prompt": "a barn", "init_images": [SQUARE], **fields}
+    r = client.post("/sdapi/v1/img2img", json={k: v for k, v in body.items()
+                                               if not (k == "init_images" and v is None)})
+    assert r.status_code == 422, r.json
+    assert f"'{named}'" in r.json["message"] and r.json["detail"] == r.json["message"]
+
+
+def test_img2img_answers_like_txt2img_without_echoing_images(client, caplog):
+    caplog.set_level(logging.INFO, logger="api.batches")
+    init = png_b64(96, 64)
+    r = client.post("/sdapi/v1/img2img", json={
+        "prompt": "a barn", "init_images": [init, png_b64(64, 64)], "seed": 5, "steps": 4,
+        "denoising_strength": 0.5, "batch_size": 2, "inpainting_fill": 1,
+        "inpaint_full_res": True, "initial_noise_multiplier": 1, "image_cfg_scale": 1.5})
+    assert r.status_code == 200, r.json
+    images = [Image.open(io.BytesIO(base64.b64decode(i))) for i in r.json["images"]]
+    assert [image.size for image in images] == [(96, 64), (96, 64)]  # the input's own size
+    info = json.loads(r.json["info"])
+    assert info["all_seeds"] == [5, 6] and (info["width"], info["height"]) == (96, 64)
+    assert info["denoising_strength"] == 0.5
+    assert info["is_using_inpainting_conditioning"] is False
+    assert info["extra_generation_params"] == {}
+    assert all("Denoising strength: 0.5" in text for text in info["infotexts"])
+    ignored = ["image_cfg_scale", "init_images[1:]", "initial_noise_multiplier",
+               "inpaint_full_res", "inpainting_fill"]
+    assert info["ignored_fields"] == ignored
+    assert any(", ".join(ignored) in rec.getMessage() for rec in caplog.records)
+    params = r.json["parameters"]
+    assert params["init_images"] is None and params["mask"] is None
+    assert params["denoising_strength"] == 0.5 and init not in r.get_data(as_text=True)
+
+
+def test_img2img_mask_include_init_images_and_a_big_body(client):
+    init, mask = png_b64(160, 160, noise=True), png_b64(160, 160, (255, 255, 255))
+    assert len(init) > 64 * 1024  # over MAX_REQUEST_BYTES: allowed with an image
+    r = client.post("/sdapi/v1/img2img", json={
+        "prompt": "a barn", "init_images": [init], "mask": mask, "mask_blur_x": 2,
+        "mask_blur_y": 6, "inpainting_mask_invert": False, "seed": 9, "steps": 2,
+        "denoising_strength": 1, "include_init_images": True, "width": 64, "height": 64})
+    assert r.status_code == 200, r.json
+    info = json.loads(r.json["info"])
+    assert info["extra_generation_params"] == {"Mask blur": 6}  # the larger of x and y
+    assert "Mask blur: 6" in info["infotexts"][0] and info["seed"] == 9
+    assert r.json["parameters"]["init_images"] == [init]
+    assert r.json["parameters"]["mask"] == mask
+
+
+def test_img2img_progress_counts_the_steps_that_run(live_server, gate):
+    server = live_server()
+    url = server.url + "/sdapi/v1"
+    thread, answer = run_in_thread(url + "/img2img", {
+        "prompt": "a barn", "init_images": [SQUARE], "steps": 6, "denoising_strength": 0.5,
+        "sampler_name": "Euler"})
+    gate.wait_reached()
+    state = requests.get(url + "/progress", timeout=10).json()["state"]
+    assert state["sampling_steps"] == 3 and state["sampling_step"] == 1  # 6 x 0.5
+    gate.open()
+    thread.join(60)
+    assert answer["r"].status_code == 200
