@@ -1,11 +1,14 @@
 // The web page: submit a generation job, follow its progress and preview, show the result
-// and the history. Plain ES module, no build step, no network access beyond this server.
+// and the history. Plain ES modules, no build step, no network access beyond this server.
+// The input image and the sign-in panel live in their own modules.
+
+import { CredentialPanel, PAGE_HEADER, authorization } from "./auth.js";
+import { InputImage } from "./input-image.js";
 
 const POLL_MS = 1000;            // job progress and preview refresh
 const HEALTH_LOADING_MS = 1500;  // while the model loads: notice "ready" quickly
 const HEALTH_READY_MS = 15000;   // once ready: only to notice a failure or shutdown
 const HISTORY_LIMIT = 24;
-const KEY_STORAGE = "sd.apiKey";
 const ACTIVE_JOB_STORAGE = "sd.activeJob";
 
 const $ = (id) => document.getElementById(id);
@@ -14,6 +17,12 @@ const limits = JSON.parse(document.body.dataset.limits);
 const JOBS_URL = document.body.dataset.jobsUrl;
 const HEALTH_URL = document.body.dataset.healthUrl;
 
+const credentials = new CredentialPanel(limits, () => {
+  showFormError("");
+  loadHistory();
+});
+const inputImage = new InputImage(limits, showFormError);
+
 const state = {
   ready: false,
   submitting: false,    // POST /jobs in flight: no double submit
@@ -21,16 +30,12 @@ const state = {
   lastSeed: null,
   shownJob: null,       // the job whose result is on screen (for "reuse these settings")
   imageUrls: new Map(), // job id -> object URL of its finished PNG (fetched once)
+  imageBlobs: new Map(), // job id -> that PNG, for "use as input image"
   previewUrl: null,
   previewStep: -1,
 };
 
 // ------------------------------------------------------------------ talking to the server
-
-/** The API key this browser stored, or "". */
-function apiKey() {
-  return localStorage.getItem(KEY_STORAGE) || "";
-}
 
 class ServerError extends Error {
   constructor(status, code, message) {
@@ -40,11 +45,12 @@ class ServerError extends Error {
   }
 }
 
-/** fetch() with the API key; a non-2xx answer throws ServerError carrying the server's message. */
+/** fetch() with the credential; a non-2xx answer throws ServerError carrying the server's message. */
 async function api(path, options = {}) {
   const headers = new Headers(options.headers || {});
-  const key = apiKey();
-  if (key) headers.set("Authorization", `Bearer ${key}`);
+  headers.set(...PAGE_HEADER);
+  const credential = authorization();
+  if (credential) headers.set("Authorization", credential);
   let response;
   try {
     response = await fetch(path, { ...options, headers });
@@ -59,7 +65,7 @@ async function api(path, options = {}) {
     code = body.error || code;
     message = body.message || message;
   } catch (_) { /* not JSON: keep the generic text */ }
-  if (response.status === 401) showKeyPanel(true);
+  if (response.status === 401) message = credentials.needed(response.headers.get("WWW-Authenticate"));
   throw new ServerError(response.status, code, message);
 }
 
@@ -74,7 +80,11 @@ async function blobUrl(path) {
 }
 
 async function finishedImageUrl(job) {
-  if (!state.imageUrls.has(job.id)) state.imageUrls.set(job.id, await blobUrl(job.image_url));
+  if (!state.imageUrls.has(job.id)) {
+    const blob = await (await api(job.image_url)).blob();
+    state.imageBlobs.set(job.id, blob);
+    state.imageUrls.set(job.id, URL.createObjectURL(blob));
+  }
   return state.imageUrls.get(job.id);
 }
 
@@ -89,7 +99,8 @@ function setServerStatus(kind, text) {
 async function pollHealth() {
   let delay = HEALTH_LOADING_MS;
   try {
-    const response = await fetch(HEALTH_URL, { cache: "no-store" });
+    const response = await fetch(HEALTH_URL, { cache: "no-store",
+                                               headers: [PAGE_HEADER] });
     const body = await response.json();
     showServerHint(body.hint);
     if (body.status === "healthy") {
@@ -203,14 +214,13 @@ function requestFromForm() {
     negative_prompt: $("negative_prompt").value,
     steps: Number($("steps").value),
     guidance_scale: Number($("guidance_scale").value),
-    width: Number($("width").value),
-    height: Number($("height").value),
+    ...inputImage.size(),
     scheduler: $("scheduler").value,
     speed_preset: $("speed_preset").value,
     seed: null,
   };
   if (!$("seed-random").checked && $("seed").value !== "") body.seed = Number($("seed").value);
-  return body;
+  return { ...body, ...inputImage.fields() };
 }
 
 /** Put a request's settings (and optionally its seed) back into the form. */
@@ -222,6 +232,7 @@ function fillForm(request, seed) {
   setSelect("width", request.width);
   setSelect("height", request.height);
   setSelect("scheduler", request.scheduler);
+  inputImage.fill(request);
   if (request.speed_preset) {
     $("speed_preset").value = request.speed_preset;
     applyPreset(false);
@@ -401,6 +412,11 @@ function paramRows(job) {
     ["Sampler", r.scheduler === "default" ? "model default" : r.scheduler],
     ["Guidance", r.guidance_scale],
   ];
+  if (r.init_image) {
+    const what = r.mask_image ? "inpainting" : "image to image";
+    rows.push(["Input", `${r.init_image.width}×${r.init_image.height} image, ${what}, ` +
+                        `strength ${r.strength}`]);
+  }
   const speed = [];
   if (r.cfg_cutoff !== undefined && r.cfg_cutoff < 1) speed.push(`CFG cutoff ${r.cfg_cutoff}`);
   if (r.deep_cache > 1) speed.push(`DeepCache ${r.deep_cache}`);
@@ -439,6 +455,7 @@ async function showResult(job) {
     figure.hidden = false;
     $("result-image").hidden = true;
     download.hidden = true;
+    $("use-as-input").hidden = true;
     return;
   }
   message.textContent = job.nsfw ? "The safety checker blanked this image." : "";
@@ -453,6 +470,7 @@ async function showResult(job) {
     download.href = url;
     download.download = downloadName(job);
     download.hidden = false;
+    $("use-as-input").hidden = false;
   } catch (err) {
     message.textContent = err.message;
     message.className = "notice error";
@@ -465,7 +483,7 @@ async function loadHistory() {
     ({ jobs } = await apiJson(`${JOBS_URL}?limit=${HISTORY_LIMIT}`));
   } catch (err) {
     $("history-empty").textContent = err.status === 401
-      ? "Enter the API key to see recent images."
+      ? `Enter the ${credentials.mode === "basic" ? "user name and password" : "API key"} to see recent images.`
       : `Could not load recent images: ${err.message}`;
     $("history-empty").hidden = false;
     return [];
@@ -492,6 +510,7 @@ function forgetImagesExcept(keep) {
     if (!keep.has(id) && id !== state.shownJob?.id) {
       URL.revokeObjectURL(url);
       state.imageUrls.delete(id);
+      state.imageBlobs.delete(id);
     }
   }
 }
@@ -533,31 +552,6 @@ async function historyItem(job) {
   return li;
 }
 
-// ------------------------------------------------------------------ API key
-
-function showKeyPanel(needed) {
-  const panel = $("key-panel");
-  panel.hidden = false;
-  if (needed && !apiKey()) $("key-status").textContent = "Enter the key to use this server.";
-  else if (needed) $("key-status").textContent = "The server refused this key; check it.";
-}
-
-function saveKey(event) {
-  event.preventDefault();
-  const key = $("api-key").value.trim();
-  if (key) localStorage.setItem(KEY_STORAGE, key);
-  else localStorage.removeItem(KEY_STORAGE);
-  $("key-status").textContent = key ? "Key saved in this browser." : "Key removed.";
-  showFormError("");
-  loadHistory();
-}
-
-function forgetKey() {
-  localStorage.removeItem(KEY_STORAGE);
-  $("api-key").value = "";
-  $("key-status").textContent = "Key removed from this browser.";
-}
-
 // ------------------------------------------------------------------ start
 
 async function resumeActiveJob() {
@@ -572,9 +566,18 @@ async function resumeActiveJob() {
   }
 }
 
+/** The shown result becomes the input image of the next request. */
+async function useResultAsInput() {
+  const job = state.shownJob;
+  const blob = job && state.imageBlobs.get(job.id);
+  if (!blob) return;
+  await inputImage.useBlob(blob, downloadName(job));
+  $("init-image-group").scrollIntoView({ block: "nearest" });
+  $("init-image-zone").focus();
+}
+
 function init() {
   $("result-title").tabIndex = -1;  // focus target after picking a history item
-  $("api-key").value = apiKey();
   $("form").addEventListener("submit", submitForm);
   $("speed_preset").addEventListener("change", () => applyPreset(true));
   applyPreset(limits.default_preset !== "quality");
@@ -597,8 +600,7 @@ function init() {
     $("advanced").open = true;
     $("prompt").focus();
   });
-  $("key-form").addEventListener("submit", saveKey);
-  $("forget-key").addEventListener("click", forgetKey);
+  $("use-as-input").addEventListener("click", useResultAsInput);
   document.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
       event.preventDefault();

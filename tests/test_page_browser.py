@@ -278,7 +278,8 @@ def test_api_key_is_asked_for_stored_and_sent(page, live_server):
     expect(page.locator("#history-empty")).to_contain_text("API key")
     page.fill("#prompt", "a locked door")
     page.click("#generate")
-    expect(page.locator("#form-error")).to_contain_text("needs an API key")
+    expect(page.locator("#form-error")).to_have_text(
+        "This server needs an API key. Enter the credentials to use this server.")
 
     page.fill("#api-key", "s3cret-key")
     page.click("#key-form button[type=submit]")
