@@ -215,3 +215,16 @@ def test_basic_credentials_are_asked_for_kept_in_the_tab_and_sent(page, live_ser
     expect(page.locator("#history .history-item")).to_have_count(1)
     expect(page.locator("#auth-user")).to_have_value("ann")
     expect(page.locator("#auth-password")).to_have_value("")
+
+
+def test_with_both_credentials_configured_the_page_offers_either(page, live_server):
+    server = live_server(API_KEY="k3y", API_AUTH="ann:pw")
+    open_ready(page, server)
+    expect(page.locator("#key-intro")).to_have_text(
+        "This server needs its API key, or a user name and password.")
+    expect(page.locator("#api-key")).to_be_visible()
+    expect(page.locator("#auth-user")).to_be_visible()
+    page.fill("#auth-user", "ann")
+    page.fill("#auth-password", "pw")
+    page.click("#key-form button[type=submit]")
+    expect(page.locator("#history-empty")).to_have_text("Nothing yet.")  # the list loaded
