@@ -134,16 +134,19 @@ def basic_credentials(header: str) -> tuple[bytes, bytes]:
 def unauthorized(settings: Settings, from_page: bool) -> ApiError:
     """401 naming the credential(s) this server takes, with their WWW-Authenticate
     challenges (the page's own requests get no Basic challenge: see PAGE_HEADER)."""
-    challenges, ways = [], []
+    challenges, needs, ways = [], [], []
+    if settings.api_key:
+        needs.append("an API key")
+        ways.append("'Authorization: Bearer <API_KEY>'")
     if settings.api_auth:
         challenges.append(PAGE_BASIC_CHALLENGE if from_page else
                           f'Basic realm="{REALM}", charset="UTF-8"')
-        ways.append("HTTP Basic auth with a user and password from API_AUTH")
+        needs.append("a user and password")
+        ways.append("HTTP Basic auth with a user:password from API_AUTH")
     if settings.api_key:
         challenges.append("Bearer")
-        ways.append("'Authorization: Bearer <API_KEY>'")
-    return ApiError(401, "unauthorized", "this server needs credentials: send "
-                    + " or ".join(ways), {"WWW-Authenticate": ", ".join(challenges)})
+    return ApiError(401, "unauthorized", f"this server needs {' or '.join(needs)}: send "
+                    f"{' or '.join(ways)}", {"WWW-Authenticate": ", ".join(challenges)})
 
 
 def check_same_site(cors_origins: tuple[str, ...]) -> None:
