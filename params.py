@@ -7,7 +7,7 @@ everywhere. `request_fields` is also what the OpenAPI document is generated from
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
 from config import Settings
@@ -83,6 +83,12 @@ class ValidationError(ValueError):
         super().__init__(message)
         self.field = field
         self.message = message
+
+
+class UnsupportedRequest(ValueError):
+    """A valid request that the loaded model cannot run (e.g. a LoRA made for another
+    model); raised by the engine, it fails the job with this message and the HTTP layer
+    answers 4xx, as for a bad field."""
 
 
 @dataclass(frozen=True)
@@ -453,6 +459,10 @@ def parse_generation_request(body: Any, settings: Settings) -> GenerationRequest
                                           f"{', '.join(sorted(known))}")
     special = (*IMAGE_FIELDS, "loras")
     images = {name: body.get(name) for name in IMAGE_FIELDS}
+    if images["init_image"] is not None:
+        # img2img may go without a prompt (A1111 and webuiapi send "" by default).
+        specs = [replace(s, required=False, default="") if s.name == "prompt" else s
+                 for s in specs]
     text_only = {k: v for k, v in body.items() if k not in special}
     values = with_preset(text_only, [s for s in specs if s.name not in special])
     values["loras"], lcm = _loras(values["prompt"], body.get("loras"), settings)

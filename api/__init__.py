@@ -173,5 +173,8 @@ def failed_job_error(job) -> ApiError:
                         {"Retry-After": SHUTDOWN_RETRY_AFTER_SECONDS})
     if job.state is JobState.CANCELLED:
         return ApiError(409, "cancelled", job.error or "the job was cancelled")
+    if job.rejected:  # e.g. a LoRA made for another model: the client must change the request
+        return ApiError(400, "unsupported_request", job.error or "this model cannot run "
+                        "the request")
     return ApiError(500, "generation_failed", job.error or "generation failed; try fewer "
                     "steps or a smaller size")

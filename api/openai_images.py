@@ -211,6 +211,9 @@ def parse_edits() -> tuple[Any, int, str, list[str], Any]:
         if image_file is None:
             raise ValidationError("image", "'image' is required: send the picture to edit as "
                                            "a file field of the multipart body")
+        if not str(body.get("prompt") or "").strip():  # OpenAI requires it for edits
+            raise ValidationError("prompt", "'prompt' is required: say what the edit should "
+                                            "show")
         if len(files.getlist("image")) + len(files.getlist("image[]")) > 1:
             ignored.append("image (all but the first)")
         image_bytes = image_file.read()

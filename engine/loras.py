@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from config import Settings
+from params import UnsupportedRequest
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ MAX_HEADER_BYTES = 16 * 1024 * 1024
 _LCM_NAME = re.compile(r"(^|[^a-z])lcm([^a-z]|$)", re.IGNORECASE)
 
 
-class LoraError(ValueError):
+class LoraError(UnsupportedRequest):
     """A LoRA cannot be used: unknown name, unreadable file or wrong shape. The message
     says why and what to do; the HTTP layer answers it with a 4xx."""
 
@@ -168,15 +169,24 @@ class LoraAdapters:
         self.capacity = capacity
         self.loaded: OrderedDict[str, LoraEntry] = OrderedDict()  # adapter name -> entry
         self.active = False
+        self._hashes: dict[str, str] = {}  # adapter name (one file version) -> sha256
+
+    def sha256(self, entry: LoraEntry) -> str:
+        """The file's sha256, computed once per version of the file (for `Lora hashes`)."""
+        key = self.adapter_name(entry)
+        if key not in self._hashes:
+            self._hashes[key] = file_sha256(entry.path)
+        return self._hashes[key]
 
     @staticmethod
     def adapter_name(entry: LoraEntry) -> str:
         """A peft adapter name for this version of the file (a changed file loads anew)."""
         return re.sub(r"[^A-Za-z0-9_]", "_", entry.name) + "_" + entry.short_hash
 
-    def activate(self, pipe, loras: list[tuple[LoraEntry, float]]) -> None:
-        """Load what is missing and make exactly these adapters active with these weights;
-        LoraError (and nothing left half-loaded) when a file does not fit the model."""
+    def activate(self, pipe, loras: list[tuple[LoraEntry, float | dict[str, float]]]) -> None:
+        """Load what is missing and make exactly these adapters active with these weights (a
+        number, or {"unet": w, "text_encoder": w}); LoraError (and nothing left half-loaded)
+        when a file does not fit the model."""
         if not loras:
             self.deactivate(pipe)
             return

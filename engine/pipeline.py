@@ -23,6 +23,7 @@ from engine.images import encode_png
 from engine.img2img import TENSOR_INPUTS, mode_arguments, paste_over_input, pipeline_view
 from engine.load_errors import explain_load_error
 from engine.loading import load_pipeline
+from engine.loras import LoraAdapters, find_lora
 from engine.preview import latent_preview_png
 from engine.speedups import DeepCache, cfg_cutoff_step, cut_guidance
 from params import SAMPLER_OF_CLASS, GenerationRequest
@@ -88,6 +89,7 @@ class Engine:
         self.status = EngineStatus()
         self.pipe = None
         self.taesd = None  # TAESD, when its weights could be had: previews, VAE_DECODER=tiny
+        self.loras = LoraAdapters()  # peft adapters loaded into self.pipe, never fused
         self._default_scheduler_config = None
 
     def _set_status(self, **changes: Any) -> None:
@@ -218,14 +220,18 @@ class Engine:
                         callback_kwargs["latents"])
             return callback_kwargs
 
-        with torch.inference_mode(), DeepCache(pipe.unet, request.deep_cache):
-            latents = pipe(prompt=request.prompt,
-                           negative_prompt=request.negative_prompt or None,
-                           num_inference_steps=request.steps,
-                           guidance_scale=request.guidance_scale, generator=generator,
-                           output_type="latent", callback_on_step_end=callback,
-                           callback_on_step_end_tensor_inputs=TENSOR_INPUTS[request.mode],
-                           **mode_arguments(request)).images
+        lora_hashes = self._activate_loras(request)
+        try:
+            with torch.inference_mode(), DeepCache(pipe.unet, request.deep_cache):
+                latents = pipe(prompt=request.clip_prompt,
+                               negative_prompt=request.negative_prompt or None,
+                               num_inference_steps=request.steps,
+                               guidance_scale=request.guidance_scale, generator=generator,
+                               output_type="latent", callback_on_step_end=callback,
+                               callback_on_step_end_tensor_inputs=TENSOR_INPUTS[request.mode],
+                               **mode_arguments(request)).images
+        finally:
+            self.loras.deactivate(self.pipe)  # the next job starts from the bare model
         decode_started = time.perf_counter()
         with torch.inference_mode():
             image, nsfw = decode_image(pipe, latents, self.taesd if request.vae_decoder == "tiny"
@@ -234,13 +240,24 @@ class Engine:
             image = paste_over_input(image, request)
         decode_seconds = time.perf_counter() - decode_started
         seconds = time.perf_counter() - started
-        parameters = request.infotext(seed, self.settings.model_id, self.default_sampler)
+        parameters = request.infotext(seed, self.settings.model_id, self.default_sampler,
+                                      lora_hashes)
         return GenerationResult(png=encode_png(image, parameters), seed=seed, width=image.width,
                                 height=image.height, steps=request.steps,
                                 seconds=round(seconds, 3),
                                 seconds_per_step=round(seconds_per_step(started, step_times), 3),
                                 nsfw=nsfw, parameters=parameters,
                                 decode_seconds=round(decode_seconds, 3))
+
+    def _activate_loras(self, request: GenerationRequest) -> dict[str, str]:
+        """Make the request's LoRAs (and only those) active on the shared modules, and return
+        their file hashes for the infotext; LoraError when one does not fit this model."""
+        entries = [(find_lora(self.settings, name), te, unet)
+                   for name, te, unet in request.loras]
+        self.loras.activate(self.pipe, [
+            (entry, te if te == unet else {"unet": unet, "text_encoder": te})
+            for entry, te, unet in entries])
+        return {entry.name: self.loras.sha256(entry) for entry, _te, _unet in entries}
 
     def _pipeline_for(self, mode: str, scheduler_name: str):
         """The shared pipeline, or a view of it for this job's mode and scheduler (the same

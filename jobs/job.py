@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
-from params import MAX_SEED, GenerationRequest
+from params import MAX_SEED, GenerationRequest, UnsupportedRequest
 
 
 class JobState(str, Enum):
@@ -72,6 +72,7 @@ class Job:
     client: str = ""
     delivered: bool = False  # the image reached a client; until then count-pruning spares it
     cancel_requested: bool = False
+    rejected: bool = False  # failed because the model cannot run this request (API: 4xx)
     skip_requested: bool = False  # A1111 skip: this image stops, the rest of its batch runs
     # Jobs queued together (an A1111 or OpenAI batch) know their batch, for A1111's
     # /progress; a job queued alone is a batch of 1.
@@ -112,6 +113,8 @@ def random_seed() -> int:
 
 def explain_generation_error(exc: BaseException, request: GenerationRequest) -> str:
     """An actionable one-line message for a failed generation (never a stack trace)."""
+    if isinstance(exc, UnsupportedRequest):  # the engine's own message says what to change
+        return str(exc)
     text = str(exc).lower()
     # torch reports a failed allocation as RuntimeError("... can't allocate memory ...").
     if isinstance(exc, MemoryError) or "out of memory" in text or "allocate memory" in text:

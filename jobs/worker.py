@@ -16,6 +16,7 @@ from typing import Any, Callable
 from jobs.job import Job, JobCancelled, JobState, explain_generation_error
 from jobs.state import QueueState
 from jobs.store import OutputStore
+from params import UnsupportedRequest
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ class Worker:
             return
         except Exception as exc:  # a failed generation fails this job only
             message = explain_generation_error(exc, req)
+            job.rejected = isinstance(exc, UnsupportedRequest)
             self._finish(job, JobState.FAILED, message)
             log.exception("job %s failed: %s", job.id, message)
             return

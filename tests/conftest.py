@@ -49,6 +49,31 @@ def bf16_cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("bf16-cache")
 
 
+@pytest.fixture(scope="session")
+def lora_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    """LORA_DIR for the tiny model: random LoRAs made with peft in both file formats
+    (diffusers/peft and kohya/A1111), an LCM-named one, one the user marks as LCM, and two
+    files that are not LoRAs."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from engine.random_lora import build_random_lora
+
+    folder = tmp_path_factory.mktemp("lora")
+    build_random_lora(tiny_model_dir, folder / "style-peft.safetensors", "peft", scale=5,
+                      metadata={"ss_output_name": "Style"})
+    build_random_lora(tiny_model_dir, folder / "sub" / "detail-kohya.safetensors", "kohya",
+                      seed=1, scale=5)
+    build_random_lora(tiny_model_dir, folder / "lcm-lora-tiny.safetensors", "peft", seed=2)
+    build_random_lora(tiny_model_dir, folder / "marked.safetensors", "peft", seed=3)
+    (folder / "marked.json").write_text(json.dumps({"lcm": True}))
+    save_file({"weight": torch.zeros(2)}, str(folder / "not-a-lora.safetensors"))
+    (folder / "broken.safetensors").write_bytes(b"\x01")
+    return folder
+
+
 @pytest.fixture
 def make_settings(tiny_model_dir, bf16_cache_dir):
     """Settings as the environment would give them, on the tiny model, with overrides."""

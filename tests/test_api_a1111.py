@@ -322,7 +322,7 @@ SQUARE = png_b64(64, 64)
     ({"inpainting_mask_invert": 2}, "inpainting_mask_invert"),
     ({"mask_blur": -1}, "mask_blur"), ({"mask_blur_x": "wide"}, "mask_blur"),
     ({"resize_mode": 7}, "resize_mode"), ({"cfg_scale": 99}, "cfg_scale"),
-    ({"width": 65}, "width"), ({"prompt": ""}, "prompt"),
+    ({"width": 65}, "width"), ({"prompt": 7}, "prompt"),
 ])
 def test_img2img_bad_values_are_422_naming_the_a1111_field(client, fields, named):
     body = {"prompt": "a barn", "init_images": [SQUARE], **fields}
@@ -384,3 +384,10 @@ def test_img2img_progress_counts_the_steps_that_run(live_server, gate):
     gate.open()
     thread.join(60)
     assert answer["r"].status_code == 200
+
+
+def test_img2img_may_go_without_a_prompt_as_webuiapi_sends_it(client):
+    """webuiapi's img2img() sends prompt "" by default; A1111 runs it, and so do we."""
+    r = client.post("/sdapi/v1/img2img", json={"prompt": "", "init_images": [png_b64(64, 64)],
+                                               "denoising_strength": 0.5, "steps": 2})
+    assert r.status_code == 200 and len(r.json["images"]) == 1

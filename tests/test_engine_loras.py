@@ -5,7 +5,6 @@ formats users bring: diffusers/peft and kohya/A1111.
 """
 from __future__ import annotations
 
-import json
 import logging
 
 import numpy as np
@@ -15,22 +14,6 @@ from safetensors.torch import load_file, save_file
 
 from engine.loras import LoraAdapters, LoraError, find_lora, list_loras
 from engine.random_lora import build_random_lora
-
-
-@pytest.fixture(scope="module")
-def lora_dir(tmp_path_factory, tiny_model_dir):
-    """peft- and kohya-format LoRAs for the tiny model, an LCM-named one, and junk."""
-    folder = tmp_path_factory.mktemp("lora")
-    build_random_lora(tiny_model_dir, folder / "style-peft.safetensors", "peft", scale=5,
-                      metadata={"ss_output_name": "Style"})
-    build_random_lora(tiny_model_dir, folder / "sub" / "detail-kohya.safetensors", "kohya",
-                      seed=1, scale=5)
-    build_random_lora(tiny_model_dir, folder / "lcm-lora-tiny.safetensors", "peft", seed=2)
-    build_random_lora(tiny_model_dir, folder / "marked.safetensors", "peft", seed=3)
-    (folder / "marked.json").write_text(json.dumps({"lcm": True}))
-    save_file({"weight": torch.zeros(2)}, str(folder / "not-a-lora.safetensors"))
-    (folder / "broken.safetensors").write_bytes(b"\x01")
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,9 @@
 
 Clients (SillyTavern, webuiapi, Open WebUI) call these to fill their menus; a 404 or a 500
 breaks them, a made-up entry misleads them. So each answers 200 with the truth: the Pillow
-upscalers extras really uses, and empty lists where this server has none (no LoRAs yet, no
-embeddings, hypernetworks, face restorers, Real-ESRGAN models, styles, latent upscaling or
-VAE files).
+upscalers extras really uses, the LoRAs in LORA_DIR, and empty lists where this server has
+none (no embeddings, hypernetworks, face restorers, Real-ESRGAN models, styles, latent
+upscaling or VAE files).
 """
 from __future__ import annotations
 
@@ -46,13 +46,40 @@ def _empty_list(path: str, what: str) -> None:
                            responses={200: NAMED_LIST}, errors=(401,), **A1111_DOC)(view))
 
 
-for _path, _what in (("loras", "LoRAs"), ("hypernetworks", "hypernetworks"),
+for _path, _what in (("hypernetworks", "hypernetworks"),
                      ("face-restorers", "face restorers"),
                      ("realesrgan-models", "Real-ESRGAN models"),
                      ("prompt-styles", "prompt styles"),
                      ("latent-upscale-modes", "latent upscale modes"),
                      ("sd-vae", "VAE files (the vae_decoder option picks full or TAESD)")):
     _empty_list(_path, _what)
+
+
+LORAS_RESPONSE = {"type": "array", "items": {"type": "object", "properties": {
+    "name": {"type": "string"}, "alias": {"type": "string"}, "path": {"type": "string"},
+    "metadata": {"type": "object"}}}}
+
+
+@bp.get("/loras")
+@doc("AUTOMATIC1111 LoRA list: the .safetensors LoRAs in LORA_DIR (kohya/A1111 or "
+     "diffusers/peft format), for <lora:name:weight> prompts. `lcm` marks an LCM-LoRA.",
+     responses={200: LORAS_RESPONSE}, errors=(401,), **A1111_DOC)
+def loras():
+    """The LoRAs a prompt may name, in A1111's shape (name, alias, path, metadata)."""
+    from engine.loras import list_loras
+
+    return jsonify([{"name": e.name, "alias": e.alias, "path": str(e.path),
+                     "metadata": e.metadata, "format": e.format, "lcm": e.lcm}
+                    for e in list_loras(services().settings)])
+
+
+@bp.post("/refresh-loras")
+@doc("AUTOMATIC1111 refresh-loras: the folder is read on every request here, so there is "
+     "nothing to refresh; answers 200.", responses={200: {"type": "object"}}, errors=(401,),
+     **A1111_DOC)
+def refresh_loras():
+    """Nothing to do: /loras and prompts read LORA_DIR each time."""
+    return jsonify({})
 
 
 @bp.get("/upscalers")
