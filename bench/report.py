@@ -11,6 +11,8 @@ def _f(value, fmt="{:.2f}", missing="–"):
 
 
 def _fidelity(r: dict, steps: int) -> str:
+    if (r.get("request") or {}).get("loras"):
+        return "not compared (a LoRA changes the image)"
     if r.get("unet_evals") != steps + 1:
         return f"not compared ({r.get('unet_evals', 0) - 1} steps)"
     return _f(r.get("max_abs_diff"), "{:.2e}")
@@ -21,7 +23,7 @@ def _image_seconds(r: dict) -> tuple[float | None, str]:
     25-step image estimated from this run's steps (first step with text encoding, then the
     rest at this row's step cost, then decode)."""
     req = r.get("request") or {}
-    if req.get("speed_preset", "quality") != "quality":
+    if req.get("speed_preset", "quality") != "quality" or req.get("scheduler") == "LCM":
         return r.get("generate_s"), f"measured, {req.get('steps')} steps"
     step = r.get("step_median_s")
     if req.get("cfg_cutoff", 1) < 1 or req.get("deep_cache", 1) > 1:
@@ -144,6 +146,7 @@ def write(data: dict, path: Path) -> None:
         lines += ["", f"Startup (`python app.py`, full-size model, warm disk cache): listening "
                       f"after {_f(st.get('listening_s'))} s, `/health` 200 after "
                       f"{_f(st.get('healthy_s'))} s."]
+    lines += lora_lines(table)
     notes = Path(path).with_name("notes.md")
     if notes.exists():
         lines += ["", notes.read_text().rstrip()]
@@ -153,6 +156,31 @@ def write(data: dict, path: Path) -> None:
         lines += [earlier.read_text().rstrip(), ""]
     Path(path).write_text("\n".join(lines))
     plot(table, Path(path).with_name("results.png"))
+
+
+def lora_lines(table: list[dict]) -> list[str]:
+    """The LoRA rows against `lora-base` (the default measured beside them in the same run)."""
+    by_name = {r["name"]: r for r in table if "error" not in r}
+    base = by_name.get("lora-base")
+    loras = [r for r in by_name.values() if (r.get("request") or {}).get("loras")]
+    if not base or not loras:
+        return []
+    out = ["", "LoRAs against `lora-base` (the default, same run, no LoRA): s/step, peak "
+               "RssAnon up to the last step, and the adapters' load time (in the first step):"]
+    for r in loras:
+        req = r["request"]
+        names = ", ".join(f"{name} {unet:g}" for name, _te, unet in req["loras"])
+        cfg = "CFG, batch 2" if req.get("guidance_scale", 0) > 1 else "no CFG, batch 1"
+        step = r.get("step_median_s") or 0
+        anon = ((r.get("anon_steps_kib") or 0) - (base.get("anon_steps_kib") or 0)) / 1024
+        out.append(f"- {r['name']} ({names}; {req.get('scheduler')}, {req.get('steps')} steps, "
+                   f"{cfg}): {step:.2f} s/step ({100 * (step / base['step_median_s'] - 1):+.1f} "
+                   f"%), RssAnon {anon:+.0f} MiB, peak RSS "
+                   f"{(r['peak_rss_kib'] - base['peak_rss_kib']) / 1024:+.0f} MiB, LoRA load "
+                   f"{_f(r.get('lora_activate_s'))} s, image {_f(r.get('image_s'), '{:.0f}')} s "
+                   f"({r.get('image_how')}) against {_f(base.get('image_s'), '{:.0f}')} s "
+                   f"({base.get('image_how')})")
+    return out
 
 
 def plot(table: list[dict], path: Path) -> None:

@@ -48,6 +48,14 @@ PROMPT, NEGATIVE, SEED, GUIDANCE = "a lighthouse at dusk, oil painting", "blurry
 # every ratio is against it. "busy" configs run beside a process that keeps one core busy
 # (a laptop with a browser open).
 TAESD_DIR = CACHE / "taesd-random"
+LORA_DIR = CACHE / "loras"
+# file stem -> build_random_lora arguments (the LCM one is marked LCM by its name)
+LORA_FILES = {
+    "bench-peft-r16": {"fmt": "peft", "rank": 16, "seed": 1},
+    "bench-kohya-r16": {"fmt": "kohya", "rank": 16, "seed": 2},
+    "lcm-lora-random-r64": {"fmt": "peft", "rank": 64, "seed": 3, "text_encoder": False,
+                            "lcm": True},
+}
 CONFIGS: dict[str, tuple[dict[str, str], str]] = {
     "seed": ({"ATTENTION_SLICING": "on", "DTYPE": "float32"},
              "the seed recipe: fp32, attention slicing"),
@@ -72,6 +80,17 @@ CONFIGS: dict[str, tuple[dict[str, str], str]] = {
     "busy-threads-1": ({"TORCH_THREADS": "1"}, "TORCH_THREADS=1, other core busy"),
     "busy-adaptive": ({"TORCH_THREADS": "0"}, "TORCH_THREADS=0 (adaptive, the default), "
                       "other core busy"),
+    # LoRAs (issue 12): peft adapters, not fused; compared with "lora-base", the default
+    # measured in the same run right before them
+    "lora-base": ({"LORA_DIR": str(LORA_DIR)}, "the project default, beside the LoRA rows "
+                  "(their baseline)"),
+    "lora-1": ({"LORA_DIR": str(LORA_DIR)}, "one LoRA (peft, rank 16 on attention + text "
+               "encoder, weight 0.8)"),
+    "lora-2": ({"LORA_DIR": str(LORA_DIR)}, "two LoRAs at once (that one + a kohya one, "
+               "rank 16, weight 0.6)"),
+    "lcm-lora-4": ({"LORA_DIR": str(LORA_DIR)}, "an LCM-LoRA-SD1.5-shaped LoRA (rank 64, "
+                   "attention + conv, UNet only) with its defaults: LCM, 4 steps, guidance 1 "
+                   "(no CFG); whole image"),
     # the first two again, to show how much this shared VM drifts during the run
     "seed-again": ({"ATTENTION_SLICING": "on", "DTYPE": "float32"}, "the seed recipe, repeated"),
     "default-again": ({}, "the project default, repeated"),
@@ -79,14 +98,24 @@ CONFIGS: dict[str, tuple[dict[str, str], str]] = {
 # What a plain `bench/run.py` measures (the thread-policy rows were measured on earlier CPUs;
 # name them with --only to re-run them).
 DEFAULT_RUN = ["seed", "default", "dtype-auto", "bf16", "cfg-cutoff", "deep-cache", "tiny-vae",
-               "dpm-karras", "preset-balanced", "preset-fast", "seed-again", "default-again"]
+               "dpm-karras", "preset-balanced", "preset-fast", "lora-base", "lora-1", "lora-2",
+               "lcm-lora-4", "seed-again", "default-again"]
 # Request fields per config (on top of prompt, negative prompt, guidance, size and, unless a
 # preset decides them, --steps).
-REQUESTS: dict[str, dict] = {"dpm-karras": {"scheduler": "DPM++ 2M Karras"}}
+# A None drops the field, so the request gets its own default (an LCM-LoRA's guidance 1).
+REQUESTS: dict[str, dict] = {
+    "dpm-karras": {"scheduler": "DPM++ 2M Karras"},
+    "lora-1": {"loras": [{"name": "bench-peft-r16", "weight": 0.8}]},
+    "lora-2": {"loras": [{"name": "bench-peft-r16", "weight": 0.8},
+                         {"name": "bench-kohya-r16", "weight": 0.6}]},
+    "lcm-lora-4": {"loras": [{"name": "lcm-lora-random-r64", "weight": 1.0}],
+                   "guidance_scale": None},
+}
 # Speed-ups whose steps differ in cost (cached or batch-1 steps) run this many steps, so the
 # mix of cheap and full steps is close to a 25-step image's.
 SPEEDUP_STEPS = {"cfg-cutoff": 10, "deep-cache": 10}
-PRESET_CONFIGS = {"preset-balanced", "preset-fast"}
+# Rows whose request decides its own steps: measured as a whole image.
+OWN_STEPS = {"preset-balanced", "preset-fast", "lcm-lora-4"}
 # Process environment (read by OpenMP when torch loads) for some configs.
 PROCESS_ENV = {"busy-threads-2-passive": {"OMP_WAIT_POLICY": "PASSIVE"}}
 BUSY_STEPS = 2  # a busy core can make a step 5-10x slower: keep each lock hold short
@@ -150,11 +179,19 @@ def worker(args) -> None:
     after_load_anon = _status_kib("RssAnon")
     body = {"prompt": PROMPT, "negative_prompt": NEGATIVE, "guidance_scale": GUIDANCE,
             "width": args.size, "height": args.size, **REQUESTS.get(args.name, {})}
-    if args.name not in PRESET_CONFIGS:
+    body = {k: v for k, v in body.items() if v is not None}
+    if args.name not in OWN_STEPS:
         body["steps"] = args.steps
     # Through the one validator every dialect uses, so the server's knobs and presets apply.
     request = parse_generation_request(body, settings)
-    marks, last = [], {}
+    marks, last, lora_s = [], {}, []
+    activate = engine.loras.activate
+
+    def timed_activate(*a, **k):  # loading the LoRA files into adapters, inside generate
+        t = time.perf_counter()
+        activate(*a, **k)
+        lora_s.append(time.perf_counter() - t)
+    engine.loras.activate = timed_activate
 
     def on_step(step, total, latents):
         marks.append(time.perf_counter())
@@ -190,7 +227,7 @@ def worker(args) -> None:
         "cores_used": (cpu_end - cpu_gen) / (t_end - t_gen),
         "peak_rss_kib": _status_kib("VmHWM"), "peak_anon_kib": anon.stop(),
         "anon_after_load_kib": after_load_anon, "anon_steps_kib": last["anon_steps_kib"],
-        "png_bytes": len(result.png),
+        "png_bytes": len(result.png), "lora_activate_s": lora_s[0] if lora_s else None,
     }
     if args.cgroup:
         cg = Path(args.cgroup)
@@ -325,6 +362,22 @@ def ensure_model() -> None:
                    check=True)
 
 
+def ensure_loras() -> None:
+    """The random LoRAs of LORA_FILES in bench/cache/loras (git-ignored), built once."""
+    for stem, spec in LORA_FILES.items():
+        path = LORA_DIR / f"{stem}.safetensors"
+        if path.exists():
+            continue
+        kwargs = {k: v for k, v in spec.items() if k != "lcm"}
+        targets = "LCM_TARGETS" if spec.get("lcm") else "ATTENTION_TARGETS"
+        print(f"building the random LoRA {path.name}", flush=True)
+        subprocess.run(["flock", LOCK, sys.executable, "-c",
+                        f"import sys; sys.path.insert(0, {str(ROOT)!r}); from engine.random_lora "
+                        f"import build_random_lora, {targets}; build_random_lora("
+                        f"{str(MODEL_DIR)!r}, {str(path)!r}, targets={targets}, **{kwargs!r})"],
+                       check=True)
+
+
 def drop_from_page_cache(folder: Path) -> None:
     """Evict the model's files from the page cache (only these files, not the machine's)."""
     for path in folder.rglob("*.safetensors"):
@@ -446,6 +499,8 @@ def main() -> None:
     ensure_model()
     skip = set(filter(None, args.skip.split(",")))
     names = [n for n in (args.only.split(",") if args.only else DEFAULT_RUN)]
+    if any(CONFIGS[n][0].get("LORA_DIR") for n in names):
+        ensure_loras()
     common = ["--size", str(args.size), "--steps", str(args.steps)]
     data: dict = {"machine": machine_summary(), "size": args.size, "steps": args.steps,
                   "configs": {}, "descriptions": {n: CONFIGS[n][1] for n in names}}
@@ -513,10 +568,14 @@ def add_fidelity(data: dict) -> None:
     ref = torch.load(ref_path)
     for name, r in data["configs"].items():
         path = CACHE / f"latents-{name}.pt"
-        if "error" not in r and r.get("unet_evals") != data["steps"] + 1:
-            r["max_abs_diff"] = None  # fewer steps than the reference: not comparable
+        if "error" not in r and (r.get("unet_evals") != data["steps"] + 1
+                                 or (r.get("request") or {}).get("loras")):
+            r["max_abs_diff"] = None  # other steps, or a LoRA changes the image: not comparable
         elif "error" not in r and path.exists():
             lat = torch.load(path)
+            if lat.shape != ref.shape:  # another size (a quick --size check)
+                r["max_abs_diff"] = None
+                continue
             r["max_abs_diff"] = (lat - ref).abs().max().item()
             r["ref_abs_max"] = ref.abs().max().item()
 
