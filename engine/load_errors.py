@@ -8,6 +8,14 @@ class ModelLoadError(RuntimeError):
     """The model could not be loaded; the message says what to do about it."""
 
 
+class NotEnoughDisk(ModelLoadError):
+    """The model's download would not fit: needs X in the cache folder, Y free."""
+
+
+class DownloadInterrupted(ModelLoadError):
+    """The download stopped (network error); a restart resumes where it stopped."""
+
+
 def _exception_chain(exc: BaseException) -> list[BaseException]:
     """The exception and every cause/context behind it (the Hub's errors hide in there)."""
     chain: list[BaseException] = []
@@ -29,6 +37,11 @@ def explain_load_error(settings: Settings, exc: Exception) -> str:
     if "GatedRepoError" in names or "gated" in lowered:
         return (f"model {model!r} is gated: accept its licence on the Hub, then set HF_TOKEN "
                 f"to a token of that account. ({text[:300]})")
+    if "Invalid credentials" in " ".join(str(e) for e in chain) or (
+            "invalid username or password" in lowered):
+        return (f"the Hub refused HF_TOKEN (invalid or expired) while fetching {model!r}: "
+                "create a new token at https://huggingface.co/settings/tokens and set HF_TOKEN, "
+                f"or unset it for a public model. ({text[:300]})")
     if "RepositoryNotFoundError" in names:
         return (f"model {model!r} does not exist on the Hub, or is private (then set "
                 f"HF_TOKEN): check MODEL_ID. ({text[:300]})")
