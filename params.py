@@ -153,6 +153,10 @@ def request_fields(settings: Settings) -> list[FieldSpec]:
                   enum=(DEFAULT_SCHEDULER, *SCHEDULERS), default=DEFAULT_SCHEDULER),
         *speed_fields(settings),
         *image_fields(settings),
+        FieldSpec("model", "string", "A model from GET /v1/models (MODELS_DIR or MODEL_ID) to "
+                  "make this image with; the server switches to it first and keeps it "
+                  "loaded (one model in memory at a time). Absent = the one being served.",
+                  nullable=True),
         FieldSpec("loras", "array", "LoRAs from LORA_DIR with their weights, as "
                   '[{"name": "style", "weight": 0.8}]; <lora:name:weight> in the prompt does '
                   "the same. With an LCM-LoRA, absent steps/guidance/scheduler become 4, 1 "
@@ -234,6 +238,7 @@ class GenerationRequest:
     # (name, text-encoder weight, UNet weight) for each LoRA, from the prompt's <lora:...>
     # tags and the `loras` field; the prompt keeps its tags (the PNG's infotext shows them).
     loras: tuple[tuple[str, float, float], ...] = ()
+    model: str | None = None  # a catalogue model to switch to first (None: the served one)
 
     @property
     def clip_prompt(self) -> str:
@@ -466,6 +471,8 @@ def parse_generation_request(body: Any, settings: Settings) -> GenerationRequest
     text_only = {k: v for k, v in body.items() if k not in special}
     values = with_preset(text_only, [s for s in specs if s.name not in special])
     values["loras"], lcm = _loras(values["prompt"], body.get("loras"), settings)
+    if values["model"] is not None:
+        values["model"] = catalogue_model(values["model"], settings)
     if lcm:
         values.update({name: value for name, value in LCM_DEFAULTS.items()
                        if body.get(name) is None})
@@ -476,6 +483,17 @@ def parse_generation_request(body: Any, settings: Settings) -> GenerationRequest
                                                 "repaints part of an input image")
         return GenerationRequest(**values)
     return _with_images(values, images, body, settings)
+
+
+def catalogue_model(wanted: str, settings: Settings, field: str = "model") -> str:
+    """The catalogue name of the model `wanted` names (title, name, file or hash), or
+    ValidationError naming `field` and listing the models (or why that one cannot load)."""
+    from engine.models import ModelUnavailable, UnknownModel, find_model  # no torch
+
+    try:
+        return find_model(settings, wanted).name
+    except (UnknownModel, ModelUnavailable) as exc:
+        raise ValidationError(field, str(exc)) from None
 
 
 def _loras(prompt: str, field: Any, settings: Settings

@@ -117,6 +117,11 @@ def client_id() -> str:
     return request.remote_addr or ""
 
 
+def submit_switch(model: str) -> Any:
+    """Queue a switch to the catalogue model `model`; errors as in `submit`."""
+    return _queued(lambda queue: queue.submit_switch(model, client=client_id()), 1)
+
+
 def submit(generation_request) -> Any:
     """Queue a validated request; full queue / not ready become 503 with Retry-After."""
     return submit_many([generation_request])[0]
@@ -129,10 +134,16 @@ def submit_many(generation_requests: list) -> list:
     # What the engine will really do (e.g. no TAESD here: the full VAE), so the job JSON
     # and the page never claim an option that did not run.
     generation_requests = [svc.engine.effective_request(r) for r in generation_requests]
+    return _queued(lambda queue: queue.submit_many(generation_requests, client=client_id()),
+                   len(generation_requests))
+
+
+def _queued(submit_to: Any, count: int) -> Any:
+    """`submit_to(queue)`, with a full queue / not ready turned into 503 + Retry-After."""
+    queue = services().queue
     try:
-        return queue.submit_many(generation_requests, client=client_id())
+        return submit_to(queue)
     except QueueFull as exc:
-        count = len(generation_requests)
         room = "is full" if count == 1 else f"has no room for {count} more jobs"
         raise ApiError(503, "queue_full", f"the queue {room} ({queue.settings.queue_size} "
                        f"may wait); retry in about {exc.retry_after} s",

@@ -46,8 +46,11 @@ def parse_or_400(body) -> object:
 @doc("The web page.", responses={200: "text/html"}, errors=())
 def index():
     """Serve the browser form."""
+    from engine.models import list_models  # reads MODELS_DIR; no torch
+
     s = services().settings
-    return render_template("index.html", limits={
+    return render_template("index.html", models=[e.name for e in list_models(s)
+                                                 if not e.problem], limits={
         **request_limits(s), "default_guidance": s.default_guidance,
         # "auth": which credential the page asks for (none, bearer, basic or either).
         "api_key_required": bool(s.api_key), "auth": auth_kind(s),
@@ -72,7 +75,7 @@ def health():
     svc = services()
     status = svc.engine.status
     queue = svc.queue.stats()
-    body = {"model": svc.settings.model_id, "queue": queue,
+    body = {"model": svc.engine.model_name, "queue": queue,
             "limits": request_limits(svc.settings)}
     if queue.get("worker_error"):  # nothing would ever run: say so, whatever the model does
         body.update(status="unhealthy", error=queue["worker_error"] + "; restart the server")
@@ -82,6 +85,9 @@ def health():
         return jsonify(body), 503
     if status.state == "ready":
         body.update(status="healthy", **svc.engine.info())
+        if status.switching:  # serving stays up: the switch is a job, the rest wait behind it
+            body.update(switching=status.switching, phase=status.phase,
+                        progress=status.progress)
         return jsonify(body), 200
     if status.state == "failed":
         body.update(status="unhealthy", error=status.error)

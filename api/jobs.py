@@ -66,7 +66,8 @@ def list_jobs():
         limit = 0
     if limit is not None and limit < 1:
         raise ApiError(400, "invalid_field", f"'limit' must be a positive integer (got {raw!r})")
-    return jsonify({"jobs": [job_json(j) for j in services().queue.recent(limit)]})
+    return jsonify({"jobs": [job_json(j) for j in services().queue.recent(limit)
+                             if j.kind == "generate"]})  # model switches make no image
 
 
 @bp.get("/jobs/<job_id>")

@@ -323,7 +323,7 @@ def images_response(req: Any, n: int, response_format: str, ignored: list[str],
                 "b64_json" else {"url": url_for("jobs.job_image", job_id=job.id,
                                                 _external=True)})
         data.append({**item, "revised_prompt": req.prompt, "seed": job.seed})
-    model = services().settings.model_id
+    model = services().engine.model_name
     log.info("openai images (%s): %d images for model %r (served %s), seeds %s, %.1f s",
              req.mode, n, model_asked, model, [job.seed for job in jobs],
              time.monotonic() - started)
@@ -332,10 +332,19 @@ def images_response(req: Any, n: int, response_format: str, ignored: list[str],
 
 
 @bp.get("/models")
-@doc("OpenAI model list: the one model this server serves.",
+@doc("OpenAI model list: the served model first, then every other loadable model in "
+     "MODELS_DIR (switch with the native `model` field or A1111's options).",
      responses={200: MODELS_RESPONSE}, errors=(401,), **OPENAI_DOC)
 def models():
-    """List the served model, as OpenAI's GET /v1/models does."""
-    return jsonify({"object": "list", "data": [{
-        "id": services().settings.model_id, "object": "model", "created": 0,
-        "owned_by": "sd-cpu-server"}]})
+    """List the models, as OpenAI's GET /v1/models does (the served one first)."""
+    from engine.models import list_models
+
+    engine = services().engine
+    served = engine.model.source if engine.model is not None else None
+    names = [engine.model_name] + [e.name for e in list_models(services().settings)
+                                   if not e.problem and e.source != served]
+    if served is None:
+        names = names[:1] + names[2:]  # still loading: MODEL_ID's entry is the first
+    return jsonify({"object": "list", "data": [
+        {"id": name, "object": "model", "created": 0, "owned_by": "sd-cpu-server"}
+        for name in names]})

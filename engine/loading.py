@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from config import TINY_MODEL_ID, Settings
 from engine.load_errors import ModelLoadError
+from engine.models import ModelUnavailable, list_models, prepare_single_file
 from engine.random_model import build_random_pipeline
 from engine.vae_bands import low_memory_vae_decode, vae_decode_in_row_bands
 from engine.weights_cache import CacheSpaceError, load_converted
@@ -18,15 +19,21 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]  # (phase, bytes done, bytes total)
 
 
-def model_source(settings: Settings) -> str:
-    """Where from_pretrained reads the model: a Hub id or a checked local folder."""
+def model_source(settings: Settings, progress: Progress | None = None, tokenizer=None) -> str:
+    """Where from_pretrained reads the model: a Hub id or a checked local folder (a
+    single-file checkpoint's converted copy, converted on first use)."""
     s = settings
     if s.model_id == TINY_MODEL_ID:
         folder = s.path(s.tiny_model_dir)
         if not (folder / "model_index.json").exists():
             log.info("building the tiny random-weight model in %s", folder)
             build_random_pipeline(folder, "tiny")
-    source = s.model_source
+    entry = list_models(s)[0]
+    if entry.problem:
+        raise ModelUnavailable(f"MODEL_ID={s.model_id!r}: {entry.problem}")
+    if entry.kind == "single_file":
+        return str(prepare_single_file(entry, s, progress, tokenizer=tokenizer))
+    source = entry.source if entry.kind == "diffusers" else s.model_source
     if source.startswith(("/", ".", "~")) or os.path.isdir(source):
         folder = Path(source).expanduser()
         if not (folder / "model_index.json").is_file():
@@ -38,7 +45,7 @@ def model_source(settings: Settings) -> str:
 
 
 def load_pipeline(settings: Settings, bf16: bool, progress: Progress,
-                  slicing: bool) -> tuple[Any, list[str]]:
+                  slicing: bool, tokenizer=None) -> tuple[Any, list[str]]:
     """The pipeline on the CPU and the optimizations really applied, in reading order.
 
     float32 weights stay memory-mapped from the model's safetensors. With `bf16`, the UNet
@@ -50,7 +57,7 @@ def load_pipeline(settings: Settings, bf16: bool, progress: Progress,
     from diffusers import StableDiffusionPipeline
 
     s = settings
-    source = model_source(settings)
+    source = model_source(settings, progress, tokenizer)
     kwargs: dict[str, Any] = dict(dtype=torch.float32, use_safetensors=True,
                                   low_cpu_mem_usage=True)
     if s.hf_token:

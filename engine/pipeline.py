@@ -24,9 +24,11 @@ from engine.img2img import TENSOR_INPUTS, mode_arguments, paste_over_input, pipe
 from engine.load_errors import explain_load_error
 from engine.loading import load_pipeline
 from engine.loras import LoraAdapters, find_lora
+from engine.models import (ModelEntry, ModelUnavailable, UnknownModel, find_model,
+                           list_models, with_hash)
 from engine.preview import latent_preview_png
 from engine.speedups import DeepCache, cfg_cutoff_step, cut_guidance
-from params import SAMPLER_OF_CLASS, GenerationRequest
+from params import SAMPLER_OF_CLASS, GenerationRequest, UnsupportedRequest
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,11 @@ class EngineStatus:
     torch_threads: int = 0
     precision: dict | None = None  # the probe's figures and the choice made
     hint: str = ""  # advice when the probe found a faster precision than the one in use
+    switching: dict | None = None  # {"from", "to"} while a model switch runs
+
+
+class ModelSwitchFailed(UnsupportedRequest):
+    """The model asked for could not be loaded; the previous one is served again."""
 
 
 def precision_hint(settings: Settings, probe: PrecisionProbe) -> str:
@@ -90,6 +97,9 @@ class Engine:
         self.pipe = None
         self.taesd = None  # TAESD, when its weights could be had: previews, VAE_DECODER=tiny
         self.loras = LoraAdapters()  # peft adapters loaded into self.pipe, never fused
+        self.model: ModelEntry | None = None  # the catalogue entry being served
+        self._bf16 = False  # the precision chosen at the first load, kept across switches
+        self._tokenizer = None
         self._default_scheduler_config = None
 
     def _set_status(self, **changes: Any) -> None:
@@ -109,7 +119,7 @@ class Engine:
             return
         self._set_status(state="ready", phase="ready", progress=None,
                          load_seconds=round(time.perf_counter() - started, 2))
-        log.info("model %s loaded in %.1f s (dtype %s; %s)", self.settings.model_id,
+        log.info("model %s loaded in %.1f s (dtype %s; %s)", self.model_name,
                  self.status.load_seconds, self.status.dtype,
                  ", ".join(self.status.optimizations))
 
@@ -131,18 +141,87 @@ class Engine:
                  "bfloat16" if bf16 else "float32")
         if self.status.hint:
             log.info(self.status.hint)
-        self._set_status(phase="loading")
-        pipe, optimizations = load_pipeline(s, bf16, self._report_progress,
-                                            self.attention_slicing_enabled())
+        self._bf16 = bf16
         self.taesd = load_tiny_decoder(s.taesd_model, required=s.vae_decoder == "tiny")
+        self._load_model(list_models(s)[0])
+
+    def _load_model(self, entry: ModelEntry) -> None:
+        """Load `entry` as the served pipeline (the catalogue's MODEL_ID entry at start, any
+        entry on a switch), in the precision chosen at start."""
+        s = self.settings
+        self._set_status(phase="loading")
+        # The startup model loads with MODEL_ID as given (tiny-random is built on first use).
+        startup = list_models(s)[0].source == entry.source
+        pipe, optimizations = load_pipeline(s if startup else s.with_overrides(
+            model_id=entry.source), self._bf16, self._report_progress,
+            self.attention_slicing_enabled(), tokenizer=self._tokenizer)
         if self.taesd is not None:
             optimizations.append("taesd-previews")
-        optimizations.append(f"torch-threads={threads}" if s.torch_threads else
+        optimizations.append(f"torch-threads={s.torch_threads}" if s.torch_threads else
                              "torch-threads=adaptive (one per free core, chosen per image)")
         self.pipe = pipe
+        self._tokenizer = pipe.tokenizer  # kept for single-file SD 1.x checkpoints, which ship none
         self._default_scheduler_config = dict(pipe.scheduler.config)
-        self._set_status(dtype="bfloat16" if bf16 else "float32",
+        self.model = with_hash(entry, s)  # the file's sha256, hashed once and cached
+        self._set_status(dtype="bfloat16" if self._bf16 else "float32",
                          optimizations=tuple(optimizations))
+
+    @property
+    def model_name(self) -> str:
+        """The served model as clients name it: MODEL_ID for the startup model, else its
+        catalogue name."""
+        first = list_models(self.settings)[0]
+        if self.model is None or self.model.source == first.source:
+            return self.settings.model_id
+        return self.model.name
+
+    def switch_model(self, wanted: str) -> bool:
+        """Serve the catalogue model `wanted` instead (worker thread only); False when it is
+        already served. Only one model is in memory: the old one is released first, and if
+        the new one fails to load the old one is loaded again and ModelSwitchFailed says why."""
+        try:
+            entry = find_model(self.settings, wanted)
+        except (UnknownModel, ModelUnavailable) as exc:  # gone since the request was checked
+            raise ModelSwitchFailed(str(exc)) from None
+        if self.model is not None and entry.source == self.model.source:
+            return False
+        previous = self.model
+        started = time.perf_counter()
+        self._set_status(switching={"from": self.model_name, "to": entry.name},
+                         phase=f"switching to {entry.name}")
+        log.info("switching model %s -> %s", self.model_name, entry.name)
+        self._unload()
+        try:
+            self._load_model(entry)
+        except Exception as exc:  # the old model must come back whatever went wrong
+            error = explain_load_error(self.settings.with_overrides(model_id=entry.source), exc)
+            log.exception("switch to %s failed: %s", entry.name, error)
+            self._unload()
+            try:
+                self._load_model(previous)
+            except Exception as again:
+                message = explain_load_error(self.settings, again)
+                self._set_status(state="failed", phase="failed", switching=None,
+                                 error=f"switch to {entry.name} failed ({error}) and "
+                                       f"reloading {previous.name} failed too: {message}")
+                raise
+            raise ModelSwitchFailed(f"model {entry.name!r} could not be loaded: {error}; "
+                                    f"still serving {self.model_name!r}") from exc
+        finally:
+            if self.status.state != "failed":
+                self._set_status(switching=None, phase="ready", progress=None)
+        log.info("model %s loaded in %.1f s", entry.name, time.perf_counter() - started)
+        return True
+
+    def _unload(self) -> None:
+        """Drop the pipeline (and its adapters) so its memory comes back before the next load."""
+        import gc
+
+        if self.pipe is not None:
+            self.loras.clear(self.pipe)
+        self.pipe = None
+        gc.collect()
+        release_freed_memory()
 
     def _report_progress(self, phase: str, done: int, total: int) -> None:
         """Publish a long loading phase's progress (the first bf16 conversion) for /health."""
@@ -188,6 +267,8 @@ class Engine:
 
         if self.pipe is None:
             raise RuntimeError("the model is not loaded")
+        if request.model is not None:
+            self.switch_model(request.model)  # the job waited its turn: switch, then draw
         effective = self.effective_request(request)
         if effective is not request:
             # Falling back beats failing a job after minutes of steps; the PNG says so.
@@ -240,7 +321,7 @@ class Engine:
             image = paste_over_input(image, request)
         decode_seconds = time.perf_counter() - decode_started
         seconds = time.perf_counter() - started
-        parameters = request.infotext(seed, self.settings.model_id, self.default_sampler,
+        parameters = request.infotext(seed, self.model_name, self.default_sampler,
                                       lora_hashes)
         return GenerationResult(png=encode_png(image, parameters), seed=seed, width=image.width,
                                 height=image.height, steps=request.steps,
@@ -285,7 +366,7 @@ class Engine:
     def info(self) -> dict[str, Any]:
         """Model facts for /health and the compatibility APIs."""
         st = self.status
-        return {"model": self.settings.model_id, "device": "cpu", "dtype": st.dtype,
+        return {"model": self.model_name, "device": "cpu", "dtype": st.dtype,
                 "optimizations": list(st.optimizations), "torch_threads": st.torch_threads,
                 "load_seconds": st.load_seconds, "precision": st.precision,
                 "hint": st.hint or None}

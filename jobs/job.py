@@ -73,6 +73,7 @@ class Job:
     delivered: bool = False  # the image reached a client; until then count-pruning spares it
     cancel_requested: bool = False
     rejected: bool = False  # failed because the model cannot run this request (API: 4xx)
+    kind: str = "generate"  # or "switch_model": load request.model, make no image
     skip_requested: bool = False  # A1111 skip: this image stops, the rest of its batch runs
     # Jobs queued together (an A1111 or OpenAI batch) know their batch, for A1111's
     # /progress; a job queued alone is a batch of 1.
@@ -102,7 +103,7 @@ class Job:
             "seconds_per_step": self.seconds_per_step,
             "seconds": (round(self.finished_at - self.started_at, 2)
                         if self.finished_at and self.started_at else None),
-            "nsfw": self.nsfw, "request": self.request.to_dict(),
+            "nsfw": self.nsfw, "kind": self.kind, "request": self.request.to_dict(),
         }
 
 

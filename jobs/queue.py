@@ -89,7 +89,14 @@ class JobQueue:
         """Queue a job, or raise NotAccepting / QueueFull."""
         return self.submit_many([request], client)[0]
 
-    def submit_many(self, requests: list[GenerationRequest], client: str = "") -> list[Job]:
+    def submit_switch(self, model: str, client: str = "") -> Job:
+        """Queue a model switch: it waits its turn like a job, so no running image is cut
+        off, and the worker loads `model` (a catalogue name) when it comes up."""
+        return self.submit_many([GenerationRequest(prompt="", model=model, steps=1)], client,
+                                kind="switch_model")[0]
+
+    def submit_many(self, requests: list[GenerationRequest], client: str = "",
+                    kind: str = "generate") -> list[Job]:
         """Queue several jobs atomically (a batch): all are accepted, or none is."""
         status, worker_error, state = self.engine.status, self._worker.error, self._state
         with state.lock:
@@ -111,7 +118,7 @@ class JobQueue:
             for index, request in enumerate(requests):
                 seed = request.seed if request.seed is not None else random_seed()
                 job = Job(request=request, seed=seed, client=client, created_at=self.clock(),
-                          batch_index=index, batch_size=len(requests))
+                          batch_index=index, batch_size=len(requests), kind=kind)
                 job.batch_id = jobs[0].batch_id if jobs else job.id
                 state.waiting.append(job)
                 state.jobs[job.id] = job

@@ -122,6 +122,9 @@ class Worker:
     def _run(self, job: Job) -> None:
         """Generate the job's image, save it, and record the outcome."""
         req = job.request
+        if job.kind == "switch_model":
+            self._switch(job)
+            return
         try:
             result = self.engine.generate(req, job.seed, lambda step, total, latents:
                                           self._record_step(job, step, total, latents))
@@ -151,6 +154,20 @@ class Worker:
                  "vae=%s", job.id, len(req.prompt), req.steps, req.width, req.height,
                  result.seconds, result.seconds_per_step, result.decode_seconds, job.seed,
                  req.speed_preset, req.cfg_cutoff, req.deep_cache, req.vae_decoder)
+
+    def _switch(self, job: Job) -> None:
+        """Run a model-switch job: load its model; on failure the old model serves again."""
+        try:
+            self.engine.switch_model(job.request.model)
+        except Exception as exc:
+            job.rejected = isinstance(exc, UnsupportedRequest)
+            self._finish(job, JobState.FAILED, str(exc) if job.rejected else
+                         f"model switch failed ({type(exc).__name__}); see the server log")
+            log.exception("job %s: switch to %s failed", job.id, job.request.model)
+            return
+        with self.state.lock:
+            job.step = job.total_steps
+            self.state.finish(job, JobState.SUCCEEDED, None, self.clock())
 
     def _record_step(self, job: Job, step: int, total: int, latents: Any) -> None:
         """The engine's step callback: record progress; raise JobCancelled (inside the

@@ -105,7 +105,8 @@ async function pollHealth() {
     showServerHint(body.hint);
     if (body.status === "healthy") {
       const q = body.queue || {};
-      setServerStatus("ready", `Ready · ${body.dtype || ""} · ${q.waiting || 0} waiting`);
+      setServerStatus("ready", body.switching ? `Switching to ${body.switching.to}…` :
+                      `Ready · ${body.model} · ${body.dtype || ""} · ${q.waiting || 0} waiting`);
       delay = HEALTH_READY_MS;
       setReady(true, "");
     } else if (body.status === "loading") {
@@ -220,6 +221,7 @@ function requestFromForm() {
     seed: null,
   };
   if (!$("seed-random").checked && $("seed").value !== "") body.seed = Number($("seed").value);
+  if ($("model").value) body.model = $("model").value;
   return { ...body, ...inputImage.fields() };
 }
 

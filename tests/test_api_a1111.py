@@ -111,10 +111,10 @@ def test_unsupported_a1111_fields_are_ignored_and_logged(client, caplog):
     caplog.set_level(logging.INFO, logger="api.batches")
     r = client.post("/sdapi/v1/txt2img", json={
         "prompt": "a cat", "steps": 2, "enable_hr": True, "restore_faces": True,
-        "override_settings": {"sd_model_checkpoint": "other"}, "script_name": "x/y/z plot",
+        "override_settings": {"CLIP_stop_at_last_layers": 2}, "script_name": "x/y/z plot",
         "alwayson_scripts": {"ControlNet": {"args": []}}, "subseed": 5, "send_images": True})
     assert r.status_code == 200 and len(r.json["images"]) == 1
-    ignored = ["alwayson_scripts", "enable_hr", "override_settings.sd_model_checkpoint",
+    ignored = ["alwayson_scripts", "enable_hr", "override_settings.CLIP_stop_at_last_layers",
                "restore_faces",
                "script_name", "subseed"]
     assert json.loads(r.json["info"])["ignored_fields"] == ignored

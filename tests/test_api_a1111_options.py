@@ -80,7 +80,9 @@ def test_another_model_is_a_422_naming_the_served_one_and_stores_nothing(client)
     r = client.post("/sdapi/v1/options", json={"deep_cache": 2,
                                                "sd_model_checkpoint": "v1-5-pruned.safetensors"})
     assert r.status_code == 422
-    assert "v1-5-pruned" in r.json["message"] and title in r.json["message"]
+    served = client.get("/sdapi/v1/sd-models").json[0]
+    assert title == served["title"]
+    assert "v1-5-pruned" in r.json["message"] and served["model_name"] in r.json["message"]
     assert options(client)["deep_cache"] == 1  # all or nothing
     assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": 5}).status_code == 422
 

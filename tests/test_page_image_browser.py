@@ -228,3 +228,23 @@ def test_with_both_credentials_configured_the_page_offers_either(page, live_serv
     page.fill("#auth-password", "pw")
     page.click("#key-form button[type=submit]")
     expect(page.locator("#history-empty")).to_have_text("Nothing yet.")  # the list loaded
+
+
+def test_the_model_menu_lists_models_dir_and_switches(page, live_server, tmp_path):
+    from engine.random_model import build_random_pipeline
+
+    build_random_pipeline(tmp_path / "models" / "second", "tiny", seed=1)
+    server = live_server(MODELS_DIR=str(tmp_path / "models"))
+    open_ready(page, server)
+    page.click("summary")
+    options = page.locator("#model option").all_text_contents()
+    assert options[0] == "The one being served" and "second" in options
+    page.select_option("#model", "second")
+    page.fill("#prompt", "a cat")
+    with page.expect_request(lambda r: r.url.endswith("/jobs") and r.method == "POST") as sent:
+        page.click("#generate")
+    assert json.loads(sent.value.post_data)["model"] == "second"
+    expect(page.locator("#result-image")).to_be_visible()
+    assert newest_job(server).request.model == "second"
+    with urllib.request.urlopen(f"{server.url}/health", timeout=10) as response:
+        assert json.load(response)["model"] == "second"

@@ -212,14 +212,29 @@ def schedulers():
 
 
 @bp.get("/sd-models")
-@doc("AUTOMATIC1111 checkpoint list: the one model this server serves (hash = sha256 of "
-     "its id).", responses={200: MODELS_RESPONSE}, errors=(401,), **A1111_DOC)
+@doc("AUTOMATIC1111 checkpoint list: MODEL_ID's model and every loadable model in "
+     "MODELS_DIR (hash = the file's sha256 for a single-file checkpoint once it has been "
+     "loaded; for a diffusers folder or Hub id a sha256 of its name).",
+     responses={200: MODELS_RESPONSE}, errors=(401,), **A1111_DOC)
 def sd_models():
-    """The served model as A1111's checkpoint entry."""
-    settings = services().settings
-    return jsonify([{"title": model_title(), "model_name": settings.model_id,
-                     "hash": model_hash()[:10], "sha256": model_hash(),
-                     "filename": settings.model_source, "config": None}])
+    """The models a client may switch to, as A1111's checkpoint entries."""
+    from engine.models import list_models
+
+    engine = services().engine
+    entries = [engine.model if engine.model is not None and e.source == engine.model.source
+               else e for e in list_models(services().settings) if not e.problem]
+    return jsonify([{"title": model_title(e), "model_name": e.name,
+                     "hash": model_hash(e)[:10], "sha256": model_hash(e),
+                     "filename": e.filename, "config": None} for e in entries])
+
+
+@bp.post("/refresh-checkpoints")
+@doc("AUTOMATIC1111 refresh-checkpoints: MODELS_DIR is read on every request here, so there "
+     "is nothing to refresh; answers 200.", responses={200: {"type": "object"}},
+     errors=(401,), **A1111_DOC)
+def refresh_checkpoints():
+    """Nothing to do: /sd-models and switches read MODELS_DIR each time."""
+    return jsonify({})
 
 
 @bp.get("/scripts")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import logging
 import time
@@ -109,6 +110,11 @@ def parse_a1111(body: Any, extra: Mapping[str, Any] | None = None,
         native.update({name: body[name] for name in PASSED if name in body})
         native.update({ours: body[theirs] for theirs, ours in RENAMED.items() if theirs in body})
         native.update(extra or {})
+        if isinstance(overrides, dict) and overrides.get("sd_model_checkpoint"):
+            # A1111 switches for this request; here the model then stays loaded (a switch
+            # back would cost a second load: send the old one with the next request).
+            native["model"] = overrides["sd_model_checkpoint"]
+            back.setdefault("model", "override_settings.sd_model_checkpoint")
         if body.get("seed") not in (None, -1):  # -1 is A1111's "random"
             native["seed"] = body["seed"]
         # sampler_name wins over the deprecated sampler_index, as in A1111.
@@ -131,21 +137,37 @@ def parse_a1111(body: Any, extra: Mapping[str, Any] | None = None,
                       f"this server makes 1..{settings.max_batch} per request (MAX_BATCH)")
     ignored = [k for k in body if k not in COMMON_KNOWN | set(known)]
     if isinstance(overrides, dict):
-        ignored += [f"override_settings.{k}" for k in overrides if k not in SPEED_OPTIONS]
+        ignored += [f"override_settings.{k}" for k in overrides
+                    if k not in (*SPEED_OPTIONS, "sd_model_checkpoint")]
     elif overrides is not None:
         ignored.append("override_settings")
     return A1111Request(req, batch_size, n_iter, sorted(ignored))
 
 
-def model_hash() -> str:
-    """A sha256 naming the served model (of its id: a diffusers folder has no single
-    checkpoint file for A1111's file hash)."""
-    return hashlib.sha256(services().settings.model_id.encode()).hexdigest()
+def model_hash(entry=None) -> str:
+    """A1111's sha256 of a catalogue model (default: the served one): its file's for a
+    single-file checkpoint, else a hash of its name (a folder has no one file to hash)."""
+    entry = entry or services().engine.model
+    if entry is None:  # still loading: name it by MODEL_ID
+        return hashlib.sha256(services().settings.model_id.encode()).hexdigest()
+    return entry.sha256 or hashlib.sha256(entry.name.encode()).hexdigest()
 
 
-def model_title() -> str:
-    """A1111's checkpoint title: name and short hash."""
-    return f"{services().settings.model_id} [{model_hash()[:10]}]"
+def png_parameters(png: bytes) -> str:
+    """The infotext the engine wrote into a PNG (model, LoRA hashes and all), as A1111's
+    info.infotexts gives it."""
+    from PIL import Image
+
+    return Image.open(io.BytesIO(png)).info.get("parameters", "")
+
+
+def model_title(entry=None) -> str:
+    """A1111's checkpoint title of a catalogue model (default: the served one): its file
+    name and short hash, as GET /sdapi/v1/sd-models lists it."""
+    entry = entry or services().engine.model
+    if entry is None:
+        return f"{services().settings.model_id} [{model_hash()[:10]}]"
+    return entry.title if entry.sha256 else f"{entry.name} [{model_hash(entry)[:10]}]"
 
 
 def sampler_label(scheduler: str) -> str:
@@ -182,11 +204,10 @@ def generate(route: str, body: Mapping[str, Any], parsed: A1111Request,
         "width": req.width, "height": req.height, "sampler_name": sampler,
         "cfg_scale": req.guidance_scale, "steps": req.steps, "batch_size": parsed.batch_size,
         "n_iter": parsed.n_iter, "restore_faces": False, "face_restoration_model": None,
-        "sd_model_name": svc.settings.model_id, "sd_model_hash": model_hash()[:10],
+        "sd_model_name": svc.engine.model_name, "sd_model_hash": model_hash()[:10],
         "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": None,
         "extra_generation_params": {}, "index_of_first_image": 0,
-        "infotexts": [job.request.infotext(job.seed, svc.settings.model_id,
-                                           svc.engine.default_sampler) for job in done],
+        "infotexts": [png_parameters(job.png) for job in done],
         "styles": [], "job_timestamp": datetime.fromtimestamp(
             jobs[0].created_at).strftime("%Y%m%d%H%M%S"),
         "clip_skip": 1, "is_using_inpainting_conditioning": False,

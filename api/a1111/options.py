@@ -19,9 +19,10 @@ from typing import Any, Mapping
 
 from flask import current_app, jsonify
 
-from api import ApiError, json_body, services
+from api import ApiError, failed_job_error, json_body, services, submit_switch, wait_for
 from api.a1111 import A1111_DOC, INVALID, bp, model_hash, model_title
 from api.openapi import doc
+from jobs import JobState
 from jobs.options import OptionsFull, OptionsStore
 from params import PRESETS, SPEED_OPTIONS, ValidationError, field_value, speed_fields
 
@@ -87,25 +88,48 @@ def with_speed_defaults(fields: Mapping[str, Any]) -> dict[str, Any]:
 def model_names() -> set[str]:
     """Every name a client may use for the served model: title, id, title without the hash,
     short and full hash, the source path (A1111 accepts all of these as checkpoint aliases)."""
-    settings = services().settings
+    settings, engine = services().settings, services().engine
     title, sha = model_title(), model_hash()
-    return {title, settings.model_id, title.rsplit(" [", 1)[0], sha, sha[:10],
-            str(settings.model_source)}
+    names = {title, engine.model_name, title.rsplit(" [", 1)[0], sha, sha[:10]}
+    if engine.model is not None:
+        names |= {engine.model.name, engine.model.filename, engine.model.source}
+    else:
+        names.add(str(settings.model_source))
+    return names
 
 
-def check_checkpoint(name: Any) -> None:
-    """Accept a checkpoint naming the served model; 422 otherwise. Model switching (the
-    models issue) will load the named model here instead."""
+def check_checkpoint(name: Any) -> str | None:
+    """None when `name` is the served model, else the catalogue name to switch to; 422
+    listing the models when it names none."""
+    from params import catalogue_model
+
     if not isinstance(name, str):
         raise _invalid("sd_model_checkpoint", "'sd_model_checkpoint' must be a model title "
                        "from GET /sdapi/v1/sd-models")
     wanted = name.strip()
-    for suffix in (".safetensors", ".ckpt"):
-        wanted = wanted.removesuffix(suffix)
-    if wanted not in model_names():
-        raise _invalid("sd_model_checkpoint", f"model '{name}' is not served here; this "
-                       f"server serves only '{model_title()}' (switching models is not "
-                       "supported yet)")
+    if wanted in model_names() or wanted.removesuffix(".safetensors") in model_names():
+        return None
+    from engine.models import UnknownModel, list_models
+
+    try:
+        return catalogue_model(wanted, services().settings, "sd_model_checkpoint")
+    except ValidationError as exc:
+        if isinstance(exc.__context__, UnknownModel):  # list them as A1111 clients show them
+            titles = ", ".join(model_title(e) for e in list_models(services().settings)
+                               if not e.problem)
+            raise _invalid("sd_model_checkpoint", f"model {wanted!r} is not here; the "
+                           f"models are: {titles} (GET /sdapi/v1/sd-models)") from None
+        raise _invalid("sd_model_checkpoint", exc.message) from None
+
+
+def switch_to(model: str) -> None:
+    """Queue a switch to `model` and wait for it, as A1111 answers only once the checkpoint
+    is loaded; a failed load (the old model serves again) is a 4xx saying why."""
+    job = submit_switch(model)
+    if not wait_for(job):
+        return
+    if job.state is not JobState.SUCCEEDED:
+        raise failed_job_error(job)
 
 
 def _invalid(key: str, message: str) -> ApiError:
@@ -132,7 +156,7 @@ def validate(body: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         raise _invalid("body", 'the body must be a JSON object of options, e.g. '
                        '{"sd_model_checkpoint": "..."} (GET /sdapi/v1/options lists them)')
     if "sd_model_checkpoint" in body:
-        check_checkpoint(body["sd_model_checkpoint"])
+        check_checkpoint(body["sd_model_checkpoint"])  # 422 before anything is stored
     specs = {spec.name: spec for spec in speed_fields(services().settings)}
     supported, others = {}, {}
     for key, value in body.items():
@@ -169,7 +193,12 @@ def options():
      responses={200: SET_RESPONSE}, errors=(400, 401, 413, 415, 422), **A1111_DOC)
 def set_options():
     """Validate every key, then store them all (or none)."""
-    supported, others = validate(json_body())
+    body = json_body()
+    supported, others = validate(body)
+    switch = check_checkpoint(body["sd_model_checkpoint"]) if "sd_model_checkpoint" in body \
+        else None
+    if switch is not None:
+        switch_to(switch)
     try:
         changed = store().update({**supported, **others})
     except OptionsFull as exc:

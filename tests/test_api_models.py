@@ -1,0 +1,144 @@
+"""Models through the HTTP API: MODELS_DIR listed in every dialect, switching from the native
+`model` field, A1111's options and override_settings, one model in memory, a failed load
+leaving the previous model serving. Real tiny models: MODEL_ID is the session's tiny model,
+MODELS_DIR holds a second one (other random weights) and the tiny model as a single-file
+checkpoint with its `<stem>.config/` folder."""
+from __future__ import annotations
+
+import io
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine import checkpoints
+from engine.random_model import build_random_pipeline
+
+BODY = {"prompt": "a cat", "seed": 3, "steps": 2, "width": 64, "height": 64}
+
+
+@pytest.fixture(scope="session")
+def model_shelf(tiny_model_dir, tmp_path_factory):
+    """A MODELS_DIR: `second` (a diffusers folder, other weights), `tinyck.safetensors` (the
+    startup model as one file, with its config folder), `broken` (loads no weights) and a
+    refused `.ckpt`."""
+    root = tmp_path_factory.mktemp("shelf")
+    build_random_pipeline(root / "second", "tiny", seed=1)
+    checkpoints.save_single_file(tiny_model_dir, root / "tinyck.safetensors")
+    shutil.copytree(tiny_model_dir, root / "tinyck.config",
+                    ignore=shutil.ignore_patterns("*.safetensors"))
+    shutil.copytree(tiny_model_dir, root / "broken")
+    (root / "broken" / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\0" * 64)
+    (root / "old.ckpt").write_bytes(b"pickle")
+    return root
+
+
+@pytest.fixture
+def client(make_app, model_shelf):
+    """A ready app on the tiny model whose MODELS_DIR is the shelf."""
+    return make_app(MODELS_DIR=str(model_shelf)).test_client()
+
+
+def pixels(png: bytes) -> np.ndarray:
+    """The image's RGB pixels."""
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+
+
+def generate(client, **fields) -> np.ndarray:
+    r = client.post("/generate", json={**BODY, **fields})
+    assert r.status_code == 200, r.get_json()
+    return pixels(r.data)
+
+
+def test_every_dialect_lists_the_models(client, tiny_model_dir):
+    ids = [m["id"] for m in client.get("/v1/models").json["data"]]
+    assert ids == [str(tiny_model_dir), "broken", "second", "tinyck"]
+    models = client.get("/sdapi/v1/sd-models").json
+    assert [m["model_name"] for m in models] == ["tiny", "broken", "second", "tinyck"]
+    assert all(m["title"] and m["hash"] and m["filename"] for m in models)  # .ckpt left out
+
+
+def test_the_model_field_switches_and_switching_back_gives_the_same_image(client,
+                                                                         tiny_model_dir):
+    first = generate(client)
+    other = generate(client, model="second")
+    assert client.get("/health").json["model"] == "second"
+    assert not np.array_equal(first, other)
+    assert np.array_equal(generate(client), other)  # the switched model stays loaded
+    assert np.array_equal(generate(client, model=str(tiny_model_dir)), first)
+    assert client.get("/health").json["model"] == str(tiny_model_dir)
+
+
+def test_a_single_file_checkpoint_loads_and_makes_the_startup_models_image(client,
+                                                                          tiny_model_dir):
+    first = generate(client)
+    assert np.array_equal(generate(client, model="tinyck.safetensors"), first)
+    sd_models = {m["model_name"]: m for m in client.get("/sdapi/v1/sd-models").json}
+    assert len(sd_models["tinyck"]["sha256"]) == 64  # hashed when it was loaded
+    assert sd_models["tinyck"]["title"] == f"tinyck.safetensors [{sd_models['tinyck']['hash']}]"
+    options = client.get("/sdapi/v1/options").json
+    assert options["sd_model_checkpoint"] == sd_models["tinyck"]["title"]
+
+
+def test_a1111_options_switch_like_sillytavern_does(client):
+    r = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "second"})
+    assert r.status_code == 200
+    assert client.get("/sdapi/v1/options").json["sd_model_checkpoint"].startswith("second")
+    assert client.get("/sdapi/v1/progress").json["state"]["job_count"] == 0
+    r = client.post("/sdapi/v1/txt2img", json=BODY)
+    assert r.status_code == 200
+    assert "Model: second" in r.json["info"]
+    assert client.get("/jobs").json["jobs"][0]["kind"] == "generate"  # no switch jobs listed
+
+
+def test_override_settings_switch_for_the_request(client):
+    r = client.post("/sdapi/v1/txt2img", json={**BODY, "override_settings": {
+        "sd_model_checkpoint": "second"}})
+    assert r.status_code == 200
+    assert "override_settings.sd_model_checkpoint" not in r.json["info"]
+    assert client.get("/health").json["model"] == "second"
+
+
+def test_unknown_models_are_4xx_listing_the_models_in_every_dialect(client):
+    r = client.post("/generate", json={**BODY, "model": "nope"})
+    assert r.status_code == 400 and "second" in r.json["message"] and "nope" in r.json["message"]
+    r = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "nope"})
+    assert r.status_code == 422 and "second" in r.json["detail"]
+    r = client.post("/sdapi/v1/txt2img", json={**BODY, "override_settings": {
+        "sd_model_checkpoint": "nope"}})
+    assert r.status_code == 422 and "second" in r.json["detail"]
+    r = client.post("/generate", json={**BODY, "model": "old"})
+    assert r.status_code == 400 and ".ckpt" in r.json["message"]
+
+
+def test_a_model_that_fails_to_load_leaves_the_previous_one_serving(client, tiny_model_dir):
+    first = generate(client)
+    r = client.post("/generate", json={**BODY, "model": "broken"})
+    assert r.status_code == 400 and r.json["error"] == "unsupported_request"
+    assert "broken" in r.json["message"] and "still serving" in r.json["message"]
+    health = client.get("/health")
+    assert health.status_code == 200 and health.json["model"] == str(tiny_model_dir)
+    assert np.array_equal(generate(client), first)
+
+
+def test_a_switch_waits_its_turn_behind_the_running_job(client, gate):
+    job = client.post("/jobs", json=BODY).json
+    gate.wait_reached()
+    answers = []
+    switch = threading.Thread(target=lambda: answers.append(client.post(
+        "/sdapi/v1/options", json={"sd_model_checkpoint": "second"})))
+    switch.start()
+    deadline = time.monotonic() + 30  # the switch is queued behind the running image
+    while client.get("/health").json["queue"]["waiting"] != 1:
+        assert time.monotonic() < deadline, "the switch was never queued"
+        time.sleep(0.01)
+    assert client.get("/sdapi/v1/progress").json["state"]["job_count"] >= 1
+    assert client.get("/health").json["model"] != "second"
+    gate.open()
+    switch.join(60)
+    assert answers and answers[0].status_code == 200
+    assert client.get(f"/jobs/{job['id']}").json["state"] == "succeeded"
+    assert client.get("/health").json["model"] == "second"
