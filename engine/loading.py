@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from config import TINY_MODEL_ID, Settings
+from engine.download import download_snapshot
 from engine.load_errors import ModelLoadError
 from engine.models import ModelUnavailable, list_models, prepare_single_file
 from engine.random_model import build_random_pipeline
@@ -33,6 +34,11 @@ def model_source(settings: Settings, progress: Progress | None = None, tokenizer
         raise ModelUnavailable(f"MODEL_ID={s.model_id!r}: {entry.problem}")
     if entry.kind == "single_file":
         return str(prepare_single_file(entry, s, progress, tokenizer=tokenizer))
+    if entry.kind == "hub":  # fetched first, with progress, disk check and resume
+        folder = download_snapshot(s.model_id, s.hf_token, s.safety_checker == "off", progress)
+        if progress is not None:
+            progress("loading", 0, 0)  # downloaded: now into memory
+        return folder
     source = entry.source if entry.kind == "diffusers" else s.model_source
     if source.startswith(("/", ".", "~")) or os.path.isdir(source):
         folder = Path(source).expanduser()

@@ -134,12 +134,14 @@ function loadingText(body) {
   if (p && p.bytes_total) {
     const gb = (n) => (n / 1e9).toFixed(1);
     const eta = p.eta_seconds ? `, about ${formatDuration(p.eta_seconds)} left` : "";
-    const what = phase.startsWith("converting") ?
-      "Writing the bfloat16 weights (first start only)" : phase;
-    return `${what}: ${gb(p.bytes_done)} of ${gb(p.bytes_total)} GB${eta}`;
+    const what = phase === "downloading" ? "Downloading the model" :
+      phase.startsWith("converting") ? "Writing the bfloat16 weights (first start only)" : phase;
+    const files = p.files_total ? ` (${p.files_done} of ${p.files_total} files)` : "";
+    return `${what}: ${gb(p.bytes_done)} of ${gb(p.bytes_total)} GB${eta}${files}`;
   }
   if (phase === "probing precision") return "The model is loading (measuring this CPU first)…";
-  return "The model is loading into memory…";
+  if (phase === "downloading") return "Downloading the model…";
+  return "Loading the model into memory…";
 }
 
 function formatDuration(seconds) {
@@ -578,6 +580,17 @@ async function useResultAsInput() {
   $("init-image-zone").focus();
 }
 
+/** Append the chosen LoRA to the prompt as A1111's <lora:name:weight> tag. */
+function addLoraToPrompt() {
+  const prompt = $("prompt");
+  const tag = `<lora:${$("lora").value}:1>`;
+  if (!prompt.value.includes(`<lora:${$("lora").value}:`)) {
+    prompt.value = `${prompt.value.trimEnd()} ${tag}`.trimStart();
+    updateCounter();
+  }
+  prompt.focus();
+}
+
 function init() {
   $("result-title").tabIndex = -1;  // focus target after picking a history item
   $("form").addEventListener("submit", submitForm);
@@ -603,6 +616,7 @@ function init() {
     $("prompt").focus();
   });
   $("use-as-input").addEventListener("click", useResultAsInput);
+  $("lora-add")?.addEventListener("click", addLoraToPrompt);
   document.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
       event.preventDefault();
