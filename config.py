@@ -111,6 +111,28 @@ def _credentials(raw: str, knob: Knob) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def redact_url(url: str) -> str:
+    """`url` with any password replaced by ***, for logs and error messages."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _redis_url(raw: str, knob: Knob) -> str:
+    value = raw.strip()
+    if value.split("://", 1)[0] not in ("redis", "rediss", "unix"):
+        # Never echo the value as given: it may hold a password.
+        raise ConfigError(f"{knob.name}={redact_url(value)!r} is not valid: allowed "
+                          f"{knob.allowed}")
+    return value
+
+
 def _bad(knob: Knob, raw: str) -> str:
     return f"{knob.name}={raw!r} is not valid: allowed {knob.allowed}"
 
@@ -179,6 +201,13 @@ KNOBS: tuple[Knob, ...] = (
          "fewer threads than cores)", _int(0, 256), "an integer 0..256"),
     Knob("QUEUE_SIZE", "8", "Jobs that may wait behind the running one; more get 503",
          _int(1, 250), "an integer 1..250 and <= THREADS - 2"),
+    Knob("QUEUE_BACKEND", "memory", "Where jobs wait: memory = in this process (one server, "
+         "the model loads here); redis = a durable RQ queue on REDIS_URL served by any number "
+         "of `python worker.py` processes (app.py then loads no model)",
+         _choice("memory", "redis"), "memory or redis"),
+    Knob("REDIS_URL", "redis://127.0.0.1:6379/0", "The Redis server of QUEUE_BACKEND=redis "
+         "(jobs, images, worker heartbeats, rate-limit counters); a password in it is never "
+         "logged", _redis_url, "a redis://, rediss:// or unix:// URL"),
     Knob("MAX_BATCH", "4", "Most images one request may ask for (A1111 batch_size x n_iter, "
          "OpenAI n)", _int(1, 64), "an integer 1..64 and <= QUEUE_SIZE"),
     Knob("JOB_RETENTION_SECONDS", "3600", "How long finished jobs and their images are kept "
@@ -249,6 +278,8 @@ class Settings:
     taesd_model: str
     torch_threads: int
     queue_size: int
+    queue_backend: str
+    redis_url: str
     max_batch: int
     job_retention_seconds: int
     job_retention_count: int
