@@ -46,11 +46,13 @@ def parse_or_400(body) -> object:
 @doc("The web page.", responses={200: "text/html"}, errors=())
 def index():
     """Serve the browser form."""
-    from engine.models import list_models  # reads MODELS_DIR; no torch
+    from engine.loras import list_loras  # these read MODELS_DIR / LORA_DIR; no torch
+    from engine.models import list_models
 
     s = services().settings
     return render_template("index.html", models=[e.name for e in list_models(s)
-                                                 if not e.problem], limits={
+                                                 if not e.problem],
+                           loras=list_loras(s), limits={
         **request_limits(s), "default_guidance": s.default_guidance,
         # "auth": which credential the page asks for (none, bearer, basic or either).
         "api_key_required": bool(s.api_key), "auth": auth_kind(s),

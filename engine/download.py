@@ -10,7 +10,6 @@ refs, and fetches nothing more. A snapshot folder is used only once every planne
 """
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -186,25 +185,9 @@ class DownloadMeter:
     def _publish(self) -> None:
         if self.progress is None:
             return
-        extra = {"files_done": self.files_done, "files_total": self.files_total,
-                 "eta_seconds": self.eta_seconds()}
-        if _takes_extra(self.progress):
-            self.progress("downloading", self.done, self.bytes_total, **extra)
-            return
-        self.progress("downloading", self.done, self.bytes_total)
-        # Until Engine._report_progress accepts **extra: add the file counts to its snapshot.
-        engine = getattr(self.progress, "__self__", None)
-        if engine is not None and getattr(engine.status, "progress", None):
-            engine._set_status(progress={**engine.status.progress, **extra})
-
-
-def _takes_extra(progress: Progress) -> bool:
-    """Whether the progress callback accepts keyword figures beyond (phase, done, total)."""
-    try:
-        params = inspect.signature(progress).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+        self.progress("downloading", self.done, self.bytes_total,
+                      files_done=self.files_done, files_total=self.files_total,
+                      eta_seconds=self.eta_seconds())
 
 
 def _stream_into(handle, url: str, headers: dict, size: int, meter: DownloadMeter) -> None:

@@ -223,15 +223,16 @@ class Engine:
         gc.collect()
         release_freed_memory()
 
-    def _report_progress(self, phase: str, done: int, total: int) -> None:
-        """Publish a long loading phase's progress (the first bf16 conversion) for /health."""
+    def _report_progress(self, phase: str, done: int, total: int, **extra: Any) -> None:
+        """Publish a long loading phase's progress (download, checkpoint or bf16 conversion)
+        for /health; `extra` figures (files_done, a better eta_seconds...) are added as given."""
         now = time.monotonic()
         if phase != self.status.phase:
             self._phase_started = now
         elapsed = now - getattr(self, "_phase_started", now)
         eta = round(elapsed / done * (total - done), 1) if done and total else None
         self._set_status(phase=phase, progress={"bytes_done": done, "bytes_total": total,
-                                                "eta_seconds": eta} if total else None)
+                                                "eta_seconds": eta, **extra} if total else None)
 
     def threads_for_next_job(self) -> int:
         """TORCH_THREADS when set; with 0, one per usable core that other programs leave free."""

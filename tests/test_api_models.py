@@ -142,3 +142,32 @@ def test_a_switch_waits_its_turn_behind_the_running_job(client, gate):
     assert answers and answers[0].status_code == 200
     assert client.get(f"/jobs/{job['id']}").json["state"] == "succeeded"
     assert client.get("/health").json["model"] == "second"
+
+
+def test_health_and_progress_show_the_switch_while_it_runs(client, monkeypatch):
+    """The real load runs; it only waits at its start until the test has looked."""
+    import engine.pipeline as pipeline
+
+    reached, release = threading.Event(), threading.Event()
+    real_load = pipeline.Engine._load_model
+
+    def paused(self, entry):
+        reached.set()
+        assert release.wait(60), "the test never let the load go on"
+        return real_load(self, entry)
+
+    monkeypatch.setattr(pipeline.Engine, "_load_model", paused)
+    answers = []
+    switch = threading.Thread(target=lambda: answers.append(client.post(
+        "/sdapi/v1/options", json={"sd_model_checkpoint": "second"})))
+    switch.start()
+    assert reached.wait(30)
+    health = client.get("/health")
+    assert health.status_code == 200 and health.json["switching"]["to"] == "second"
+    progress = client.get("/sdapi/v1/progress").json
+    assert progress["state"]["job_count"] == 1 and progress["textinfo"] == "Loading model second"
+    release.set()
+    switch.join(60)
+    assert answers[0].status_code == 200
+    assert "switching" not in client.get("/health").json
+    assert client.get("/sdapi/v1/progress").json["state"]["job_count"] == 0

@@ -219,7 +219,7 @@ def test_generate_is_disabled_while_the_model_loads(page, make_app):
     server = LiveServer(app)
     try:
         page.goto(server.url)
-        expect(page.locator("#server-status")).to_contain_text("loading")
+        expect(page.locator("#server-status")).to_contain_text("Loading the model")
         expect(page.locator("#generate-hint")).to_contain_text("loading")
         for _ in range(2):  # two more health polls later it is still off
             with page.expect_response(lambda response: response.url.endswith("/health")):

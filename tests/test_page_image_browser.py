@@ -248,3 +248,19 @@ def test_the_model_menu_lists_models_dir_and_switches(page, live_server, tmp_pat
     assert newest_job(server).request.model == "second"
     with urllib.request.urlopen(f"{server.url}/health", timeout=10) as response:
         assert json.load(response)["model"] == "second"
+
+
+def test_the_lora_menu_adds_a_tag_that_reaches_the_server(page, live_server, lora_dir):
+    server = live_server(LORA_DIR=str(lora_dir))
+    open_ready(page, server)
+    page.click("summary")
+    options = page.locator("#lora option").all_text_contents()
+    assert "style-peft" in options and "lcm-lora-tiny (LCM: 4 steps, guidance 1)" in options
+    page.fill("#prompt", "a cat")
+    page.select_option("#lora", "style-peft")
+    page.click("#lora-add")
+    page.click("#lora-add")  # once is enough: no second tag
+    expect(page.locator("#prompt")).to_have_value("a cat <lora:style-peft:1>")
+    page.click("#generate")
+    expect(page.locator("#result-image")).to_be_visible()
+    assert newest_job(server).request.loras == (("style-peft", 1.0, 1.0),)

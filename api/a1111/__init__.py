@@ -139,10 +139,12 @@ def progress():
     if request.args.get("skip_current_image", "").lower() not in ("1", "true", "yes"):
         png = queue.preview(job)
         image = base64.b64encode(png).decode() if png else None
+    switching = services().engine.status.switching  # a queued switch, or a job's `model`
+    textinfo = (f"Loading model {switching['to']}" if switching else
+                f"Image {index + 1}/{count}, step {step}/{total}")
     return jsonify({"progress": round((index + fraction) / count, 4),
                     "eta_relative": batch_eta(job, snap["eta_seconds"], fraction),
-                    "state": state, "current_image": image,
-                    "textinfo": f"Image {index + 1}/{count}, step {step}/{total}"})
+                    "state": state, "current_image": image, "textinfo": textinfo})
 
 
 def batch_eta(job, eta_seconds: float | None, fraction: float) -> float:
