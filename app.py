@@ -31,16 +31,16 @@ ERROR_RENDERERS: dict[str, Callable[[ApiError], Response]] = {
 def create_app(settings: Settings | None = None, start_worker: bool = True) -> Flask:
     """Build the app; with `start_worker` the model starts loading in the background now."""
     settings = settings or Settings.from_env()
-    from engine import Engine  # torch is imported here, after settings are known to be valid
-    from jobs import JobQueue
-
+    if settings.queue_backend == "redis":
+        # The workers share this Redis: so do the rate-limit counters (unless set elsewhere).
+        if settings.rate_limit_storage_uri == "memory://":
+            settings = settings.with_overrides(rate_limit_storage_uri=settings.redis_url)
     app = Flask(__name__)
     # The larger bound: routes that take no images refuse more than MAX_REQUEST_BYTES
     # themselves (api.json_body), before reading the body.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_image_request_bytes
     app.json.sort_keys = False
-    engine = Engine(settings)
-    queue = JobQueue(engine, settings)
+    engine, queue = _job_queue(settings)
     app.extensions["sd_server"] = Services(settings=settings, engine=engine, queue=queue)
 
     app.wsgi_app = ResponseTracker(app)
@@ -51,6 +51,21 @@ def create_app(settings: Settings | None = None, start_worker: bool = True) -> F
     if start_worker:
         queue.start()
     return app
+
+
+def _job_queue(settings: Settings) -> tuple[Any, Any]:
+    """(engine, queue) of QUEUE_BACKEND: memory = the model and its worker thread in this
+    process; redis = a stand-in engine and the shared RQ queue (workers: worker.py)."""
+    if settings.queue_backend == "redis":
+        from jobs.redis_queue import RedisJobQueue
+
+        queue = RedisJobQueue(settings)
+        return queue.engine, queue
+    from engine import Engine  # torch is imported here, after settings are known to be valid
+    from jobs import JobQueue
+
+    engine = Engine(settings)
+    return engine, JobQueue(engine, settings)
 
 
 class ResponseTracker:

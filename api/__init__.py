@@ -150,7 +150,8 @@ def _queued(submit_to: Any, count: int) -> Any:
                        {"Retry-After": exc.retry_after}) from None
     except NotAccepting as exc:
         headers = {"Retry-After": exc.retry_after} if exc.retry_after else {}
-        raise ApiError(503, exc.reason, exc.message, headers) from None
+        # A backend that cannot run this request (jobs.redis_queue) says 400, not 503.
+        raise ApiError(getattr(exc, "status", 503), exc.reason, exc.message, headers) from None
 
 
 # How often a synchronous request checks whether its client is still there.

@@ -14,7 +14,8 @@ from params import (DEFAULT_SCHEDULER, IMAGE_FIELDS, PRESETS, SCHEDULERS, Valida
 bp = Blueprint("core", __name__)
 
 HEALTH_SCHEMA = {"type": "object", "required": ["status"], "properties": {
-    "status": {"type": "string", "enum": ["loading", "healthy", "unhealthy", "shutting_down"]},
+    "status": {"type": "string", "enum": ["loading", "healthy", "unhealthy", "shutting_down",
+                                             "no_workers"]},
     "device": {"type": "string"}, "model": {"type": "string"}, "dtype": {"type": "string"},
     "optimizations": {"type": "array", "items": {"type": "string"}},
     "phase": {"type": "string", "description": "what the load is doing now"},
@@ -70,11 +71,17 @@ def favicon():
 
 
 @bp.get("/health")
-@doc("Readiness probe: 200 when the model is loaded, 503 while loading or if loading failed.",
+@doc("Readiness probe: 200 when the model is loaded, 503 while loading or if loading failed. "
+     "With QUEUE_BACKEND=redis: 200 when Redis answers and a worker with a loaded model "
+     "heartbeats (workers, queue depth, model); 503 no_workers or unhealthy (Redis "
+     "unreachable) with advice.",
      responses={200: HEALTH_SCHEMA, 503: HEALTH_SCHEMA}, errors=())
 def health():
     """Report model state, device, dtype, active optimizations and queue figures."""
     svc = services()
+    if svc.settings.queue_backend == "redis":  # workers elsewhere: ask Redis, never fail
+        code, body = svc.queue.health()
+        return jsonify({**body, "limits": request_limits(svc.settings)}), code
     status = svc.engine.status
     queue = svc.queue.stats()
     body = {"model": svc.engine.model_name, "queue": queue,

@@ -1,0 +1,181 @@
+"""The redis backend's worker process (`python worker.py`): load the model once, then take
+jobs from the shared RQ queue one at a time.
+
+RQ's `SimpleWorker` runs each job in this process instead of forking (or, in RQ 3,
+spawning) a fresh one per job, so the model loaded here serves every job: a fresh
+process would load ~4 GB again for each image. `run_job` is the RQ job function; it finds
+the loaded engine in this module's `_context`, set once by `serve`. A heartbeat thread
+publishes this worker's state (loading/ready, model, current job) every second; the web
+reads it for /health and treats a worker whose heartbeat lapsed as dead.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from config import Settings, redact_url
+from jobs import redis_common as rc
+from jobs.job import Job, JobCancelled, JobState, explain_generation_error
+from jobs.store import OutputStore
+from params import GenerationRequest, UnsupportedRequest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerContext:
+    """What `run_job` needs, loaded once per worker process."""
+
+    settings: Settings
+    engine: Any
+    store: OutputStore
+    connection: Any
+    name: str
+    current_job: str | None = None
+
+
+_context: WorkerContext | None = None
+
+
+def default_name() -> str:
+    """host-pid: unique across machines, and says where to look."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def serve(settings: Settings, name: str | None = None, burst: bool = False) -> None:
+    """Load the model, then serve the queue until SIGTERM/SIGINT (after the running job)."""
+    global _context
+    from rq import Queue, SimpleWorker
+
+    from engine import Engine
+
+    connection = rc.connect(settings)
+    connection.ping()  # fail at once, with the URL redacted by the caller's message
+    name = name or default_name()
+    engine = Engine(settings)
+    _context = WorkerContext(settings, engine, OutputStore(settings), connection, name)
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(_context, stop), daemon=True,
+                            name="heartbeat")
+    beat.start()
+    log.info("worker %s: loading %s (Redis %s)", name, settings.model_id,
+             redact_url(settings.redis_url))
+    engine.load()
+    if engine.status.state != "ready":
+        stop.set()
+        raise SystemExit(f"worker {name}: the model failed to load: {engine.status.error}")
+    worker = SimpleWorker([Queue(rc.QUEUE_NAME, connection=connection)],
+                          connection=connection, name=name)
+    _publish(_context)  # ready now: registered with RQ below, within the same second
+    try:
+        worker.work(burst=burst, with_scheduler=False, logging_level=settings.log_level.upper())
+    finally:
+        stop.set()
+        connection.delete(rc.heartbeat_key(name))
+
+
+def _heartbeat(context: WorkerContext, stop: threading.Event) -> None:
+    """Publish this worker's state every HEARTBEAT_SECONDS until stopped; a Redis hiccup
+    only skips a beat."""
+    while not stop.is_set():
+        try:
+            _publish(context)
+        except Exception as exc:  # Redis away: the worker itself will notice on dequeue
+            log.warning("worker %s: heartbeat failed: %s", context.name, type(exc).__name__)
+        stop.wait(rc.HEARTBEAT_SECONDS)
+
+
+def _publish(context: WorkerContext) -> None:
+    """Write the heartbeat: what /health and the web's stand-in engine read."""
+    engine, status = context.engine, context.engine.status
+    beat = {"name": context.name, "host": socket.gethostname(), "pid": os.getpid(),
+            "state": status.state, "phase": status.phase, "error": status.error,
+            "progress": status.progress, "model_name": engine.model_name,
+            "model": asdict(engine.model) if engine.model is not None else None,
+            "default_sampler": engine.default_sampler if status.state == "ready" else None,
+            "taesd": engine.taesd is not None, "info": engine.info(),
+            "job": context.current_job, "at": rc.now()}
+    context.connection.set(rc.heartbeat_key(context.name), json.dumps(beat),
+                           ex=rc.HEARTBEAT_TTL_SECONDS)
+
+
+def run_job(request: GenerationRequest, seed: int) -> None:
+    """The RQ job function: generate one image on this worker's engine, recording progress
+    in the job's meta and the PNG in Redis (and OUTPUT_DIR). A cancel or a failed
+    generation is recorded as the job's outcome and returns normally."""
+    from rq import get_current_job
+
+    context = _context
+    if context is None:
+        raise RuntimeError("run_job needs a worker started by `python worker.py`")
+    rq_job = get_current_job()
+    conn, settings = context.connection, context.settings
+    meta = rq_job.meta
+    meta.update(worker=context.name, started_at=rc.now(), step=0, step_marks=[])
+    if conn.get(rc.cancel_key(rq_job.id)):  # cancelled while RQ handed it over
+        _finish(rq_job, JobState.CANCELLED, "cancelled before it started")
+        return
+    rq_job.save_meta()
+    context.current_job = rq_job.id
+    job = Job(request=request, seed=seed, id=rq_job.id)
+    try:
+        _generate(context, rq_job, job)
+    finally:
+        context.current_job = None
+        conn.delete(rc.preview_wanted_key(rq_job.id))
+
+
+def _generate(context: WorkerContext, rq_job, job: Job) -> None:
+    """Run the engine and record the outcome in the job's meta."""
+    conn, settings, meta = context.connection, context.settings, rq_job.meta
+    retention = settings.job_retention_seconds
+
+    def on_step(step: int, total: int, latents: Any) -> None:
+        meta.update(step=step, total_steps=total)
+        meta["step_marks"].append(rc.now())
+        rq_job.save_meta()
+        flag, wanted = conn.mget(rc.cancel_key(job.id), rc.preview_wanted_key(job.id))
+        if wanted:  # someone watches: render it now (nobody pays for unwatched previews)
+            conn.set(rc.preview_key(job.id), context.engine.preview_png(latents), ex=retention)
+            conn.delete(rc.preview_wanted_key(job.id))
+        if flag:
+            raise JobCancelled()
+
+    req = job.request
+    try:
+        result = context.engine.generate(req, job.seed, on_step)
+    except JobCancelled:
+        _finish(rq_job, JobState.CANCELLED,
+                f"cancelled at step {meta.get('step', 0)} of {meta.get('total_steps')}")
+        log.info("job %s cancelled at step %s", job.id, meta.get("step"))
+        return
+    except Exception as exc:  # a failed generation fails this job only
+        message = explain_generation_error(exc, req)
+        meta["rejected"] = isinstance(exc, UnsupportedRequest)
+        _finish(rq_job, JobState.FAILED, message)
+        log.exception("job %s failed: %s", job.id, message)
+        return
+    # The PNG first: whoever sees 'succeeded' must find the image.
+    conn.set(rc.png_key(job.id), result.png, ex=retention)
+    saved = context.store.save(job, result.png)
+    meta.update(nsfw=result.nsfw, seconds_per_step=result.seconds_per_step, saved_path=saved)
+    if result.seconds_per_step and req.cfg_cutoff >= 1 and req.deep_cache <= 1:
+        conn.hset(rc.STATS_KEY, "seconds_per_step", result.seconds_per_step)
+    conn.hincrby(rc.STATS_KEY, "completed", 1)
+    _finish(rq_job, JobState.SUCCEEDED, None)
+    log.info("generated job=%s worker=%s steps=%d size=%dx%d seconds=%.2f s_per_step=%.3f",
+             job.id, context.name, req.steps, req.width, req.height, result.seconds,
+             result.seconds_per_step)
+
+
+def _finish(rq_job, state: JobState, error: str | None) -> None:
+    """Record a job's outcome in its meta (RQ marks the job finished after we return)."""
+    rq_job.meta.update(outcome=state.value, error=error, finished_at=rc.now())
+    rq_job.save_meta()
+    if state == JobState.FAILED:
+        rq_job.connection.hincrby(rc.STATS_KEY, "failed", 1)

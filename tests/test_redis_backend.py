@@ -1,0 +1,180 @@
+"""QUEUE_BACKEND=redis end to end: a real redis-server, the web app (no model) and two
+real `python worker.py` processes on the tiny model. The tests run in file order: the
+first sees no worker, the last ones kill a worker and restart Redis."""
+from __future__ import annotations
+
+import base64
+import signal
+
+import pytest
+
+from tests.redis_fixtures import *  # noqa: F401,F403  redis_server, redis_env, start_worker
+from tests.redis_fixtures import wait_until
+
+LONG = {"prompt": "a long one", "steps": 50, "width": 256, "height": 256}
+
+
+@pytest.fixture
+def redis_app(make_app, redis_env):
+    """Build a web app on the test's Redis (as `python app.py` would: no model)."""
+    keys = ("MODEL_ID", "QUEUE_BACKEND", "REDIS_URL", "QUEUE_SIZE", "OUTPUT_DIR")
+
+    def make(**env: str):
+        return make_app(wait=False, **{k: redis_env[k] for k in keys}, **env)
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def two_workers(start_worker, redis_server):
+    """Two workers; started once, used by the rest of the module."""
+    return [start_worker(), start_worker()]
+
+
+def ready_workers(client) -> list:
+    body = client.get("/health").get_json()
+    return [w for w in body.get("workers", []) if w["state"] == "ready"]
+
+
+def finished(client, job_id: str) -> dict | None:
+    body = client.get(f"/jobs/{job_id}").get_json()
+    return body if body["state"] in ("succeeded", "failed", "cancelled") else None
+
+
+def test_health_without_workers_is_503_no_workers_and_jobs_are_refused(redis_app):
+    client = redis_app().test_client()
+    response = client.get("/health")
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["status"] == "no_workers" and "python worker.py" in body["advice"]
+    refused = client.post("/generate", json={"prompt": "a cat"})
+    assert refused.status_code == 503 and refused.get_json()["error"] == "no_workers"
+
+
+def test_health_is_200_with_two_ready_workers(redis_app, two_workers):
+    client = redis_app().test_client()
+    wait_until(lambda: len(ready_workers(client)) == 2, 180, "two ready workers")
+    response = client.get("/health")
+    body = response.get_json()
+    assert response.status_code == 200 and body["status"] == "healthy"
+    assert body["queue"]["backend"] == "redis" and body["queue"]["waiting"] == 0
+    assert body["model"] and body["dtype"]
+    assert {w["pid"] for w in body["workers"]} == {w.pid for w in two_workers}
+
+
+def test_the_three_dialects_run_on_the_workers(redis_app, two_workers):
+    client = redis_app().test_client()
+    native = client.post("/generate", json={"prompt": "a cat", "seed": 3})
+    assert native.status_code == 200 and native.data[:8] == b"\x89PNG\r\n\x1a\n"
+    job = client.get(f"/jobs/{native.headers['X-Job-Id']}").get_json()
+    assert job["state"] == "succeeded" and job["worker"] and job["seed"] == 3
+    again = client.get(f"/jobs/{job['id']}/image")
+    assert again.status_code == 200 and again.data == native.data
+    a1111 = client.post("/sdapi/v1/txt2img", json={"prompt": "a dog", "steps": 2,
+                                                    "width": 64, "height": 64,
+                                                    "batch_size": 2, "seed": 5})
+    assert a1111.status_code == 200, a1111.get_json()
+    images = a1111.get_json()["images"]
+    assert len(images) == 2 and base64.b64decode(images[0])[:4] == b"\x89PNG"
+    openai = client.post("/v1/images/generations", json={"prompt": "a fox", "size": "64x64",
+                                                          "response_format": "b64_json"})
+    assert openai.status_code == 200, openai.get_json()
+    assert base64.b64decode(openai.get_json()["data"][0]["b64_json"])[:4] == b"\x89PNG"
+
+
+def test_jobs_spread_over_both_workers(redis_app, two_workers):
+    client = redis_app().test_client()
+    ids = [client.post("/jobs", json={"prompt": f"p{i}", "steps": 8, "width": 128,
+                                      "height": 128}).get_json()["id"] for i in range(4)]
+    jobs = [wait_until(lambda i=i: finished(client, i), 120, "a job to finish") for i in ids]
+    assert all(j["state"] == "succeeded" for j in jobs), jobs
+    assert len({j["worker"] for j in jobs}) == 2
+
+
+def test_cancel_queued_and_running(redis_app, two_workers):
+    client = redis_app().test_client()
+    ids = [client.post("/jobs", json=LONG).get_json()["id"] for _ in range(3)]
+    running = wait_until(lambda: next((i for i in ids if client.get(f"/jobs/{i}").get_json()[
+        "step"] >= 1), None), 60, "a job to make a step")
+    queued = ids[-1]
+    assert client.get(f"/jobs/{queued}").get_json()["state"] == "queued"
+    assert client.post(f"/jobs/{queued}/cancel").get_json()["state"] == "cancelled"
+    preview = wait_until(lambda: client.get(f"/jobs/{running}/preview").status_code == 200,
+                         30, "a live preview")
+    assert preview
+    client.post(f"/jobs/{running}/cancel")
+    done = wait_until(lambda: finished(client, running), 30, "the running job to stop")
+    assert done["state"] == "cancelled" and done["step"] < done["total_steps"]
+    for job_id in ids:
+        client.post(f"/jobs/{job_id}/cancel")
+        wait_until(lambda j=job_id: finished(client, j), 30, "the rest to stop")
+
+
+def test_queue_size_holds_across_web_processes(redis_app, two_workers):
+    clients = [redis_app().test_client() for _ in range(3)]
+    ids, refused = [], []
+    for client in clients:  # three web processes, one Redis: 12 long jobs for 6 places
+        for _ in range(4):
+            response = client.post("/jobs", json=LONG)
+            if response.status_code < 300:
+                ids.append(response.get_json()["id"])
+            else:
+                refused.append(response)
+    assert refused and len(ids) <= 6 + 2  # 6 waiting, and each worker runs one
+    assert all(r.status_code == 503 and r.headers["Retry-After"] for r in refused)
+    assert clients[0].get("/health").get_json()["queue"]["waiting"] <= 6
+    for job_id in ids:
+        clients[0].post(f"/jobs/{job_id}/cancel")
+    for job_id in ids:
+        wait_until(lambda j=job_id: finished(clients[0], j), 60, "the jobs to stop")
+
+
+def test_model_switching_is_a_4xx_naming_the_backend(redis_app, two_workers):
+    client = redis_app().test_client()
+    response = client.post("/generate", json={"prompt": "a cat", "model": "tiny"})
+    assert 400 <= response.status_code < 500
+    assert "QUEUE_BACKEND=memory" in response.get_json()["message"]
+
+
+def test_a_restarted_web_process_finds_its_jobs(redis_app, two_workers):
+    first = redis_app().test_client()
+    job_id = first.post("/jobs", json={"prompt": "restart", "steps": 20, "width": 128,
+                                       "height": 128}).get_json()["id"]
+    del first  # the web process is gone; the job lives in Redis
+    second = redis_app().test_client()
+    done = wait_until(lambda: finished(second, job_id), 60, "the job to finish")
+    assert done["state"] == "succeeded"
+    assert second.get(f"/jobs/{job_id}/image").data[:4] == b"\x89PNG"
+    assert job_id in [j["id"] for j in second.get("/jobs").get_json()["jobs"]]
+
+
+def test_a_killed_worker_fails_its_job_and_the_other_goes_on(redis_app, two_workers):
+    client = redis_app().test_client()
+    job_id = client.post("/jobs", json=LONG).get_json()["id"]
+    job = wait_until(lambda: (lambda j: j if j["step"] >= 1 else None)(
+        client.get(f"/jobs/{job_id}").get_json()), 60, "the job to run")
+    victim = next(w for w in two_workers if job["worker"].endswith(f"-{w.pid}"))
+    victim.kill(signal.SIGKILL)
+    done = wait_until(lambda: finished(client, job_id), 30, "the job to fail")
+    assert done["state"] == "failed" and "stopped while running" in done["error"]
+    assert job["worker"] in done["error"]
+    after = client.post("/generate", json={"prompt": "still here"})
+    assert after.status_code == 200
+    wait_until(lambda: len(client.get("/health").get_json()["workers"]) == 1, 30,
+               "the dead worker to leave /health")
+
+
+def test_unreachable_redis_is_503_unhealthy_with_the_password_redacted(make_app, redis_env):
+    from tests.redis_fixtures import free_port
+
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    app = make_app(wait=False, MODEL_ID=redis_env["MODEL_ID"], QUEUE_BACKEND="redis",
+                   REDIS_URL=url)
+    client = app.test_client()
+    response = client.get("/health")
+    body = response.get_json()
+    assert response.status_code == 503 and body["status"] == "unhealthy"
+    assert "hunter2" not in response.get_data(as_text=True) and "***" in body["redis"]
+    assert body["advice"]
+    refused = client.post("/generate", json={"prompt": "a cat"})
+    assert refused.status_code == 503 and "hunter2" not in refused.get_data(as_text=True)
