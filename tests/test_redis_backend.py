@@ -178,3 +178,20 @@ def test_unreachable_redis_is_503_unhealthy_with_the_password_redacted(make_app,
     assert body["advice"]
     refused = client.post("/generate", json={"prompt": "a cat"})
     assert refused.status_code == 503 and "hunter2" not in refused.get_data(as_text=True)
+
+
+def test_a_redis_restart_keeps_finished_jobs_and_health_says_when_it_is_away(
+        redis_app, two_workers, redis_server):
+    """Redis runs with appendonly yes (see README, Scaling out): a restart keeps the jobs."""
+    client = redis_app().test_client()
+    done = client.post("/generate", json={"prompt": "kept"})
+    assert done.status_code == 200
+    job_id = done.headers["X-Job-Id"]
+    redis_server.stop()
+    away = client.get("/health")
+    assert away.status_code == 503 and away.get_json()["status"] == "unhealthy"
+    assert client.post("/generate", json={"prompt": "x"}).status_code == 503
+    redis_server.start()
+    after = redis_app().test_client()
+    assert after.get(f"/jobs/{job_id}").get_json()["state"] == "succeeded"
+    assert after.get(f"/jobs/{job_id}/image").data == done.data
