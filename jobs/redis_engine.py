@@ -30,7 +30,9 @@ class RemoteEngine:
 
     def workers(self) -> list[dict[str, Any]]:
         """The live workers' heartbeats (cached briefly); raises redis errors."""
-        if time.monotonic() - self._read_at >= CACHE_SECONDS:
+        # No ready worker yet: read again, so the first one is used the moment it is ready.
+        stale = not any(b["state"] == "ready" for b in self._beats)
+        if stale or time.monotonic() - self._read_at >= CACHE_SECONDS:
             self._beats = rc.alive_workers(self.connection)
             self._read_at = time.monotonic()
         return self._beats
