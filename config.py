@@ -168,6 +168,13 @@ KNOBS: tuple[Knob, ...] = (
          "a multiple of 8 in 64..2048"),
     Knob("MAX_SIZE", "768", "Largest width/height a request may ask for", _int(64, 2048, 8),
          "a multiple of 8 in 64..2048"),
+    Knob("ENGINE", "torch", "What runs the model: torch (default: fits an 8 GB laptop, weights "
+         "memory-mapped) or openvino (faster per step on x86, needs several GB more RAM and "
+         "`pip install -r requirements-openvino.txt`; the model is exported once to "
+         "OPENVINO_CACHE_DIR)", _choice("torch", "openvino"), "torch or openvino"),
+    Knob("OPENVINO_CACHE_DIR", "models/openvino-cache", "Where ENGINE=openvino keeps the "
+         "exported model (keyed by the model files, so a changed model is exported again)",
+         _text, "a folder path"),
     Knob("ATTENTION_SLICING", "auto", "auto = off where PyTorch SDPA is available (measured: "
          "slicing is 1.6x slower on CPU and saves no memory); on = the seed's behaviour",
          _choice("auto", "on", "off"), "auto, on or off"),
@@ -268,6 +275,8 @@ class Settings:
     default_size: int
     min_size: int
     max_size: int
+    engine: str
+    openvino_cache_dir: str
     attention_slicing: str
     dtype: str
     bf16_cache_dir: str

@@ -152,9 +152,15 @@ class Engine:
         self._set_status(phase="loading")
         # The startup model loads with MODEL_ID as given (tiny-random is built on first use).
         startup = list_models(s)[0].source == entry.source
+        # ENGINE=openvino: a float32 torch pipeline, its UNet then compiled in OpenVINO's
+        # precision (bf16 is a compile hint there, not a second copy of the weights).
         pipe, optimizations = load_pipeline(s if startup else s.with_overrides(
-            model_id=entry.source), self._bf16, self._report_progress,
+            model_id=entry.source), self._bf16 and s.engine == "torch", self._report_progress,
             self.attention_slicing_enabled(), tokenizer=self._tokenizer)
+        if s.engine == "openvino":
+            from engine.openvino_engine import use_openvino_unet  # imports openvino: lazily
+            optimizations += use_openvino_unet(pipe, s, self._bf16, self.status.torch_threads,
+                                               self._report_progress)
         if self.taesd is not None:
             optimizations.append("taesd-previews")
         optimizations.append(f"torch-threads={s.torch_threads}" if s.torch_threads else
@@ -276,6 +282,9 @@ class Engine:
             log.warning("vae_decoder 'tiny' asked for but TAESD is not loaded (TAESD_MODEL): "
                         "decoding with the full VAE")
             request = effective
+        if self.settings.engine == "openvino":  # DeepCache, LoRAs: a 400 naming the engine
+            from engine.openvino_engine import check_request
+            check_request(self.settings, request)
         started = time.perf_counter()  # the thread check below is part of this image's time
         pipe = self._pipeline_for(request.mode, request.scheduler)
         threads = self.threads_for_next_job()
@@ -370,7 +379,14 @@ class Engine:
         return {"model": self.model_name, "device": "cpu", "dtype": st.dtype,
                 "optimizations": list(st.optimizations), "torch_threads": st.torch_threads,
                 "load_seconds": st.load_seconds, "precision": st.precision,
-                "hint": st.hint or None}
+                "hint": st.hint or None, "engine": self.engine_info()}
+
+    def engine_info(self) -> dict[str, Any]:
+        """What runs the UNet: torch, or OpenVINO with its precision, compile times, memory."""
+        if self.settings.engine != "openvino" or self.pipe is None:
+            return {"name": self.settings.engine}
+        from engine.openvino_engine import engine_info
+        return engine_info(self.settings, self.pipe)
 
 
 def release_freed_memory() -> None:

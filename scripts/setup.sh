@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 if [ "${1:-}" = "test" ]; then
-  .venv/bin/pip install -q --disable-pip-version-check -r requirements-test.txt
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements-test.txt -r requirements-openvino.txt
   if ! command -v chromium >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ]; then
       (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null

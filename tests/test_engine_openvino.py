@@ -1,0 +1,149 @@
+"""ENGINE=openvino on the tiny model: the one-off export, generation with progress and cancel,
+a scheduler change, an A1111 request, what the engine refuses (400 naming it), the same seed
+giving the same bytes, and the one-line error when openvino is not installed.
+
+The UNet really runs in OpenVINO here (exported from the tiny random model); nothing is faked.
+"""
+from __future__ import annotations
+
+import io
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.test_api_jobs import wait_state
+
+BODY = {"prompt": "a lighthouse", "seed": 5, "steps": 3, "width": 64, "height": 64}
+
+
+@pytest.fixture(scope="session")
+def ov_cache_dir(tmp_path_factory):
+    """OPENVINO_CACHE_DIR shared by this file's apps (the tiny UNet is exported once)."""
+    pytest.importorskip("openvino", reason="pip install -r requirements-openvino.txt")
+    return tmp_path_factory.mktemp("openvino-cache")
+
+
+@pytest.fixture
+def ov_app(make_app, ov_cache_dir):
+    """A ready app whose UNet runs in OpenVINO."""
+    return make_app(ENGINE="openvino", OPENVINO_CACHE_DIR=str(ov_cache_dir))
+
+
+def pixels(png: bytes) -> np.ndarray:
+    """The PNG's RGB pixels."""
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def test_first_start_exports_shows_it_and_later_starts_reuse_the_export(make_app, tmp_path,
+                                                                       ov_cache_dir):
+    app = make_app(wait=False, ENGINE="openvino", OPENVINO_CACHE_DIR=str(tmp_path))
+    client = app.test_client()
+    phases = set()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        body = client.get("/health").json
+        if body["status"] != "loading":
+            break
+        phases.add(body["phase"])
+        time.sleep(0.02)
+    assert body["status"] == "healthy", body
+    assert "exporting" in phases  # the tiny export takes seconds: polling sees it
+    engine = body["engine"]
+    assert engine["name"] == "openvino" and engine["precision"] == "f32"
+    assert engine["export_seconds"] > 0 and list(engine["compile_seconds"]) == ["2x64x64"]
+    assert engine["memory"]["vmrss_gib"] > 0
+    assert any(o.startswith("openvino-unet (f32") for o in body["optimizations"])
+    exported = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert len(exported) == 1 and (exported[0] / "unet.xml").is_file()
+    again = make_app(ENGINE="openvino", OPENVINO_CACHE_DIR=str(tmp_path)).test_client()
+    engine = again.get("/health").json["engine"]
+    assert engine["export_seconds"] is None and engine["compile_seconds"]["2x64x64"] > 0
+    assert [p for p in tmp_path.iterdir() if p.is_dir()] == exported
+
+
+def test_same_seed_same_bytes_and_close_to_torch(ov_app, make_app):
+    client = ov_app.test_client()
+    first = client.post("/generate", json=BODY)
+    assert first.status_code == 200, first.json
+    assert client.post("/generate", json=BODY).data == first.data
+    other = client.post("/generate", json={**BODY, "seed": 6})
+    assert other.status_code == 200 and other.data != first.data
+    torch_png = make_app().test_client().post("/generate", json=BODY).data
+    # Not byte-identical to torch (another kernel library), but the same picture.
+    difference = np.abs(pixels(first.data).astype(int) - pixels(torch_png).astype(int))
+    assert difference.max() <= 8, difference.max()
+
+
+def test_other_sizes_compile_on_first_use_within_the_bound(ov_app):
+    from engine.openvino_engine import COMPILED_SHAPES
+
+    client = ov_app.test_client()
+    for width in (64, 128, 96, 72):
+        r = client.post("/generate", json={**BODY, "width": width, "steps": 2})
+        assert r.status_code == 200 and Image.open(io.BytesIO(r.data)).width == width
+    compiled = client.get("/health").json["engine"]["compile_seconds"]
+    assert len(compiled) == COMPILED_SHAPES
+    assert "2x64x72" in compiled and "2x64x64" not in compiled  # least recently used went
+
+
+def test_progress_and_cancel_through_the_step_callback(ov_app, gate):
+    client = ov_app.test_client()
+    running = client.post("/jobs", json={**BODY, "steps": 20}).json
+    gate.wait_reached()
+    gate.release(1)
+    gate.wait_reached()
+    body = client.get(f"/jobs/{running['id']}").json
+    assert body["state"] == "running" and body["step"] == 2 and body["total_steps"] == 20
+    assert client.post(f"/jobs/{running['id']}/cancel").status_code == 200
+    gate.release(1)
+    body = wait_state(client, running["id"], {"cancelled"})
+    assert "cancelled at step" in body["error"]
+
+
+def test_a_scheduler_change_changes_the_image(ov_app):
+    client = ov_app.test_client()
+    default = client.post("/generate", json=BODY)
+    euler = client.post("/generate", json={**BODY, "scheduler": "Euler a"})
+    assert default.status_code == euler.status_code == 200
+    assert euler.data != default.data
+    assert "Sampler: Euler a" in Image.open(io.BytesIO(euler.data)).text["parameters"]
+
+
+def test_a1111_txt2img_batch_runs_on_openvino(ov_app):
+    client = ov_app.test_client()
+    r = client.post("/sdapi/v1/txt2img", json={"prompt": "a cat", "seed": 3, "steps": 2,
+                                                "width": 64, "height": 64, "batch_size": 2})
+    assert r.status_code == 200, r.json
+    assert len(r.json["images"]) == 2 and r.json["images"][0] != r.json["images"][1]
+
+
+def test_deep_cache_and_loras_are_refused_naming_the_engine(ov_app):
+    client = ov_app.test_client()
+    r = client.post("/generate", json={**BODY, "deep_cache": 3})
+    assert r.status_code == 400 and r.json["error"] == "unsupported_request"
+    assert "ENGINE=openvino" in r.json["message"] and "deep_cache" in r.json["message"]
+    r = client.post("/sdapi/v1/txt2img", json={**BODY, "speed_preset": "fast"})
+    assert r.status_code in (400, 422) and "ENGINE=openvino" in str(r.json)
+    assert client.post("/generate", json=BODY).status_code == 200  # the server goes on
+
+
+def test_loras_are_refused_naming_the_engine(make_app, ov_cache_dir, lora_dir):
+    client = make_app(ENGINE="openvino", OPENVINO_CACHE_DIR=str(ov_cache_dir),
+                      LORA_DIR=str(lora_dir)).test_client()
+    r = client.post("/generate", json={**BODY, "prompt": "a cat <lora:style-peft:1>"})
+    assert r.status_code == 400 and "LoRAs are not available with ENGINE=openvino" in \
+        r.json["message"]
+
+
+def test_without_openvino_the_start_fails_with_one_line_saying_what_to_install(
+        make_app, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` raises ImportError
+    client = make_app(ENGINE="openvino", OPENVINO_CACHE_DIR=str(tmp_path)).test_client()
+    r = client.get("/health")
+    assert r.status_code == 503 and r.json["status"] == "unhealthy"
+    assert "pip install -r requirements-openvino.txt" in r.json["error"]
+    assert "\n" not in r.json["error"] and "ENGINE=openvino" in r.json["error"]
+    assert not list(tmp_path.iterdir())
