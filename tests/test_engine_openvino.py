@@ -147,3 +147,17 @@ def test_without_openvino_the_start_fails_with_one_line_saying_what_to_install(
     assert "pip install -r requirements-openvino.txt" in r.json["error"]
     assert "\n" not in r.json["error"] and "ENGINE=openvino" in r.json["error"]
     assert not list(tmp_path.iterdir())
+
+
+def test_img2img_and_inpainting_run_on_openvino(ov_app):
+    from tests.test_api_img2img import b64, centre_mask, two_colours
+
+    client = ov_app.test_client()
+    txt2img = client.post("/generate", json=BODY)
+    img2img = client.post("/generate", json={**BODY, "init_image": b64(two_colours())})
+    assert img2img.status_code == 200 and img2img.data != txt2img.data
+    inpaint = client.post("/generate", json={**BODY, "init_image": b64(two_colours()),
+                                             "mask_image": b64(centre_mask())})
+    assert inpaint.status_code == 200
+    corner = pixels(inpaint.data)[:8, :8]  # outside the mask: the input's own pixels
+    assert np.array_equal(corner, np.asarray(two_colours().convert("RGB"))[:8, :8])
