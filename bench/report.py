@@ -57,7 +57,8 @@ def rows(data: dict) -> list[dict]:
             row["gflops"] = gflops
             dtype_peak = peak.get(r.get("dtype") or "float32")
             req = r.get("request") or {}
-            full_batch = req.get("deep_cache", 1) == 1 and req.get("cfg_cutoff", 1) == 1
+            full_batch = (req.get("deep_cache", 1) == 1 and req.get("cfg_cutoff", 1) == 1
+                          and req.get("guidance_scale", 7.5) > 1)  # guidance 1: batch 1, no CFG
             row["step_shown"] = s if full_batch else r.get("step_mean_s")
             if full_batch:  # % of peak means something only for full CFG steps
                 row["pct_peak"] = 100 * gflops / dtype_peak if dtype_peak else None
