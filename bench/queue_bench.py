@@ -1,6 +1,7 @@
 """Queue backends compared (issue 14): images per hour and the redis path's overhead per job.
 
-    .venv/bin/python bench/queue_bench.py [--arch tiny|full] [--jobs 12] [--steps 4]
+    flock /tmp/heavy.lock .venv/bin/python bench/queue_bench.py [--arch tiny|full] [--jobs 12]
+        [--steps 4] [--size N]
 
 Rows: embedded (QUEUE_BACKEND=memory, one worker thread, TORCH_THREADS=2); redis with 1
 worker (TORCH_THREADS=2); redis with 2 worker processes (TORCH_THREADS=1 each). Each row
@@ -51,6 +52,8 @@ def main() -> int:
     parser.add_argument("--arch", default="tiny", choices=("tiny", "full"))
     parser.add_argument("--jobs", type=int, default=12)
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--size", type=int, default=0, help="image side (default: 64 tiny, "
+                        "512 full)")
     args = parser.parse_args()
     from app import create_app
     from config import Settings
@@ -59,7 +62,7 @@ def main() -> int:
     model = HERE / "cache" / f"queue-{args.arch}"
     if not (model / "model_index.json").exists():
         build_random_pipeline(model, args.arch)
-    size = 64 if args.arch == "tiny" else 512
+    size = args.size or (64 if args.arch == "tiny" else 512)
     body = {"prompt": "a lighthouse", "steps": args.steps, "width": size, "height": size}
     tmp = Path(tempfile.mkdtemp(prefix="queue-bench-"))
     env = {**BASE, "MODEL_ID": str(model), "BF16_CACHE_DIR": str(tmp / "bf16")}
