@@ -50,9 +50,10 @@ MISSING_MESSAGE = ("ENGINE=openvino needs the openvino package, which is not ins
                    "`pip install -r requirements-openvino.txt` or set ENGINE=torch")
 # Compiled static shapes kept at once (each holds its own copy of the repacked weights).
 COMPILED_SHAPES = 3
-# The export traces the torch UNet (its weights memory-mapped) and builds the OpenVINO graph
-# with its own copy of every weight, then writes it: measured on SD v1-4's UNet, the peak
-# anonymous memory was about this many times the UNet's float32 bytes.
+# The export traces the torch UNet (its weights memory-mapped) into an OpenVINO graph and
+# writes it, then the load compiles it: measured on SD v1-4 (bench/openvino-engine-results.md)
+# the peak RssAnon was 5.7 GiB, 0.9 GiB of it the rest of the pipeline, so about 1.5x the
+# UNet's 3.4 GB of float32 weights on top (peak RSS 12.6 GiB counts the mapped files too).
 EXPORT_RAM_FACTOR = 1.5
 TEXT_TOKENS = 77  # CLIP's sequence length: the encoder_hidden_states the pipeline passes
 IR_NAME = "unet.xml"
