@@ -48,8 +48,11 @@ log = logging.getLogger(__name__)
 
 MISSING_MESSAGE = ("ENGINE=openvino needs the openvino package, which is not installed: run "
                    "`pip install -r requirements-openvino.txt` or set ENGINE=torch")
-# Compiled static shapes kept at once (each holds its own copy of the repacked weights).
-COMPILED_SHAPES = 3
+# Compiled static shapes kept at once. Each holds its own copy of the weights: measured on
+# SD v1-4 (bench/openvino-engine-results.md), +3.3 GiB RssAnon per shape (3.7 GiB after the
+# load, 7.0 with a second shape, 10.3 with a third). Two keep a 16 GB server comfortable and
+# cover the default size plus one other (or the CFG cutoff's batch 1).
+COMPILED_SHAPES = 2
 # The export traces the torch UNet (its weights memory-mapped) into an OpenVINO graph and
 # writes it, then the load compiles it: measured on SD v1-4 (bench/openvino-engine-results.md)
 # the peak RssAnon was 5.7 GiB, 0.9 GiB of it the rest of the pipeline, so about 1.5x the
@@ -228,6 +231,10 @@ class OpenVinoUNet(torch.nn.Module):
             return self.compiled[shape]
         batch, height, width, tokens = shape
         c = self.config
+        # Dropped before compiling the new one, so memory never holds one shape more.
+        while len(self.compiled) >= COMPILED_SHAPES:
+            dropped, _ = self.compiled.popitem(last=False)
+            self.compile_seconds.pop(f"{dropped[0]}x{dropped[1] * 8}x{dropped[2] * 8}", None)
         self.model.reshape({0: [batch, c.in_channels, height, width], 1: [batch],
                             2: [batch, tokens, c.cross_attention_dim]})
         started = time.perf_counter()
@@ -241,9 +248,6 @@ class OpenVinoUNet(torch.nn.Module):
         self.compile_seconds[label] = seconds
         log.info("OpenVINO compiled the UNet for batch %d, %dx%d in %.1f s (%s)", batch,
                  width * 8, height * 8, seconds, self.chosen_precision)
-        while len(self.compiled) >= COMPILED_SHAPES:
-            dropped, _ = self.compiled.popitem(last=False)
-            self.compile_seconds.pop(f"{dropped[0]}x{dropped[1] * 8}x{dropped[2] * 8}", None)
         self.compiled[shape] = compiled.create_infer_request()
         return self.compiled[shape]
 
