@@ -25,6 +25,10 @@ HEALTH_SCHEMA = {"type": "object", "required": ["status"], "properties": {
                   "bf16 vs fp32 speed on this CPU and the dtype chosen"},
     "hint": {"type": "string", "nullable": True, "description": "advice, e.g. a faster "
              "precision this CPU offers"},
+    "engine": {"type": "object", "description": "what runs the UNet: name (torch or "
+               "openvino); for openvino the precision it chose, threads, compile and export "
+               "seconds, memory"},
+    "switching": {"type": "object", "description": "from/to while a model switch runs"},
     "queue": {"type": "object"}, "error": {"type": "string"}}}
 
 
