@@ -237,6 +237,10 @@ KNOBS: tuple[Knob, ...] = (
          "or e.g. redis://host:6379 to share between processes)", _text, "a storage URI"),
     Knob("CORS_ORIGINS", "", "Comma-separated origins allowed to call the API from a browser; "
          "empty = same origin only; * = anyone", _origins, "origins or *"),
+    Knob("ALLOWED_HOSTS", "auto", "Host names this server answers to (the request's Host "
+         "header), comma-separated; auto = localhost, 127.0.0.1 and ::1 when HOST is a "
+         "loopback address (so a web page cannot reach a local server by DNS rebinding), any "
+         "host otherwise; * = any", _origins, "auto, *, or host names"),
     Knob("API_KEY", "", "When set, generating, job and compatibility endpoints need "
          "'Authorization: Bearer <key>'", _text, "any string or empty"),
     Knob("API_AUTH", "", "When set, the endpoints API_KEY protects also take HTTP Basic auth "
@@ -299,6 +303,7 @@ class Settings:
     rate_limit: str
     rate_limit_storage_uri: str
     cors_origins: tuple[str, ...]
+    allowed_hosts: tuple[str, ...]
     api_key: str
     api_auth: tuple[tuple[str, str], ...]
     max_request_bytes: int

@@ -45,6 +45,7 @@ PAGE_HEADER, PAGE_VALUE = "X-Requested-With", "sd-cpu-page"
 # What a 401 to the page announces instead of Basic: a scheme browsers do not know.
 PAGE_BASIC_CHALLENGE = f'xBasic realm="{REALM}"'
 DEFAULT_PORTS = {"http": "80", "https": "443"}
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 def install(app: Flask, settings: Settings) -> None:
@@ -64,6 +65,18 @@ def install(app: Flask, settings: Settings) -> None:
              expose_headers=["X-Seed", "X-Job-Id", "Location", "X-Generation-Seconds",
                              "Retry-After"],
              allow_headers=["Content-Type", "Authorization", PAGE_HEADER])
+
+    allowed_hosts = host_names(settings)
+    if allowed_hosts:
+        @app.before_request
+        def refuse_other_hosts():
+            # A page on attacker.example whose name is re-pointed at 127.0.0.1 (DNS
+            # rebinding) is same-origin with itself: only the Host header gives it away.
+            host = host_name(request.host)
+            if host not in allowed_hosts:
+                raise ApiError(400, "host_not_allowed", f"this server answers to "
+                               f"{', '.join(allowed_hosts)}, not {host!r}; set ALLOWED_HOSTS "
+                               "to add the name you use", param="Host")
 
     @app.before_request
     def refuse_cross_site():
@@ -92,6 +105,25 @@ def install(app: Flask, settings: Settings) -> None:
             app.view_functions[endpoint] = limiter.limit(settings.rate_limit)(
                 app.view_functions[endpoint])
         app.extensions["sd_limiter"] = limiter
+
+
+def host_names(settings: Settings) -> tuple[str, ...]:
+    """The Host names to answer to, or () for any (ALLOWED_HOSTS; auto = the loopback names
+    when HOST is a loopback address)."""
+    wanted = tuple(h.lower() for h in settings.allowed_hosts)
+    if "*" in wanted:
+        return ()
+    if wanted in ((), ("auto",)):
+        return LOOPBACK_HOSTS if host_name(settings.host) in LOOPBACK_HOSTS else ()
+    return tuple(h for h in wanted if h != "auto")
+
+
+def host_name(host: str) -> str:
+    """A Host header (or address) without its port or IPv6 brackets, lower case."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 def auth_kind(settings: Settings) -> str:

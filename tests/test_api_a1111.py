@@ -200,7 +200,7 @@ def test_client_leaving_cancels_the_whole_batch(live_server, gate):
     port = int(server.url.rsplit(":", 1)[1])
     data = json.dumps({"prompt": "left early", "steps": 3, "batch_size": 2}).encode()
     sock = socket.create_connection(("127.0.0.1", port))
-    sock.sendall(b"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: t\r\nContent-Type: "
+    sock.sendall(b"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
                  b"application/json\r\n" + f"Content-Length: {len(data)}\r\n\r\n".encode()
                  + data)
     gate.wait_reached()

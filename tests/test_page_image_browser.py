@@ -238,7 +238,7 @@ def test_the_model_menu_lists_models_dir_and_switches(page, live_server, tmp_pat
     open_ready(page, server)
     page.click("summary")
     options = page.locator("#model option").all_text_contents()
-    assert options[0] == "The one being served" and "second" in options
+    assert options[0] == "Current model" and "second" in options
     page.select_option("#model", "second")
     page.fill("#prompt", "a cat")
     with page.expect_request(lambda r: r.url.endswith("/jobs") and r.method == "POST") as sent:

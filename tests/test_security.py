@@ -366,3 +366,28 @@ def test_cors_origins_may_post_and_reads_are_never_refused(make_app):
     assert r.status_code == 200 and r.headers["Access-Control-Allow-Origin"] == good["Origin"]
     anyone = make_app(CORS_ORIGINS="*").test_client()
     assert anyone.post("/jobs", json={"prompt": "a"}, headers=evil).status_code == 202
+
+
+@pytest.mark.parametrize("host,status", [
+    ("localhost:5000", 200), ("127.0.0.1", 200), ("[::1]:5000", 200),
+    ("evil.example", 400), ("evil.example:5000", 400), ("127.0.0.1.evil.example", 400),
+])
+def test_a_local_server_answers_only_to_local_host_names(make_app, host, status):
+    """DNS rebinding: a page whose name now points at 127.0.0.1 sends its own name as Host."""
+    client = make_app().test_client()
+    r = client.get("/health", headers={"Host": host})
+    assert r.status_code == status
+    if status == 400:
+        assert r.json["error"] == "host_not_allowed" and "ALLOWED_HOSTS" in r.json["message"]
+        r = client.post("/sdapi/v1/txt2img", json={"prompt": "a"}, headers={"Host": host})
+        assert r.status_code == 400 and r.json["detail"]  # in the dialect's own shape
+
+
+def test_allowed_hosts_opens_the_lan_or_names_the_hosts(make_app):
+    lan = make_app(HOST="0.0.0.0").test_client()  # auto: any name on a LAN address
+    assert lan.get("/health", headers={"Host": "sd.lan:5000"}).status_code == 200
+    named = make_app(ALLOWED_HOSTS="sd.lan").test_client()
+    assert named.get("/health", headers={"Host": "sd.lan:5000"}).status_code == 200
+    assert named.get("/health", headers={"Host": "localhost"}).status_code == 400
+    anyone = make_app(ALLOWED_HOSTS="*").test_client()
+    assert anyone.get("/health", headers={"Host": "whatever.example"}).status_code == 200
