@@ -19,7 +19,7 @@ from api import (ApiError, Services, a1111, core, jobs, openai_images, openapi,
                  render_native_error, security)
 # Re-exported: who may call what is decided in api/security.py.
 from api.security import GENERATING_ENDPOINTS, OPEN_ENDPOINTS, SECURITY_HEADERS  # noqa: F401
-from config import ConfigError, Settings
+from config import Settings, process_settings
 
 log = logging.getLogger("sd_server")
 
@@ -274,13 +274,9 @@ def install_signal_handlers(app: Flask, settings: Settings,
 
 def main() -> int:
     """Entry point: validate settings, bind HOST:PORT, start loading the model, serve."""
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+    settings = process_settings()
+    if settings is None:
         return 2
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings, start_worker=False)
     try:
         server = listen(app, settings)

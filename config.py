@@ -376,6 +376,22 @@ class Settings:
         return self.model_id
 
 
+def process_settings() -> Settings | None:
+    """An entry point's settings (app.py, worker.py) with logging set up from LOG_LEVEL, or
+    None after printing the one-line error for an invalid knob."""
+    import logging
+    import sys
+
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return None
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return settings
+
+
 def env_example() -> str:
     """The text of .env.example: each knob's help and allowed values, then its default."""
     import textwrap

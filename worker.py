@@ -9,21 +9,16 @@ here serves every job instead of being loaded again per job.
 """
 from __future__ import annotations
 
-import logging
 import sys
 
-from config import ConfigError, Settings, redact_url
+from config import process_settings, redact_url
 
 
 def main() -> int:
     """Entry point: validate settings, check Redis, load the model, serve jobs."""
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+    settings = process_settings()
+    if settings is None:
         return 2
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.queue_backend != "redis":
         print("worker.py serves QUEUE_BACKEND=redis; with QUEUE_BACKEND=memory app.py runs "
               "the jobs itself (set QUEUE_BACKEND=redis in .env to scale out)", file=sys.stderr)

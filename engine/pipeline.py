@@ -100,6 +100,7 @@ class Engine:
         self.model: ModelEntry | None = None  # the catalogue entry being served
         self._bf16 = False  # the precision chosen at the first load, kept across switches
         self._tokenizer = None
+        self._startup_source: str | None = None  # the catalogue source of MODEL_ID's model
         self._default_scheduler_config = None
 
     def _set_status(self, **changes: Any) -> None:
@@ -143,7 +144,9 @@ class Engine:
             log.info(self.status.hint)
         self._bf16 = bf16
         self.taesd = load_tiny_decoder(s.taesd_model, required=s.vae_decoder == "tiny")
-        self._load_model(list_models(s)[0])
+        startup = list_models(s)[0]
+        self._startup_source = startup.source  # MODEL_ID's model, named as MODEL_ID says
+        self._load_model(startup)
 
     def _load_model(self, entry: ModelEntry) -> None:
         """Load `entry` as the served pipeline (the catalogue's MODEL_ID entry at start, any
@@ -151,7 +154,7 @@ class Engine:
         s = self.settings
         self._set_status(phase="loading")
         # The startup model loads with MODEL_ID as given (tiny-random is built on first use).
-        startup = list_models(s)[0].source == entry.source
+        startup = entry.source == self._startup_source
         # ENGINE=openvino: a float32 torch pipeline, its UNet then compiled in OpenVINO's
         # precision (bf16 is a compile hint there, not a second copy of the weights).
         pipe, optimizations = load_pipeline(s if startup else s.with_overrides(
@@ -176,8 +179,8 @@ class Engine:
     def model_name(self) -> str:
         """The served model as clients name it: MODEL_ID for the startup model, else its
         catalogue name."""
-        first = list_models(self.settings)[0]
-        if self.model is None or self.model.source == first.source:
+        # Read on every /health and image: the startup source is kept, never re-scanned.
+        if self.model is None or self.model.source == self._startup_source:
             return self.settings.model_id
         return self.model.name
 
