@@ -150,13 +150,15 @@ def _finite(key: str, value: Any) -> None:
             pending.extend(item)
 
 
-def validate(body: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """An options body -> (supported values, other values), or 422 naming the key."""
+def validate(body: Any) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+    """An options body -> (supported values, other values, the model to switch to or None),
+    or 422 naming the key."""
     if not isinstance(body, dict):
         raise _invalid("body", 'the body must be a JSON object of options, e.g. '
                        '{"sd_model_checkpoint": "..."} (GET /sdapi/v1/options lists them)')
-    if "sd_model_checkpoint" in body:
-        check_checkpoint(body["sd_model_checkpoint"])  # 422 before anything is stored
+    switch = None
+    if "sd_model_checkpoint" in body:  # 422 before anything is stored
+        switch = check_checkpoint(body["sd_model_checkpoint"])
     specs = {spec.name: spec for spec in speed_fields(services().settings)}
     supported, others = {}, {}
     for key, value in body.items():
@@ -170,7 +172,7 @@ def validate(body: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         elif key not in MODEL_KEYS:
             _finite(key, value)
             others[key] = value
-    return supported, others
+    return supported, others, switch
 
 
 @bp.get("/options")
@@ -187,16 +189,15 @@ def options():
 @bp.post("/options")
 @doc("AUTOMATIC1111 set options: any subset (e.g. the whole GET dict back). The speed "
      "options are validated (422 naming the key) and become the defaults of later A1111 "
-     "generations; sd_model_checkpoint must name the served model (a no-op; another model is "
-     "a 422); other keys are kept and shown by GET but have no effect. In memory only: a "
+     "generations; sd_model_checkpoint naming the served model is a no-op, another model "
+     "from /sdapi/v1/sd-models is queued as a switch and answered once loaded (an unknown "
+     "one is a 422 listing the models); other keys are kept and shown by GET but have no effect. In memory only: a "
      "restart forgets them.", request={"type": "object", "additionalProperties": True},
      responses={200: SET_RESPONSE}, errors=(400, 401, 413, 415, 422), **A1111_DOC)
 def set_options():
     """Validate every key, then store them all (or none)."""
     body = json_body()
-    supported, others = validate(body)
-    switch = check_checkpoint(body["sd_model_checkpoint"]) if "sd_model_checkpoint" in body \
-        else None
+    supported, others, switch = validate(body)
     if switch is not None:
         switch_to(switch)
     try:
