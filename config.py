@@ -1,16 +1,18 @@
 """Settings: every knob of the server, read once from the environment (and `.env`).
 
-Each knob is declared once in `KNOBS` with its type, default, allowed range and a one-line
-description; `Settings.from_env` reads and validates them all, and a bad value raises
-`ConfigError` whose message names the variable, the value and what is allowed. The same
-table feeds `.env.example` and the README's configuration table (see `knob_table`).
+Each knob is declared once in `KNOBS` with its parser, default, allowed range and a one-line
+description; `Settings` is generated from that table (one typed field per knob, the type
+being what the knob's parser returns), so a new setting is one `Knob` and nothing else.
+`Settings.from_env` reads and validates them all, and a bad value raises `ConfigError` whose
+message names the variable, the value and what is allowed. The same table feeds
+`.env.example` and the README's configuration table (see `knob_table`).
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, make_dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, get_type_hints
 
 PROJECT_DIR = Path(__file__).resolve().parent
 TINY_MODEL_ID = "tiny-random"
@@ -30,6 +32,20 @@ class Knob:
     parse: Callable[[str, "Knob"], Any]
     allowed: str = ""
     empty_means_off: bool = False  # an explicitly empty value turns the feature off
+
+    @property
+    def field(self) -> str:
+        """The knob's `Settings` field: MODEL_ID -> model_id."""
+        return self.name.lower()
+
+    @property
+    def type(self) -> Any:
+        """The type of the knob's `Settings` field: what `parse` is annotated to return."""
+        hints = get_type_hints(self.parse)
+        if "return" not in hints:
+            raise TypeError(f"{self.name}'s parser needs a return annotation: it is the type "
+                            "of the Settings field")
+        return hints["return"]
 
 
 def _int(lo: int, hi: int, multiple_of: int = 1) -> Callable[[str, Knob], int]:
@@ -260,56 +276,15 @@ KNOBS: tuple[Knob, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Validated, typed settings, one field per knob (MODEL_ID -> model_id); build with
-    `Settings.from_env()`. The defaults live in KNOBS only: `from_env({})` gives them."""
+class SettingsBase:
+    """What every `Settings` does; its fields, one per knob, are generated from KNOBS below."""
 
-    model_id: str
-    models_dir: str
-    lora_dir: str
-    hf_token: str
-    host: str
-    port: int
-    threads: int
-    default_steps: int
-    max_steps: int
-    default_guidance: float
-    max_prompt_length: int
-    default_size: int
-    min_size: int
-    max_size: int
-    engine: str
-    openvino_cache_dir: str
-    attention_slicing: str
-    dtype: str
-    bf16_cache_dir: str
-    speed_preset: str
-    cfg_cutoff: float
-    deep_cache: int
-    vae_decoder: str
-    taesd_model: str
-    torch_threads: int
-    queue_size: int
-    queue_backend: str
-    redis_url: str
-    max_batch: int
-    job_retention_seconds: int
-    job_retention_count: int
-    output_dir: str
-    tiny_model_dir: str
-    safety_checker: str
-    log_level: str
-    rate_limit: str
-    rate_limit_storage_uri: str
-    cors_origins: tuple[str, ...]
-    allowed_hosts: tuple[str, ...]
-    api_key: str
-    api_auth: tuple[tuple[str, str], ...]
-    max_request_bytes: int
-    max_image_request_bytes: int
-    max_input_pixels: int
-    shutdown_grace_seconds: int
+    if TYPE_CHECKING:  # a type checker cannot see generated fields: it takes them as Any
+        __dataclass_fields__: ClassVar[dict[str, Any]]
+
+        def __init__(self, **values: Any) -> None: ...
+
+        def __getattr__(self, field: str) -> Any: ...
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -327,7 +302,7 @@ class Settings:
             raw = environ.get(knob.name)
             if raw is None or (not raw.strip() and not knob.empty_means_off):
                 raw = knob.default
-            values[knob.name.lower()] = knob.parse(raw, knob)
+            values[knob.field] = knob.parse(raw, knob)
         return cls(**values)._checked()
 
     def _checked(self) -> "Settings":
@@ -360,8 +335,7 @@ class Settings:
         unknown = set(changes) - known
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-        return Settings(**{**{f.name: getattr(self, f.name) for f in fields(self)},
-                           **changes})._checked()
+        return replace(self, **changes)._checked()
 
     def path(self, value: str) -> Path:
         """Resolve a folder setting: relative paths are inside the project folder."""
@@ -374,6 +348,24 @@ class Settings:
         if self.model_id == TINY_MODEL_ID:
             return str(self.path(self.tiny_model_dir))
         return self.model_id
+
+
+def settings_class(knobs: tuple[Knob, ...]) -> type[SettingsBase]:
+    """A frozen dataclass with one field per knob, named and typed by it (MODEL_ID -> model_id:
+    str), and the behaviour of `SettingsBase`."""
+    return make_dataclass(
+        "Settings", [(knob.field, knob.type) for knob in knobs], bases=(SettingsBase,),
+        frozen=True, namespace={
+            "__module__": __name__,  # Python 3.11 would say 'types' (repr, pickling)
+            "__doc__": "Validated, typed settings, one field per knob (MODEL_ID -> model_id); "
+                       "build with `Settings.from_env()`. The defaults live in KNOBS only: "
+                       "`from_env({})` gives them."})
+
+
+if TYPE_CHECKING:
+    Settings = SettingsBase
+else:
+    Settings = settings_class(KNOBS)
 
 
 def process_settings() -> Settings | None:

@@ -13,6 +13,39 @@ def test_every_setting_is_one_knob_and_its_default_is_the_knobs():
         assert getattr(defaults, knob.name.lower()) == knob.parse(knob.default, knob)
 
 
+def test_each_field_has_the_type_its_knob_parses_to():
+    from dataclasses import fields
+    from typing import get_origin
+
+    types = {f.name: f.type for f in fields(Settings)}
+    for knob in KNOBS:
+        assert types[knob.name.lower()] == knob.type, knob.name
+        value = knob.parse(knob.default, knob)
+        assert isinstance(value, get_origin(knob.type) or knob.type), knob.name
+
+
+def test_a_new_knob_is_a_new_settings_field():
+    from dataclasses import fields
+
+    from config import Knob, settings_class
+
+    def parse(raw: str, knob: Knob) -> int:
+        return int(raw)
+
+    extra = Knob("EXTRA_KNOB", "3", "a knob only this test declares", parse, "an integer")
+    generated = {f.name: f.type for f in fields(settings_class((*KNOBS, extra)))}
+    assert generated == {**{f.name: f.type for f in fields(Settings)}, "extra_knob": int}
+
+
+def test_with_overrides_validates_and_names_unknown_fields():
+    s = Settings.from_env({})
+    assert s.with_overrides(port=8080).port == 8080 and s.port == 5000
+    with pytest.raises(ConfigError, match="unknown setting"):
+        s.with_overrides(no_such_setting=1)
+    with pytest.raises(ConfigError, match="MAX_BATCH"):
+        s.with_overrides(max_batch=9, queue_size=8)
+
+
 def test_defaults_match_the_documented_ones():
     s = Settings.from_env({})
     assert s.model_id == "CompVis/stable-diffusion-v1-4"
