@@ -5,8 +5,9 @@ Three kinds of key:
   server-wide default of later A1111 generations that do not name them
   (`with_speed_defaults`);
 - the model (`sd_model_checkpoint`, and `sd_checkpoint_hash` which follows it): computed from
-  the served model, never stored; naming the served model is a no-op, naming another is a
-  422 until model switching exists (`check_checkpoint` is the one place to extend);
+  the served model, never stored; naming the served model is a no-op, naming another from
+  the catalogue queues a switch and answers once it is loaded (`switch_to`), naming none is
+  a 422 listing the models (`check_checkpoint`);
 - everything else: kept and echoed by GET (so a client's GET-then-POST round trip is
   lossless) but with no effect here, which the POST's answer and the log both say.
 The store is in memory (jobs.options.OptionsStore): a restart forgets what was set.
