@@ -8,7 +8,10 @@ from flask import Blueprint, Response, current_app, jsonify, render_template, se
 from api import ApiError, failed_job_error, json_body, services, submit, wait_for
 from api.openapi import doc
 from api.security import auth_kind
-from params import (DEFAULT_SCHEDULER, IMAGE_FIELDS, PRESETS, SCHEDULERS, ValidationError,
+from catalog.loras import list_loras
+from catalog.models import list_models
+from errors import ValidationError
+from params import (DEFAULT_SCHEDULER, IMAGE_FIELDS, PRESETS, SCHEDULERS,
                     parse_generation_request)
 
 bp = Blueprint("core", __name__)
@@ -51,9 +54,6 @@ def parse_or_400(body) -> object:
 @doc("The web page.", responses={200: "text/html"}, errors=())
 def index():
     """Serve the browser form."""
-    from engine.loras import list_loras  # these read MODELS_DIR / LORA_DIR; no torch
-    from engine.models import list_models
-
     s = services().settings
     return render_template("index.html", models=[e.name for e in list_models(s)
                                                  if not e.problem],

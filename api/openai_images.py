@@ -20,7 +20,8 @@ from api import (ApiError, body_too_large, error_json, failed_job_error, json_bo
                  services)
 from api.batches import run_batch
 from api.openapi import doc
-from params import (DEFAULT_STRENGTH, SPEED_OPTIONS, ValidationError, field_value,
+from errors import ValidationError
+from params import (DEFAULT_STRENGTH, SPEED_OPTIONS, field_value,
                     image_count_field, json_object, parse_generation_request, request_fields)
 
 log = logging.getLogger(__name__)
@@ -192,7 +193,7 @@ def parse_edits() -> tuple[Any, int, str, list[str], Any]:
     or 400/413/415 in OpenAI's shape."""
     from flask import request
 
-    import uploads
+    from params import uploads
 
     if request.mimetype != "multipart/form-data":
         raise ApiError(415, "unsupported_media_type", "send the edit as multipart/form-data "
@@ -237,7 +238,7 @@ def parse_edits() -> tuple[Any, int, str, list[str], Any]:
 def _edit_mask(upload: Any, image: Any, settings: Any) -> Any:
     """Our mask (white = repaint) from OpenAI's: the 'mask' file's transparent pixels, else
     the image's own (DALL-E 2's rule); None when neither has any (a whole-image edit)."""
-    import uploads
+    from params import uploads
 
     if upload is None:
         if "A" not in image.getbands() and "transparency" not in image.info:
@@ -337,7 +338,7 @@ def images_response(req: Any, n: int, response_format: str, ignored: list[str],
      responses={200: MODELS_RESPONSE}, errors=(401,), **OPENAI_DOC)
 def models():
     """List the models, as OpenAI's GET /v1/models does (the served one first)."""
-    from engine.models import list_models
+    from catalog.models import list_models
 
     engine = services().engine
     served = engine.model.source if engine.model is not None else None

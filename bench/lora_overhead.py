@@ -40,7 +40,7 @@ def measure(rounds: int) -> tuple[dict, dict, dict]:
 
     from config import Settings
     from engine import Engine
-    from engine.loras import find_lora
+    from catalog.loras import find_lora
 
     settings = Settings.from_env({"MODEL_ID": str(MODEL_DIR), "LORA_DIR": str(LORAS),
                                   "OUTPUT_DIR": "", "TAESD_MODEL": "",

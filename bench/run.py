@@ -372,7 +372,7 @@ def ensure_loras() -> None:
         targets = "LCM_TARGETS" if spec.get("lcm") else "ATTENTION_TARGETS"
         print(f"building the random LoRA {path.name}", flush=True)
         subprocess.run(["flock", LOCK, sys.executable, "-c",
-                        f"import sys; sys.path.insert(0, {str(ROOT)!r}); from engine.random_lora "
+                        f"import sys; sys.path.insert(0, {str(ROOT)!r}); from tests.random_lora "
                         f"import build_random_lora, {targets}; build_random_lora("
                         f"{str(MODEL_DIR)!r}, {str(path)!r}, targets={targets}, **{kwargs!r})"],
                        check=True)

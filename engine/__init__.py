@@ -18,10 +18,10 @@ within a second while the heavy libraries load in the worker thread.
 from engine.cpu import (PrecisionProbe, adaptive_threads, idle_cores, probe_precision,
                         usable_cores)
 from engine.images import encode_png
-from engine.load_errors import ModelLoadError, explain_load_error
+from engine.load_errors import explain_load_error
 from engine.pipeline import Engine, EngineStatus, GenerationResult, StepCallback
 from engine.random_model import ARCHITECTURES, build_random_pipeline
 
-__all__ = ["ARCHITECTURES", "Engine", "EngineStatus", "GenerationResult", "ModelLoadError",
-           "StepCallback", "adaptive_threads", "build_random_pipeline", "PrecisionProbe", "probe_precision",
-           "encode_png", "explain_load_error", "idle_cores", "usable_cores"]
+__all__ = ["ARCHITECTURES", "Engine", "EngineStatus", "GenerationResult", "PrecisionProbe",
+           "StepCallback", "adaptive_threads", "build_random_pipeline", "encode_png",
+           "explain_load_error", "idle_cores", "probe_precision", "usable_cores"]

@@ -10,7 +10,7 @@ import logging
 
 from PIL import Image
 
-from engine.load_errors import ModelLoadError
+from errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 

@@ -2,18 +2,8 @@
 from __future__ import annotations
 
 from config import Settings
+from errors import ModelLoadError
 
-
-class ModelLoadError(RuntimeError):
-    """The model could not be loaded; the message says what to do about it."""
-
-
-class NotEnoughDisk(ModelLoadError):
-    """The model's download would not fit: needs X in the cache folder, Y free."""
-
-
-class DownloadInterrupted(ModelLoadError):
-    """The download stopped (network error); a restart resumes where it stopped."""
 
 
 def _exception_chain(exc: BaseException) -> list[BaseException]:

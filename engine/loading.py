@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from config import TINY_MODEL_ID, Settings
-from engine.download import download_snapshot
-from engine.load_errors import ModelLoadError
-from engine.models import ModelUnavailable, list_models, prepare_single_file
+from catalog.download import download_snapshot
+from catalog.models import list_models
+from engine.hub_files import download_patterns
 from engine.random_model import build_random_pipeline
+from engine.single_file import prepare_single_file
 from engine.vae_bands import low_memory_vae_decode, vae_decode_in_row_bands
 from engine.weights_cache import CacheSpaceError, load_converted
+from errors import ModelLoadError, ModelUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,8 @@ def model_source(settings: Settings, progress: Progress | None = None, tokenizer
     if entry.kind == "single_file":
         return str(prepare_single_file(entry, s, progress, tokenizer=tokenizer))
     if entry.kind == "hub":  # fetched first, with progress, disk check and resume
-        folder = download_snapshot(s.model_id, s.hf_token, s.safety_checker == "off", progress)
+        folder = download_snapshot(s.model_id, s.hf_token, s.safety_checker == "off",
+                                   download_patterns, progress)
         if progress is not None:
             progress("loading", 0, 0)  # downloaded: now into memory
         return folder

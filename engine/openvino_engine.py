@@ -40,9 +40,9 @@ from typing import Any, Callable
 import torch
 
 from config import Settings
-from engine.load_errors import ModelLoadError
 from engine.weights_cache import remove_abandoned, source_key
-from params import GenerationRequest, UnsupportedRequest
+from errors import ModelLoadError, UnsupportedRequest
+from params import GenerationRequest
 
 log = logging.getLogger(__name__)
 

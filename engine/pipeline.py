@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
+from catalog.loras import find_lora
+from catalog.models import ModelEntry, find_model, list_models, with_hash
 from config import Settings
 from engine.cpu import (PrecisionProbe, adaptive_threads, idle_cores, probe_precision,
                         usable_cores)
@@ -23,12 +25,12 @@ from engine.images import encode_png
 from engine.img2img import TENSOR_INPUTS, mode_arguments, paste_over_input, pipeline_view
 from engine.load_errors import explain_load_error
 from engine.loading import load_pipeline
-from engine.loras import LoraAdapters, find_lora
-from engine.models import (ModelEntry, ModelUnavailable, UnknownModel, find_model,
-                           list_models, with_hash)
+from engine.loras import LoraAdapters
 from engine.preview import latent_preview_png
 from engine.speedups import DeepCache, cfg_cutoff_step, cut_guidance
-from params import SAMPLER_OF_CLASS, GenerationRequest, UnsupportedRequest
+from errors import ModelUnavailable, UnknownModel, UnsupportedRequest
+from params import SAMPLER_OF_CLASS, GenerationRequest
+from params.infotext import write_infotext
 
 log = logging.getLogger(__name__)
 
@@ -334,8 +336,8 @@ class Engine:
             image = paste_over_input(image, request)
         decode_seconds = time.perf_counter() - decode_started
         seconds = time.perf_counter() - started
-        parameters = request.infotext(seed, self.model_name, self.default_sampler,
-                                      lora_hashes)
+        parameters = write_infotext(request, seed, self.model_name, self.default_sampler,
+                                    lora_hashes)
         return GenerationResult(png=encode_png(image, parameters), seed=seed, width=image.width,
                                 height=image.height, steps=request.steps,
                                 seconds=round(seconds, 3),

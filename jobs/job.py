@@ -10,7 +10,8 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
-from params import MAX_SEED, GenerationRequest, UnsupportedRequest
+from errors import UnsupportedRequest
+from params import MAX_SEED, GenerationRequest
 
 
 class JobState(str, Enum):

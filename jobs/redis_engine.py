@@ -59,8 +59,8 @@ class RemoteEngine:
 
     @property
     def model(self):
-        """The served catalogue entry (engine.models.ModelEntry), or None."""
-        from engine.models import ModelEntry
+        """The served catalogue entry (catalog.models.ModelEntry), or None."""
+        from catalog.models import ModelEntry
 
         beat = self._speaker()
         return ModelEntry(**beat["model"]) if beat and beat.get("model") else None

@@ -22,7 +22,8 @@ from config import Settings, redact_url
 from jobs import redis_common as rc
 from jobs.job import Job, JobCancelled, JobState, explain_generation_error
 from jobs.store import OutputStore
-from params import GenerationRequest, UnsupportedRequest
+from errors import UnsupportedRequest
+from params import GenerationRequest
 
 log = logging.getLogger(__name__)
 

@@ -85,12 +85,12 @@ class OutputStore:
         """One saved PNG as a succeeded job, or None to skip it."""
         from PIL import Image
 
-        from params import parse_infotext
+        from params.infotext import request_from_infotext
 
         try:
             png = path.read_bytes()
             with Image.open(path) as image:
-                request, seed = parse_infotext(image.info["parameters"])
+                request, seed = request_from_infotext(image.info["parameters"])
         except (OSError, KeyError, ValueError):
             return None  # not one of ours, or damaged: leave it on disk
         except Exception:  # e.g. PIL's DecompressionBombError: skip this file, keep going

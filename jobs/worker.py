@@ -16,7 +16,7 @@ from typing import Any, Callable
 from jobs.job import Job, JobCancelled, JobState, explain_generation_error
 from jobs.state import QueueState
 from jobs.store import OutputStore
-from params import UnsupportedRequest
+from errors import UnsupportedRequest
 
 log = logging.getLogger(__name__)
 

@@ -59,7 +59,7 @@ def lora_dir(tmp_path_factory, tiny_model_dir) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from engine.random_lora import build_random_lora
+    from tests.random_lora import build_random_lora
 
     folder = tmp_path_factory.mktemp("lora")
     build_random_lora(tiny_model_dir, folder / "style-peft.safetensors", "peft", scale=5,

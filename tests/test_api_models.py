@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import checkpoints
+from engine import single_file
 from engine.random_model import build_random_pipeline
 
 BODY = {"prompt": "a cat", "seed": 3, "steps": 2, "width": 64, "height": 64}
@@ -27,7 +27,7 @@ def model_shelf(tiny_model_dir, tmp_path_factory):
     refused `.ckpt`."""
     root = tmp_path_factory.mktemp("shelf")
     build_random_pipeline(root / "second", "tiny", seed=1)
-    checkpoints.save_single_file(tiny_model_dir, root / "tinyck.safetensors")
+    single_file.save_single_file(tiny_model_dir, root / "tinyck.safetensors")
     shutil.copytree(tiny_model_dir, root / "tinyck.config",
                     ignore=shutil.ignore_patterns("*.safetensors"))
     shutil.copytree(tiny_model_dir, root / "broken")

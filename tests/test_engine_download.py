@@ -1,4 +1,4 @@
-"""engine.download against a fake Hub: a local HTTP server started by the test that answers
+"""catalog.download against a fake Hub: a local HTTP server started by the test that answers
 the Hub API's revision and tree endpoints and serves `resolve` URLs with the headers
 huggingface_hub reads (X-Repo-Commit, ETag, X-Linked-Etag/Size, Content-Length, Range). It
 serves the tiny model's files as a repo, slowly when asked, and can cut a transfer mid-way.
@@ -17,12 +17,21 @@ from pathlib import Path
 
 import pytest
 
-from engine import download
-from engine.download import download_snapshot
-from engine.load_errors import DownloadInterrupted, NotEnoughDisk, explain_load_error
+from catalog import download
+from catalog.download import download_snapshot as fetch_snapshot
+from engine.hub_files import download_patterns
+from engine.load_errors import explain_load_error
+from errors import DownloadInterrupted, NotEnoughDisk
 
 REPO = "test-org/tiny-sd"
 UNET = "unet/diffusion_pytorch_model.safetensors"
+
+
+def download_snapshot(repo_id, token, safety_off, progress=None):
+    """The catalogue's downloader with the engine's file rules, as engine/loading.py calls it."""
+    return fetch_snapshot(repo_id, token, safety_off, download_patterns, progress)
+
+
 JUNK = {  # files from_pretrained never reads with our settings: none may be fetched
     "sd-v1-4.ckpt": b"pickle" * 1000,
     "sd-v1-4-full-ema.ckpt": b"pickle" * 2000,
@@ -352,7 +361,7 @@ def test_log_lines_come_every_ten_seconds_or_five_percent_whichever_later(monkey
     files = [download.PlannedFile("a", 1000, "x")]
     meter = download.DownloadMeter(REPO, files, Path("/nonexistent"), None)
     lines = []
-    with caplog.at_level("INFO", logger="engine.download"):
+    with caplog.at_level("INFO", logger="catalog.download"):
         for second, done in [(5, 200), (11, 210), (25, 240), (26, 270), (27, 900), (37, 1000)]:
             clock[0] = second
             meter.update(done)

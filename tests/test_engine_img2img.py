@@ -111,7 +111,7 @@ def test_inpainting_keeps_the_outside_and_repaints_the_inside(engine):
 
 
 def test_mask_blur_blends_the_edge(engine):
-    import uploads
+    from params import uploads
 
     mask = uploads.prepare_mask(centre_mask(), two_colours(), "mask_image", 64, 64, 0, 4, False)
     blurred = GenerationRequest(**{**INPAINT.to_dict(), "init_image": two_colours(),

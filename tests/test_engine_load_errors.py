@@ -2,7 +2,8 @@
 import pytest
 
 from config import Settings
-from engine.load_errors import ModelLoadError, explain_load_error
+from engine.load_errors import explain_load_error
+from errors import ModelLoadError
 
 
 class GatedRepoError(Exception):

@@ -1,6 +1,6 @@
 """engine.loras: the LoRA folder, and peft adapters applied to the real tiny pipeline per job.
 
-LoRAs are random ones made with peft for the tiny model (engine.random_lora), in both file
+LoRAs are random ones made with peft for the tiny model (tests.random_lora), in both file
 formats users bring: diffusers/peft and kohya/A1111.
 """
 from __future__ import annotations
@@ -12,8 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine.loras import LoraAdapters, LoraError, find_lora, list_loras
-from engine.random_lora import build_random_lora
+from catalog.loras import find_lora, list_loras
+from engine.loras import LoraAdapters
+from errors import LoraError
+from tests.random_lora import build_random_lora
 
 
 @pytest.fixture(scope="module")

@@ -12,16 +12,18 @@ from types import SimpleNamespace
 
 import pytest
 
-from engine import checkpoints, models
-from engine.models import (CKPT_PROBLEM, ModelUnavailable, UnknownModel, find_model,
-                           list_models, model_sha256, prepare_single_file, with_hash)
+from catalog import checkpoints, models
+from catalog.models import CKPT_PROBLEM, find_model, list_models, model_sha256, with_hash
+from engine import single_file
+from engine.single_file import prepare_single_file
+from errors import ModelUnavailable, UnknownModel
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_model_dir, tmp_path_factory) -> Path:
     """The tiny model as one LDM-layout .safetensors plus its `<stem>.config/` folder."""
     folder = tmp_path_factory.mktemp("checkpoint")
-    path = checkpoints.save_single_file(tiny_model_dir, folder / "tinyck.safetensors")
+    path = single_file.save_single_file(tiny_model_dir, folder / "tinyck.safetensors")
     shutil.copytree(tiny_model_dir, folder / "tinyck.config",
                     ignore=shutil.ignore_patterns("*.safetensors"))
     return path
@@ -101,8 +103,8 @@ def test_single_file_converts_once_to_the_same_model_offline(settings, tiny_mode
     assert np.array_equal(_image(original), _image(converted))
 
     calls = []
-    real = checkpoints.convert_checkpoint
-    monkeypatch.setattr(checkpoints, "convert_checkpoint", lambda *a: calls.append(a) or real(*a))
+    real = single_file.convert_checkpoint
+    monkeypatch.setattr(single_file, "convert_checkpoint", lambda *a: calls.append(a) or real(*a))
     assert prepare_single_file(find_model(settings, "tinyck"), settings) == folder
     assert calls == [], "the second load converted again instead of using the cache"
     os.utime(entry.source, ns=(1, 1))  # a replaced file is converted again, the old copy goes
@@ -148,8 +150,8 @@ def test_find_model_takes_every_name_a1111_clients_send(settings, models_dir):
 
 def test_sha256_is_the_files_and_computed_once(settings, models_dir, monkeypatch):
     calls = []
-    real = models._file_sha256
-    monkeypatch.setattr(models, "_file_sha256", lambda p: calls.append(p) or real(p))
+    real = models.file_sha256
+    monkeypatch.setattr(models, "file_sha256", lambda p: calls.append(p) or real(p))
     path = models_dir / "tinyck.safetensors"
     entry = find_model(settings, "tinyck")
     assert model_sha256(entry, settings) is None and calls == []  # listing never hashes
@@ -211,7 +213,7 @@ def test_sd1_checkpoint_without_a_tokenizer_says_what_to_download(settings, mode
 
 
 def test_conversion_refuses_when_the_disk_is_too_small(settings, monkeypatch):
-    monkeypatch.setattr(models.shutil, "disk_usage", lambda p: SimpleNamespace(free=1000))
+    monkeypatch.setattr(single_file.shutil, "disk_usage", lambda p: SimpleNamespace(free=1000))
     with pytest.raises(ModelUnavailable, match=r"needs .* GB free"):
         prepare_single_file(find_model(settings, "tinyck"), settings)
     assert not (settings.path(settings.models_dir) / ".converted").exists() or not any(

@@ -5,6 +5,7 @@ import pytest
 
 from jobs import JobQueue, JobState, NotAccepting, QueueFull
 from params import GenerationRequest
+from params.infotext import write_infotext
 
 REQ = GenerationRequest(prompt="a lighthouse", steps=3, width=64, height=64)
 
@@ -331,7 +332,7 @@ def _png_with_parameters(job, width=64, height=64):
     from PIL import Image, PngImagePlugin
 
     info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", job.request.infotext(job.seed, "tiny"))
+    info.add_text("parameters", write_infotext(job.request, job.seed, "tiny"))
     out = io.BytesIO()
     Image.new("RGB", (width, height), (200, 30, 30)).save(out, "PNG", pnginfo=info)
     return out.getvalue()

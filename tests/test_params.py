@@ -2,7 +2,10 @@
 import pytest
 
 from config import Settings
-from params import MAX_SEED, GenerationRequest, ValidationError, lora_tags, parse_generation_request
+from errors import ValidationError
+from params import MAX_SEED, GenerationRequest, parse_generation_request
+from params.infotext import parse_parameters, request_from_infotext, write_infotext
+from params.prompt import lora_tags
 
 SETTINGS = Settings.from_env({"MIN_SIZE": "64", "MAX_SIZE": "256", "DEFAULT_SIZE": "128",
                               "MAX_STEPS": "50", "DEFAULT_STEPS": "20"})
@@ -66,24 +69,39 @@ def test_null_seed_means_random_and_integral_float_is_accepted():
 def test_infotext_is_a1111_format():
     req = GenerationRequest(prompt="a cat", negative_prompt="dog", steps=3, guidance_scale=7.5,
                             width=64, height=128)
-    assert req.infotext(42, "m") == ("a cat\nNegative prompt: dog\nSteps: 3, Sampler: PNDM, "
+    assert write_infotext(req, 42, "m") == ("a cat\nNegative prompt: dog\nSteps: 3, Sampler: PNDM, "
                                      "CFG scale: 7.5, Seed: 42, Size: 64x128, Model: m")
 
 
-def test_parse_infotext_inverts_infotext():
-    from params import parse_infotext
-
+def test_request_from_infotext_inverts_the_writer():
     for req in (GenerationRequest(prompt="a cat, on a mat", negative_prompt="dog, blur",
                                   steps=3, guidance_scale=6.5, width=64, height=128,
                                   scheduler="DPM++ 2M Karras"),
                 GenerationRequest(prompt="line one\nline two", steps=20)):
-        parsed, seed = parse_infotext(req.infotext(77, "some/model"))
+        parsed, seed = request_from_infotext(write_infotext(req, 77, "some/model"))
         expected = GenerationRequest(**{**req.to_dict(), "seed": 77,
                                         "scheduler": req.scheduler if req.scheduler != "default"
                                         else "PNDM"})
         assert seed == 77 and parsed == expected
     with pytest.raises(ValueError):
-        parse_infotext("just a prompt")
+        request_from_infotext("just a prompt")
+
+
+def test_history_and_png_info_read_one_png_alike():
+    """One parser: png-info's fields and the request history rebuilds agree, also where a
+    quoted value holds commas (A1111's `Lora hashes`)."""
+    req = GenerationRequest(prompt="a cat <lora:style:0.5>", negative_prompt="dog, blur",
+                            steps=7, width=64, height=128, scheduler="Euler a",
+                            loras=(("style", 0.5, 0.5), ("ink", 1.0, 1.0)))
+    text = write_infotext(req, 9, "m", lora_hashes={"style": "a" * 64, "ink": "b" * 64})
+    fields = parse_parameters(text)
+    parsed, seed = request_from_infotext(text)
+    assert fields["Lora hashes"] == f"style: {'a' * 12}, ink: {'b' * 12}"
+    assert (fields["Prompt"], fields["Negative prompt"]) == (parsed.prompt,
+                                                              parsed.negative_prompt)
+    assert (int(fields["Size-1"]), int(fields["Size-2"]), int(fields["Steps"]),
+            fields["Sampler"], int(fields["Seed"])) == (parsed.width, parsed.height,
+                                                       parsed.steps, parsed.scheduler, seed)
 
 
 def test_image_counts_are_1_to_max_batch_naming_the_setting():

@@ -12,19 +12,19 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import math
-import re
 from typing import Any
 
 from flask import jsonify
 from PIL import Image
 
-import uploads
 from api import ApiError, json_body, services
-from api.a1111 import A1111_DOC, INVALID, bp
+from api.a1111.blueprint import A1111_DOC, bp
+from api.a1111.generation import INVALID
 from api.openapi import doc
-from params import FieldSpec, ValidationError, field_value
+from errors import ValidationError
+from params import FieldSpec, field_value, uploads
+from params.infotext import parse_parameters
 
 # What `upscaler_1` / `upscaler_2` may name ("None" = no upscaling), as GET upscalers lists.
 UPSCALERS: dict[str, Image.Resampling | None] = {
@@ -33,13 +33,6 @@ UPSCALERS: dict[str, Image.Resampling | None] = {
 # A batch may hold this many images, and its outputs this many times MAX_INPUT_PIXELS in
 # all: enough for real batches, bounded so one request cannot hold gigabytes of pixels.
 MAX_BATCH_IMAGES, MAX_BATCH_PIXEL_FACTOR = 32, 4
-# A1111 infotext: "Key: value, Key: "quoted, value", ..." on the last line. A1111's own
-# pattern, except that keys and leading blanks are bounded and matched possessively: as
-# written by A1111 it takes seconds on a hostile 8 KB line, this one is linear.
-PARAM = re.compile(r'\s{0,64}+(\w[\w \-/]{1,64}+):\s*+("(?:\\.|[^\\"])++"|[^,]*+)(?:,|$)')
-IMAGE_SIZE = re.compile(r"^(\d+)x(\d+)$")
-# A real settings line is a few KB; a longer last line is kept as prompt text, unparsed.
-MAX_SETTINGS_LINE = 65536
 # Pillow's image.info keys that are not text chunks a client wrote (A1111 drops these too).
 NOT_ITEMS = {"parameters", "dpi", "exif", "loop", "background", "timestamp", "duration",
              "progressive", "progression", "icc_profile", "chromaticity", "photoshop",
@@ -266,37 +259,6 @@ def _exif_comment(image: Image.Image) -> str | None:
         encoding = "utf-16-le" if payload[1:2] == b"\0" and payload[:1] != b"\0" else "utf-16-be"
         return payload.decode(encoding, errors="replace")
     return payload.decode("utf-8" if prefix != b"ASCII\0\0\0" else "ascii", errors="replace")
-
-
-def parse_parameters(text: str) -> dict[str, Any]:
-    """A1111's infotext parser: Prompt, Negative prompt and each "Key: value" of the last
-    line (a "WxH" value split into Key-1 and Key-2, quoted values unquoted); {} for no text."""
-    if not text.strip():
-        return {}
-    *lines, last = text.strip().split("\n")
-    if len(last) > MAX_SETTINGS_LINE or len(PARAM.findall(last)) < 3:
-        lines.append(last)
-        last = ""
-    prompt, negative, in_negative = [], [], False
-    for line in lines:
-        line = line.strip()
-        if line.startswith("Negative prompt:"):
-            line, in_negative = line[len("Negative prompt:"):].strip(), True
-        (negative if in_negative else prompt).append(line)
-    out: dict[str, Any] = {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative)}
-    for key, value in PARAM.findall(last):
-        value = value.strip()
-        if len(value) > 1 and value[0] == value[-1] == '"':
-            try:
-                value = json.loads(value)
-            except ValueError:
-                pass
-        size = IMAGE_SIZE.match(value) if isinstance(value, str) else None
-        if size:
-            out[f"{key}-1"], out[f"{key}-2"] = size.group(1), size.group(2)
-        else:
-            out[key] = value
-    return out
 
 
 @bp.post("/png-info")

@@ -22,10 +22,12 @@ from typing import Any, Mapping
 from flask import Response, jsonify
 
 from api import ApiError, failed_job_error, services
+from api.a1111.speed_options import with_speed_defaults
 from api.batches import run_batch
 from jobs import JobState
+from errors import ValidationError
 from params import (DEFAULT_SCHEDULER, SCHEDULERS, SPEED_OPTIONS, GenerationRequest,
-                    ValidationError, field_value, image_count_field, json_object,
+                    field_value, image_count_field, json_object,
                     parse_generation_request)
 
 log = logging.getLogger(__name__)
@@ -125,7 +127,6 @@ def parse_a1111(body: Any, extra: Mapping[str, Any] | None = None,
             native["scheduler"] = resolve_sampler(body.get(sampler_field),
                                                   body.get("scheduler"), sampler_field)
         # Speed options POSTed to /sdapi/v1/options act as defaults (a body field wins).
-        from api.a1111.options import with_speed_defaults  # the package imports this module
         req = parse_generation_request(with_speed_defaults(native), settings)
         batch_size, n_iter = (field_value(image_count_field(name, settings), body)
                               for name in ("batch_size", "n_iter"))

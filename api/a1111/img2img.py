@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from api import json_body, services
-from api.a1111 import GENERATION_DOC, bp, txt2img_schema
+from api.a1111.blueprint import GENERATION_DOC, bp, txt2img_schema
 from api.a1111.generation import generate, invalid, parse_a1111
 from api.openapi import doc
 from params import image_fields

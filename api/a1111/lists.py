@@ -14,7 +14,7 @@ from pathlib import Path
 from flask import jsonify
 
 from api import services
-from api.a1111 import A1111_DOC, bp
+from api.a1111.blueprint import A1111_DOC, bp
 from api.a1111.extras import UPSCALERS
 from api.openapi import doc
 
@@ -66,7 +66,7 @@ LORAS_RESPONSE = {"type": "array", "items": {"type": "object", "properties": {
      responses={200: LORAS_RESPONSE}, errors=(401,), **A1111_DOC)
 def loras():
     """The LoRAs a prompt may name, in A1111's shape (name, alias, path, metadata)."""
-    from engine.loras import list_loras
+    from catalog.loras import list_loras
 
     return jsonify([{"name": e.name, "alias": e.alias, "path": str(e.path),
                      "metadata": e.metadata, "format": e.format, "lcm": e.lcm}

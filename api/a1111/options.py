@@ -16,32 +16,23 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Mapping
+from typing import Any
 
-from flask import current_app, jsonify
+from flask import jsonify
 
 from api import ApiError, failed_job_error, json_body, services, submit_switch, wait_for
-from api.a1111 import A1111_DOC, INVALID, bp, model_hash, model_title
+from api.a1111.blueprint import A1111_DOC, bp
+from api.a1111.generation import INVALID, model_hash, model_title
+from api.a1111.speed_options import store
 from api.openapi import doc
 from jobs import JobState
-from jobs.options import OptionsFull, OptionsStore
-from params import PRESETS, SPEED_OPTIONS, ValidationError, field_value, speed_fields
+from jobs.options import OptionsFull
+from errors import ValidationError
+from params import field_value, speed_fields
 
 log = logging.getLogger(__name__)
 
-EXTENSION = "sd_a1111_options"
-# A1111 has about 400 options; their JSON is ~20 KB. This bounds what clients can store.
-MAX_OPTIONS_BYTES = 256 * 1024
 MODEL_KEYS = ("sd_model_checkpoint", "sd_checkpoint_hash")
-# The keys clients read, with A1111's defaults where they describe this server too. They
-# have no effect here (PNG only, no CLIP skip, no eta noise); they are what a client expects.
-A1111_DEFAULTS: dict[str, Any] = {
-    "samples_format": "png", "save_images_add_number": True,
-    "send_seed": True, "send_size": True, "CLIP_stop_at_last_layers": 1,
-    "eta_noise_seed_delta": 0, "eta_ancestral": 1.0, "sd_vae": "Automatic",
-    "live_previews_enable": True, "show_progress_every_n_steps": 1,
-    "enable_pnginfo": True, "jpeg_quality": 80, "img2img_fix_steps": False,
-}
 OPTIONS_RESPONSE = {"type": "object", "additionalProperties": True, "properties": {
     "sd_model_checkpoint": {"type": "string", "description": "the served model's title, as "
                             "in GET /sdapi/v1/sd-models"},
@@ -53,37 +44,6 @@ SET_RESPONSE = {"type": "object", "properties": {
                 "description": "keys stored that change later A1111 generations"},
     "no_effect": {"type": "array", "items": {"type": "string"},
                   "description": "keys kept and echoed by GET, with no effect here"}}}
-
-
-def store() -> OptionsStore:
-    """This app's options store, made on first use with the server's defaults."""
-    stores = current_app.extensions
-    if EXTENSION not in stores:
-        settings = services().settings
-        # samples_save: whether finished images are saved (OUTPUT_DIR set), as it is.
-        initial = {**A1111_DEFAULTS, "samples_save": bool(settings.output_dir),
-                   "outdir_samples": settings.output_dir,
-                   **{spec.name: spec.default for spec in speed_fields(settings)}}
-        # setdefault: two first requests racing both get the one store that won.
-        stores.setdefault(EXTENSION, OptionsStore(initial, MAX_OPTIONS_BYTES))
-    return stores[EXTENSION]
-
-
-def with_speed_defaults(fields: Mapping[str, Any]) -> dict[str, Any]:
-    """An A1111 generation's native `fields` with the stored speed options filled in. They
-    act as the server's own knobs (CFG_CUTOFF, DEEP_CACHE, ...): a field the request names
-    wins, and so does a preset it names, for the fields that preset sets."""
-    snapshot = store().snapshot()
-    preset = fields.get("speed_preset") or snapshot.get("speed_preset")
-    out = dict(fields)
-    for name in SPEED_OPTIONS:
-        value = snapshot.get(name)
-        if fields.get(name) is not None or value is None:
-            continue
-        if name != "speed_preset" and name in PRESETS.get(preset, {}):
-            continue
-        out[name] = value
-    return out
 
 
 def model_names() -> set[str]:
@@ -110,7 +70,8 @@ def check_checkpoint(name: Any) -> str | None:
     wanted = name.strip()
     if wanted in model_names() or wanted.removesuffix(".safetensors") in model_names():
         return None
-    from engine.models import UnknownModel, list_models
+    from catalog.models import list_models
+    from errors import UnknownModel
 
     try:
         return catalogue_model(wanted, services().settings, "sd_model_checkpoint")

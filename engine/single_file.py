@@ -1,98 +1,125 @@
-"""Single-file Stable Diffusion checkpoints (the original LDM layout A1111 and civitai use):
-what a file holds, read from its header without loading it; converting one to a diffusers
-folder offline; and the inverse, writing a diffusers folder as one LDM-layout file (for tests
-and benchmarks).
+"""Single-file SD checkpoints made loadable: each converted once, offline, to a diffusers
+folder that `from_pretrained` memory-maps (MODELS_DIR/.converted/<stem>-<key>/, see
+catalog.models.converted_folder); and the inverse, a diffusers folder written as one
+LDM-layout file (for tests and benchmarks).
 
-Converting uses diffusers' own `from_single_file` with a LOCAL config folder, so no Hub call is
-made: the SD 1.x configs ship in engine/configs/sd-v1; a checkpoint of another shape brings
-its own `<stem>.config/` folder (see `sidecar_config`).
+Converting uses diffusers' own `from_single_file` with a LOCAL config folder, so no Hub call
+is made: the SD 1.x configs ship in engine/configs/sd-v1; a checkpoint of another shape
+brings its own `<stem>.config/` folder (catalog.checkpoints.sidecar_config).
 """
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
 import re
 import shutil
-import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from catalog import checkpoints
+from catalog.checkpoints import CLIP, UNET, VAE
+from catalog.models import ModelEntry, converted_folder, list_models, read_json
+from config import Settings
+from errors import ModelUnavailable
 
 log = logging.getLogger(__name__)
 
+Progress = Callable[[str, int, int], None]  # (phase, bytes done, bytes total)
 SD1_CONFIG = Path(__file__).resolve().parent / "configs" / "sd-v1"
 SD1_VOCAB_SIZE = 49408  # the CLIP ViT-L/14 tokenizer every SD 1.x model uses
-UNET, VAE, CLIP = "model.diffusion_model.", "first_stage_model.", "cond_stage_model.transformer."
-# Keys that tell the families apart (the same ones diffusers' single_file_utils checks).
-SD1_KEY = UNET + "output_blocks.11.0.skip_connection.weight"
-SD1_CLIP_KEY = CLIP + "text_model.embeddings.position_embedding.weight"
-MAX_HEADER_BYTES = 100 * 2**20
-FLOAT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
+SD1_TOKENIZER_SOURCES = (  # where an SD 1.x tokenizer may already sit in the local HF cache
+    ("openai/clip-vit-large-patch14", ""),
+    ("CompVis/stable-diffusion-v1-4", "tokenizer"),
+    ("stable-diffusion-v1-5/stable-diffusion-v1-5", "tokenizer"),
+    ("runwayml/stable-diffusion-v1-5", "tokenizer"),
+)
 
 
-def read_header(path: Path) -> dict[str, dict[str, Any]]:
-    """The tensors a .safetensors file holds ({name: {dtype, shape, data_offsets}}), read from
-    its JSON header only (a few hundred KB even for a 4 GB file); ValueError if unreadable."""
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) != 8:
-            raise ValueError("the file is too short to be a .safetensors file")
-        (size,) = struct.unpack("<Q", raw)
-        if not 2 <= size <= MAX_HEADER_BYTES:
-            raise ValueError("the file does not start with a safetensors header")
-        try:
-            header = json.loads(f.read(size))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"its safetensors header is not valid JSON ({exc})") from None
-    if not isinstance(header, dict):
-        raise ValueError("its safetensors header is not a JSON object")
-    header.pop("__metadata__", None)
-    return header
+def prepare_single_file(entry: ModelEntry, settings: Settings, progress: Progress | None = None,
+                        tokenizer=None) -> Path:
+    """The diffusers folder that loads this single-file checkpoint, converting it once (offline,
+    float32) into MODELS_DIR/.converted/<stem>-<key>/; later calls return the cached folder.
+
+    The config is `<stem>.config/` beside the file when present, else the shipped SD 1.x one;
+    the tokenizer is `tokenizer` (e.g. the loaded pipeline's), the sidecar's, or the CLIP
+    ViT-L/14 one found locally (see sd1_tokenizer). Raises ModelUnavailable with what to do."""
+    if entry.problem:
+        raise ModelUnavailable(f"model {entry.name!r}: {entry.problem}")
+    if entry.kind != "single_file":
+        raise ValueError(f"{entry.name!r} is a {entry.kind} model, not a single file")
+    path = Path(entry.source).resolve()
+    target = converted_folder(path, settings)
+    if (target / "model_index.json").is_file():
+        return target
+    config = checkpoints.sidecar_config(path) or SD1_CONFIG
+    if not (config / "tokenizer").is_dir():
+        tokenizer = sd1_tokenizer(settings, tokenizer)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    needed, free = checkpoints.converted_bytes(path), shutil.disk_usage(target.parent).free
+    if free < needed * 1.05 + 2**20:
+        raise ModelUnavailable(
+            f"converting {path.name} needs {needed / 1e9:.1f} GB in {target.parent}, "
+            f"{free / 1e9:.1f} GB free: free some space or convert it to a diffusers folder "
+            "elsewhere and put that in MODELS_DIR")
+    _remove_stale(target, path)
+    if progress:
+        progress("converting checkpoint", 0, needed)
+    log.info("converting %s once to a diffusers folder in %s", path, target)
+    convert_checkpoint(path, config, target, tokenizer)
+    if progress:
+        progress("converting checkpoint", needed, needed)
+    return target
 
 
-def sidecar_config(path: Path) -> Path | None:
-    """`<stem>.config/` beside a checkpoint: a diffusers config folder (model_index.json and
-    each component's config, optionally tokenizer/) for checkpoints that are not SD 1.x shaped."""
-    folder = Path(path).with_name(Path(path).stem + ".config")
-    return folder if (folder / "model_index.json").is_file() else None
+def sd1_tokenizer(settings: Settings, tokenizer=None):
+    """The CLIP ViT-L/14 tokenizer SD 1.x checkpoints need, found without the network: the one
+    given (e.g. the loaded pipeline's), a local diffusers model's, or the HF cache's."""
+    if _is_sd1_tokenizer(tokenizer):
+        return tokenizer
+    from transformers import CLIPTokenizer
+
+    folders = [Path(e.source) / "tokenizer" for e in list_models(settings)
+               if e.kind == "diffusers" and (Path(e.source) / "tokenizer").is_dir()]
+    for folder in folders:
+        candidate = _try_tokenizer(lambda: CLIPTokenizer.from_pretrained(folder))
+        if _is_sd1_tokenizer(candidate):
+            return candidate
+    for repo, sub in SD1_TOKENIZER_SOURCES:
+        candidate = _try_tokenizer(lambda: CLIPTokenizer.from_pretrained(
+            repo, subfolder=sub, local_files_only=True))
+        if _is_sd1_tokenizer(candidate):
+            return candidate
+    raise ModelUnavailable(
+        "SD 1.x checkpoints need the CLIP ViT-L/14 tokenizer and none is on this machine: "
+        "download it once with network access (`hf download openai/clip-vit-large-patch14 "
+        "vocab.json merges.txt tokenizer_config.json special_tokens_map.json`), or put any "
+        "SD 1.x diffusers folder (it has tokenizer/) in MODELS_DIR")
 
 
-def checkpoint_problem(path: Path) -> str:
-    """Why this .safetensors file cannot be served as an SD 1.x model, or "" if it can."""
+def _try_tokenizer(load):
     try:
-        keys = read_header(path)
-    except (OSError, ValueError) as exc:
-        return f"refused: not a readable .safetensors file: {exc}"
-    if any(k.startswith("conditioner.embedders.") for k in keys):
-        return "refused: an SDXL checkpoint; this server runs SD 1.x checkpoints"
-    if any(k.startswith("cond_stage_model.model.") for k in keys):
-        return "refused: an SD 2.x checkpoint (OpenCLIP text encoder); this server runs SD 1.x checkpoints"
-    if not any(k.startswith(UNET) for k in keys) or not any(k.startswith(VAE) for k in keys) \
-            or SD1_CLIP_KEY not in keys:
-        return ("refused: not a full SD 1.x checkpoint (no UNet, VAE or CLIP text encoder: a "
-                "LoRA, VAE or embedding?); LoRAs go in LORA_DIR")
-    first_conv = keys.get(UNET + "input_blocks.0.0.weight", {}).get("shape", [])
-    if len(first_conv) == 4 and first_conv[1] != 4:
-        return (f"refused: an inpainting or instruct checkpoint ({first_conv[1]} UNet input "
-                "channels); this server runs ordinary SD 1.x checkpoints")
-    if sidecar_config(path) is None and (
-            SD1_KEY not in keys or keys[SD1_CLIP_KEY].get("shape", [0, 0])[-1] != 768):
-        return ("refused: not SD 1.x shaped; this server runs SD 1.x checkpoints (a smaller "
-                f"custom model needs its diffusers config folder beside it: {Path(path).stem}.config/)")
-    return ""
+        return load()
+    except Exception:  # absent or unreadable: try the next place
+        return None
 
 
-def converted_bytes(path: Path) -> int:
-    """Bytes the float32 diffusers copy of this checkpoint takes (EMA duplicates skipped)."""
-    total = 0
-    for name, info in read_header(path).items():
-        if name.startswith("model_ema.") or info.get("dtype") not in FLOAT_BYTES:
-            continue
-        numel = 1
-        for dim in info.get("shape", []):
-            numel *= dim
-        total += numel * 4
-    return total
+def _is_sd1_tokenizer(tokenizer) -> bool:
+    return tokenizer is not None and len(tokenizer) == SD1_VOCAB_SIZE
+
+
+def _remove_stale(target: Path, checkpoint: Path) -> None:
+    """Delete older conversions of the same checkpoint (it was edited or replaced) and
+    half-written ones whose writer was killed."""
+    for old in target.parent.glob(glob.escape(target.name.rsplit("-", 1)[0]) + "-*"):
+        pid = old.name.rsplit("-", 1)[-1]
+        if ".partial-" in old.name:
+            if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+                shutil.rmtree(old, ignore_errors=True)
+        elif old != target and read_json(old / "source.json").get("checkpoint") == str(checkpoint):
+            log.info("removing an outdated conversion: %s", old)
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def convert_checkpoint(path: Path, config: Path, target: Path, tokenizer=None) -> None:

@@ -1,7 +1,7 @@
 """The local model catalogue: the MODEL_ID model, then every diffusers folder and single-file
 checkpoint directly in MODELS_DIR; finding one by any name a client sends; the sha256 of
-single files (computed once, cached); and single files converted once to a diffusers folder
-that `from_pretrained` memory-maps, offline.
+single files (computed once, cached); and where a single file's diffusers copy goes (the
+engine converts it: engine/single_file.py).
 
 Layout of MODELS_DIR (all optional):
 
@@ -12,25 +12,24 @@ Layout of MODELS_DIR (all optional):
     .sha256.json                 the hash cache (keyed by real path, size, mtime)
     .converted/<stem>-<key>/     the diffusers copy of a checkpoint (keyed the same way)
 
-Nothing here imports torch until a checkpoint is converted: listing is cheap.
+Nothing here imports torch: listing is cheap, and request threads may call it.
 """
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import logging
 import os
 import re
-import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 from config import TINY_MODEL_ID, Settings
-from engine import checkpoints
-from engine.load_errors import ModelLoadError
+from catalog import checkpoints
+from catalog.hashes import file_sha256
+from errors import ModelUnavailable, UnknownModel
 
 log = logging.getLogger(__name__)
 
@@ -39,21 +38,7 @@ HASH_CACHE = ".sha256.json"
 CONVERTED = ".converted"
 CKPT_PROBLEM = ("refused: .ckpt files are Python pickles that can run code; convert it to "
                 ".safetensors")
-SD1_TOKENIZER_SOURCES = (  # where an SD 1.x tokenizer may already sit in the local HF cache
-    ("openai/clip-vit-large-patch14", ""),
-    ("CompVis/stable-diffusion-v1-4", "tokenizer"),
-    ("stable-diffusion-v1-5/stable-diffusion-v1-5", "tokenizer"),
-    ("runwayml/stable-diffusion-v1-5", "tokenizer"),
-)
 _HASH_SUFFIX = re.compile(r"\s*\[[0-9a-fA-F]{8,64}\]$")
-
-
-class UnknownModel(LookupError):
-    """No model of the catalogue has that name; the message lists the names we have."""
-
-
-class ModelUnavailable(ModelLoadError):
-    """The model is known but cannot be loaded; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -107,14 +92,14 @@ def model_sha256(entry: ModelEntry, settings: Settings, compute: bool = False) -
     path = Path(entry.source).resolve()
     key, stat = str(path), path.stat()
     cache_file = settings.path(settings.models_dir) / HASH_CACHE
-    cache = _read_json(cache_file)
+    cache = read_json(cache_file)
     hit = cache.get(key)
     if hit and hit.get("size") == stat.st_size and hit.get("mtime_ns") == stat.st_mtime_ns:
         return hit.get("sha256")
     if not compute:
         return None
-    digest = _file_sha256(path)
-    cache = _read_json(cache_file)  # re-read: another process may have added entries meanwhile
+    digest = file_sha256(path)
+    cache = read_json(cache_file)  # re-read: another process may have added entries meanwhile
     cache[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
     _write_json(cache_file, cache)
     return digest
@@ -127,42 +112,6 @@ def with_hash(entry: ModelEntry, settings: Settings) -> ModelEntry:
         if digest else entry
 
 
-def prepare_single_file(entry: ModelEntry, settings: Settings, progress: Progress | None = None,
-                        tokenizer=None) -> Path:
-    """The diffusers folder that loads this single-file checkpoint, converting it once (offline,
-    float32) into MODELS_DIR/.converted/<stem>-<key>/; later calls return the cached folder.
-
-    The config is `<stem>.config/` beside the file when present, else the shipped SD 1.x one;
-    the tokenizer is `tokenizer` (e.g. the loaded pipeline's), the sidecar's, or the CLIP
-    ViT-L/14 one found locally (see sd1_tokenizer). Raises ModelUnavailable with what to do."""
-    if entry.problem:
-        raise ModelUnavailable(f"model {entry.name!r}: {entry.problem}")
-    if entry.kind != "single_file":
-        raise ValueError(f"{entry.name!r} is a {entry.kind} model, not a single file")
-    path = Path(entry.source).resolve()
-    target = converted_folder(path, settings)
-    if (target / "model_index.json").is_file():
-        return target
-    config = checkpoints.sidecar_config(path) or checkpoints.SD1_CONFIG
-    if not (config / "tokenizer").is_dir():
-        tokenizer = sd1_tokenizer(settings, tokenizer)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    needed, free = checkpoints.converted_bytes(path), shutil.disk_usage(target.parent).free
-    if free < needed * 1.05 + 2**20:
-        raise ModelUnavailable(
-            f"converting {path.name} needs {needed / 1e9:.1f} GB in {target.parent}, "
-            f"{free / 1e9:.1f} GB free: free some space or convert it to a diffusers folder "
-            "elsewhere and put that in MODELS_DIR")
-    _remove_stale(target, path)
-    if progress:
-        progress("converting checkpoint", 0, needed)
-    log.info("converting %s once to a diffusers folder in %s", path, target)
-    checkpoints.convert_checkpoint(path, config, target, tokenizer)
-    if progress:
-        progress("converting checkpoint", needed, needed)
-    return target
-
-
 def converted_folder(path: Path, settings: Settings) -> Path:
     """Where the diffusers copy of checkpoint `path` goes: named by its real path, size, mtime
     and config, so an edited or replaced file is converted again."""
@@ -172,42 +121,6 @@ def converted_folder(path: Path, settings: Settings) -> Path:
     config_stamp = (sidecar / "model_index.json").stat().st_mtime_ns if sidecar else "sd-v1"
     key = hashlib.sha256(f"{real}:{stat.st_size}:{stat.st_mtime_ns}:{config_stamp}".encode())
     return settings.path(settings.models_dir) / CONVERTED / f"{real.stem}-{key.hexdigest()[:12]}"
-
-
-def sd1_tokenizer(settings: Settings, tokenizer=None):
-    """The CLIP ViT-L/14 tokenizer SD 1.x checkpoints need, found without the network: the one
-    given (e.g. the loaded pipeline's), a local diffusers model's, or the HF cache's."""
-    if _is_sd1_tokenizer(tokenizer):
-        return tokenizer
-    from transformers import CLIPTokenizer
-
-    folders = [Path(e.source) / "tokenizer" for e in list_models(settings)
-               if e.kind == "diffusers" and (Path(e.source) / "tokenizer").is_dir()]
-    for folder in folders:
-        candidate = _try_tokenizer(lambda: CLIPTokenizer.from_pretrained(folder))
-        if _is_sd1_tokenizer(candidate):
-            return candidate
-    for repo, sub in SD1_TOKENIZER_SOURCES:
-        candidate = _try_tokenizer(lambda: CLIPTokenizer.from_pretrained(
-            repo, subfolder=sub, local_files_only=True))
-        if _is_sd1_tokenizer(candidate):
-            return candidate
-    raise ModelUnavailable(
-        "SD 1.x checkpoints need the CLIP ViT-L/14 tokenizer and none is on this machine: "
-        "download it once with network access (`hf download openai/clip-vit-large-patch14 "
-        "vocab.json merges.txt tokenizer_config.json special_tokens_map.json`), or put any "
-        "SD 1.x diffusers folder (it has tokenizer/) in MODELS_DIR")
-
-
-def _try_tokenizer(load):
-    try:
-        return load()
-    except Exception:  # absent or unreadable: try the next place
-        return None
-
-
-def _is_sd1_tokenizer(tokenizer) -> bool:
-    return tokenizer is not None and len(tokenizer) == checkpoints.SD1_VOCAB_SIZE
 
 
 def _scan(settings: Settings) -> list[ModelEntry]:
@@ -290,25 +203,8 @@ def _same(a: str, b: str) -> bool:
         return a == b
 
 
-def _remove_stale(target: Path, checkpoint: Path) -> None:
-    """Delete older conversions of the same checkpoint (it was edited or replaced) and
-    half-written ones whose writer was killed."""
-    for old in target.parent.glob(glob.escape(target.name.rsplit("-", 1)[0]) + "-*"):
-        pid = old.name.rsplit("-", 1)[-1]
-        if ".partial-" in old.name:
-            if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
-                shutil.rmtree(old, ignore_errors=True)
-        elif old != target and _read_json(old / "source.json").get("checkpoint") == str(checkpoint):
-            log.info("removing an outdated conversion: %s", old)
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """A JSON object from `path`, or {} when it is absent, unreadable or not an object."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError):

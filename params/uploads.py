@@ -16,7 +16,7 @@ import warnings
 
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
-from params import ValidationError
+from errors import ValidationError
 
 # A1111's resize modes (img2img `resize_mode`); 3 ("latent upscale") resizes like 0 here.
 JUST_RESIZE, CROP_AND_RESIZE, RESIZE_AND_FILL, LATENT_UPSCALE = 0, 1, 2, 3

@@ -1,5 +1,5 @@
 """Fetch a Hub model before `from_pretrained` reads it: only the files from_pretrained would
-read (diffusers' own allow/ignore rules), the disk checked first, progress for /health and
+read (the `patterns` the engine computes with diffusers' own allow/ignore rules), the disk checked first, progress for /health and
 the log, and partial files resumed after a cut connection or a restart.
 
 huggingface_hub 2.x deletes a partial file when its download fails (its temporary names are
@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from engine.load_errors import DownloadInterrupted, ModelLoadError, NotEnoughDisk
+from errors import DownloadInterrupted, ModelLoadError, NotEnoughDisk
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[..., None]  # (phase, bytes done, bytes total, **extra figures)
+# (model_index.json, the repo's file names, safety checker off) -> (allow, ignore) patterns
+Patterns = Callable[[dict, set, bool], tuple]
 PARTIAL_SUFFIX = ".partial"
 LOG_EVERY_SECONDS = 10  # a log line at most this often ...
 LOG_EVERY_FRACTION = 0.05  # ... and only after this much more of the total
@@ -81,38 +83,8 @@ def size_text(n: int) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
-def download_patterns(model_index: dict, filenames: set[str],
-                      safety_checker_off: bool) -> tuple[list[str], list[str]]:
-    """The allow and ignore patterns `StableDiffusionPipeline.from_pretrained(repo,
-    use_safetensors=True[, safety_checker=None])` gives snapshot_download, computed with
-    diffusers' own helpers as `DiffusionPipeline.download` does (no variant, no custom code)."""
-    from diffusers.pipelines.pipeline_loading_utils import (CUSTOM_PIPELINE_FILE_NAME,
-                                                            _get_ignore_patterns,
-                                                            filter_model_files,
-                                                            variant_compatible_siblings)
-    from diffusers.schedulers.scheduling_utils import SCHEDULER_CONFIG_NAME
-    from diffusers.utils.constants import CONFIG_NAME, TRANSFORMERS_COMPONENT_AUX_FILES
-
-    filenames = set(filenames) - set(model_index.get("_ignore_files", []))
-    folder_names = [k for k, v in model_index.items()
-                    if isinstance(v, list) and k != "_class_name"]
-    passed = ["safety_checker"] if safety_checker_off else []
-    model_folders = {os.path.split(f)[0] for f in filter_model_files(filenames)
-                     if os.path.split(f)[0] in folder_names}
-    ignore = _get_ignore_patterns(passed, model_folders, filenames, True, False, False, False,
-                                  False, None)
-    model_files, _ = variant_compatible_siblings(filenames, variant=None, ignore_patterns=ignore)
-    allow = list(model_files) + [f"{k}/*" for k in folder_names if k not in model_folders]
-    allow += [os.path.join(k, "config.json") for k in model_folders]
-    allow += [SCHEDULER_CONFIG_NAME, CONFIG_NAME, "model_index.json", CUSTOM_PIPELINE_FILE_NAME]
-    allow = [p for p in allow if not (len(p.split("/")) == 2 and p.split("/")[0] in passed)]
-    allow += TRANSFORMERS_COMPONENT_AUX_FILES
-    ignore = ignore + [f"{i}.index.*json" for i in ignore]
-    return allow, ignore
-
-
 def _plan(repo_id: str, token: str | None, safety_checker_off: bool, cache: Path,
-          endpoint: str) -> tuple[str, list[PlannedFile], list[str], list[str]]:
+          endpoint: str, patterns: Patterns) -> tuple[str, list[PlannedFile], list[str], list[str]]:
     """Ask the Hub for the commit and its file list (with sizes), read model_index.json, and
     keep the files from_pretrained would read."""
     from huggingface_hub import HfApi, hf_hub_download
@@ -126,7 +98,7 @@ def _plan(repo_id: str, token: str | None, safety_checker_off: bool, cache: Path
     index_file = hf_hub_download(repo_id, "model_index.json", revision=commit, cache_dir=cache,
                                  endpoint=endpoint, token=token or None)
     model_index = json.loads(Path(index_file).read_text())
-    allow, ignore = download_patterns(model_index, {f.path for f in tree}, safety_checker_off)
+    allow, ignore = patterns(model_index, {f.path for f in tree}, safety_checker_off)
     kept = filter_repo_objects(tree, allow_patterns=allow, ignore_patterns=ignore,
                                key=lambda f: f.path)
     files = [PlannedFile(f.path, f.size, f.lfs.sha256 if f.lfs else f.blob_id) for f in kept]
@@ -262,7 +234,7 @@ def _fetch(repo_id: str, commit: str, item: PlannedFile, blobs: Path, endpoint: 
 
 
 def _snapshot_from_cache(repo_id: str, cache: Path, safety_checker_off: bool,
-                         cause: Exception | None) -> str:
+                         patterns: Patterns, cause: Exception | None) -> str:
     """The cached snapshot when the Hub cannot be asked (offline, unreachable, or refusing):
     checked against the cached file list, else the Hub's error (or huggingface_hub's) raised."""
     from huggingface_hub import get_cached_repo_tree, snapshot_download, try_to_load_from_cache
@@ -272,7 +244,7 @@ def _snapshot_from_cache(repo_id: str, cache: Path, safety_checker_off: bool,
         index_file = try_to_load_from_cache(repo_id, "model_index.json", cache_dir=cache)
         model_index = json.loads(Path(index_file).read_text()) if isinstance(index_file, str) \
             else {}
-        allow, ignore = download_patterns(model_index, tree, safety_checker_off)
+        allow, ignore = patterns(model_index, tree, safety_checker_off)
     except Exception:  # no cached file list: huggingface_hub decides from the folder alone
         allow = ignore = None
     try:
@@ -291,7 +263,7 @@ def _missing(folder: str, files: list[PlannedFile]) -> list[str]:
 
 
 def download_snapshot(repo_id: str, token: str | None, safety_checker_off: bool,
-                      progress: Progress | None = None) -> str:
+                      patterns: Patterns, progress: Progress | None = None) -> str:
     """The local snapshot folder of `repo_id` with every file from_pretrained reads: fetched
     now if missing (disk checked first, progress published, partial files resumed), else
     taken from the cache when offline (HF_HUB_OFFLINE=1) or when the Hub cannot be reached."""
@@ -301,17 +273,18 @@ def download_snapshot(repo_id: str, token: str | None, safety_checker_off: bool,
 
     cache, endpoint = hub_cache_dir(), hub_endpoint()
     if hub_offline():
-        return _snapshot_from_cache(repo_id, cache, safety_checker_off, None)
+        return _snapshot_from_cache(repo_id, cache, safety_checker_off, patterns, None)
     import httpx2
 
     try:
-        commit, files, allow, ignore = _plan(repo_id, token, safety_checker_off, cache, endpoint)
+        commit, files, allow, ignore = _plan(repo_id, token, safety_checker_off, cache, endpoint,
+                                          patterns)
     except (httpx2.HTTPError, OfflineModeIsEnabled, HfHubHTTPError, OSError) as exc:
         if type(exc).__name__ in ("RevisionNotFoundError",):
             raise
         log.warning("the Hub could not be asked about %s (%s); trying the local cache",
                     repo_id, exc)
-        return _snapshot_from_cache(repo_id, cache, safety_checker_off, exc)
+        return _snapshot_from_cache(repo_id, cache, safety_checker_off, patterns, exc)
     storage = cache / repo_folder_name(repo_id=repo_id, repo_type="model")
     blobs = storage / "blobs"
     blobs.mkdir(parents=True, exist_ok=True)

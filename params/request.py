@@ -1,0 +1,73 @@
+"""GenerationRequest: a validated request, every field present and within this server's limits."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from params.prompt import clip_prompt
+from params.samplers import DEFAULT_SCHEDULER
+
+MAX_SEED = 2**32 - 1
+# img2img/inpainting fields: the images are decoded and fitted by `uploads` at parse time.
+IMAGE_FIELDS = ("init_image", "mask_image")
+DEFAULT_STRENGTH = 0.75
+DEFAULT_MASK_BLUR = 4  # A1111's default
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A validated request: every field present and within this server's limits."""
+
+    prompt: str
+    negative_prompt: str = ""
+    seed: int | None = None
+    steps: int = 25
+    guidance_scale: float = 7.5
+    width: int = 512
+    height: int = 512
+    scheduler: str = DEFAULT_SCHEDULER
+    speed_preset: str = "quality"
+    cfg_cutoff: float = 1.0
+    deep_cache: int = 1
+    vae_decoder: str = "full"
+    # img2img / inpainting: Pillow images already fitted to width x height (RGB; mask 'L',
+    # white = repaint), or None for txt2img.
+    init_image: Any = field(default=None, compare=False, repr=False)
+    mask_image: Any = field(default=None, compare=False, repr=False)
+    strength: float = DEFAULT_STRENGTH
+    resize_mode: int = 0
+    mask_blur: int = DEFAULT_MASK_BLUR
+    mask_invert: int = 0
+    # (name, text-encoder weight, UNet weight) for each LoRA, from the prompt's <lora:...>
+    # tags and the `loras` field; the prompt keeps its tags (the PNG's infotext shows them).
+    loras: tuple[tuple[str, float, float], ...] = ()
+    model: str | None = None  # a catalogue model to switch to first (None: the served one)
+
+    @property
+    def clip_prompt(self) -> str:
+        """The prompt the text encoder sees: without its <lora:...> tags."""
+        return clip_prompt(self.prompt)
+
+    @property
+    def mode(self) -> str:
+        """txt2img, img2img or inpaint."""
+        if self.init_image is None:
+            return "txt2img"
+        return "img2img" if self.mask_image is None else "inpaint"
+
+    @property
+    def denoising_steps(self) -> int:
+        """The steps that really run: all of them for txt2img, steps x strength for img2img
+        (as diffusers and A1111 count them)."""
+        if self.init_image is None:
+            return self.steps
+        return min(int(self.steps * self.strength), self.steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The request as JSON-ready values (an image as its size, never its pixels)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in IMAGE_FIELDS:
+            image = out[name]
+            out[name] = None if image is None else {"width": image.width,
+                                                    "height": image.height}
+        return out
