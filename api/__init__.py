@@ -129,11 +129,6 @@ def submit(generation_request) -> Any:
 
 def submit_many(generation_requests: list) -> list:
     """Queue several validated requests atomically (all or none), errors as in `submit`."""
-    svc = services()
-    queue = svc.queue
-    # What the engine will really do (e.g. no TAESD here: the full VAE), so the job JSON
-    # and the page never claim an option that did not run.
-    generation_requests = [svc.engine.effective_request(r) for r in generation_requests]
     return _queued(lambda queue: queue.submit_many(generation_requests, client=client_id()),
                    len(generation_requests))
 

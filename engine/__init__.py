@@ -19,7 +19,8 @@ from engine.cpu import (PrecisionProbe, adaptive_threads, idle_cores, probe_prec
                         usable_cores)
 from engine.images import encode_png
 from engine.load_errors import explain_load_error
-from engine.pipeline import Engine, EngineStatus, GenerationResult, StepCallback
+from engine.pipeline import Engine
+from engine.status import EngineStatus, GenerationResult, StepCallback
 from engine.random_model import ARCHITECTURES, build_random_pipeline
 
 __all__ = ["ARCHITECTURES", "Engine", "EngineStatus", "GenerationResult", "PrecisionProbe",

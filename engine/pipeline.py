@@ -12,8 +12,8 @@ import logging
 import math
 import statistics
 import time
-from dataclasses import dataclass, replace
-from typing import Any, Callable
+from dataclasses import replace
+from typing import Any
 
 from catalog.loras import find_lora
 from catalog.models import ModelEntry, find_model, list_models, with_hash
@@ -28,47 +28,12 @@ from engine.loading import load_pipeline
 from engine.loras import LoraAdapters
 from engine.preview import latent_preview_png
 from engine.speedups import DeepCache, cfg_cutoff_step, cut_guidance
+from engine.status import EngineStatus, GenerationResult, StepCallback
 from errors import ModelUnavailable, UnknownModel, UnsupportedRequest
 from params import SAMPLER_OF_CLASS, GenerationRequest
 from params.infotext import write_infotext
 
 log = logging.getLogger(__name__)
-
-StepCallback = Callable[[int, int, Any], None]  # (step, total, latents tensor)
-
-
-@dataclass
-class GenerationResult:
-    """One finished image and how it was made."""
-
-    png: bytes
-    seed: int
-    width: int
-    height: int
-    steps: int
-    seconds: float
-    seconds_per_step: float
-    nsfw: bool = False
-    parameters: str = ""
-    decode_seconds: float = 0.0
-
-
-@dataclass(frozen=True)
-class EngineStatus:
-    """What /health reports about the model (immutable: the engine replaces it whole)."""
-
-    state: str = "loading"  # loading | ready | failed
-    phase: str = "starting"  # what the load is doing now, for /health and the page
-    progress: dict | None = None  # bytes_done/bytes_total of a long phase
-    error: str = ""
-    load_seconds: float | None = None
-    dtype: str = ""
-    optimizations: tuple[str, ...] = ()
-    torch_threads: int = 0
-    precision: dict | None = None  # the probe's figures and the choice made
-    hint: str = ""  # advice when the probe found a faster precision than the one in use
-    switching: dict | None = None  # {"from", "to"} while a model switch runs
-
 
 class ModelSwitchFailed(UnsupportedRequest):
     """The model asked for could not be loaded; the previous one is served again."""
@@ -268,7 +233,8 @@ class Engine:
     # -------------------------------------------------------------- generation
     def generate(self, request: GenerationRequest, seed: int,
                  on_step: StepCallback | None = None) -> GenerationResult:
-        """Make one image; `on_step(step, total, latents)` runs after every step and may raise.
+        """Make one image; `on_step(step, total, latents)` runs after every step and may raise
+        (`latents` is the receiver's own copy, to keep for a preview).
 
         The mode follows the request: txt2img, img2img (`init_image`) or inpainting (and
         `mask_image`). `step`/`total` count the denoising steps the user asked for (steps x
@@ -281,7 +247,7 @@ class Engine:
             raise RuntimeError("the model is not loaded")
         if request.model is not None:
             self.switch_model(request.model)  # the job waited its turn: switch, then draw
-        effective = self.effective_request(request)
+        effective = request.as_run(tiny_decoder=self.has_tiny_decoder)
         if effective is not request:
             # Falling back beats failing a job after minutes of steps; the PNG says so.
             log.warning("vae_decoder 'tiny' asked for but TAESD is not loaded (TAESD_MODEL): "
@@ -311,9 +277,9 @@ class Engine:
                     cut_guidance(pipeline, callback_kwargs)
             if step_index + 1 == pipeline_steps:
                 release_freed_memory()  # before the VAE decode, the peak of anonymous RAM
-            if on_step is not None:
+            if on_step is not None:  # a copy: the pipeline reuses its tensor
                 on_step(user_step(step_index + 1, pipeline_steps, asked), asked,
-                        callback_kwargs["latents"])
+                        callback_kwargs["latents"].detach().clone())
             return callback_kwargs
 
         lora_hashes = self._activate_loras(request)
@@ -366,12 +332,10 @@ class Engine:
         name = (self._default_scheduler_config or {}).get("_class_name", "")
         return SAMPLER_OF_CLASS.get(name, name or "default")
 
-    def effective_request(self, request: GenerationRequest) -> GenerationRequest:
-        """The request as this engine will run it: `vae_decoder='tiny'` becomes 'full' when
-        TAESD is not loaded (so the job, the page and the PNG all say what really ran)."""
-        if request.vae_decoder == "tiny" and self.taesd is None:
-            return replace(request, vae_decoder="full")
-        return request
+    @property
+    def has_tiny_decoder(self) -> bool:
+        """Whether TAESD is loaded (else a request's vae_decoder 'tiny' runs the full VAE)."""
+        return self.taesd is not None
 
     def preview_png(self, latents) -> bytes:
         """A small PNG of the given latents (safe from any thread: TAESD, when loaded, is

@@ -13,7 +13,8 @@ from typing import Any, Callable
 
 from config import Settings
 from jobs.eta import eta_seconds
-from jobs.job import Job, JobState, NotAccepting, QueueFull, random_seed
+from jobs.batch import build_batch
+from jobs.job import Job, JobState, NotAccepting, QueueFull
 from jobs.retention import expired_job_ids
 from jobs.state import QueueState
 from jobs.store import OutputStore
@@ -99,6 +100,7 @@ class JobQueue:
                     kind: str = "generate") -> list[Job]:
         """Queue several jobs atomically (a batch): all are accepted, or none is."""
         status, worker_error, state = self.engine.status, self._worker.error, self._state
+        tiny_decoder = self.engine.has_tiny_decoder
         with state.lock:
             if not state.accepting:
                 raise NotAccepting("shutting_down", "the server is shutting down; retry "
@@ -114,15 +116,10 @@ class JobQueue:
                                    f"{status.error}", None)
             if len(state.waiting) + len(requests) > self.settings.queue_size:
                 raise QueueFull(self._retry_after_locked())
-            jobs = []
-            for index, request in enumerate(requests):
-                seed = request.seed if request.seed is not None else random_seed()
-                job = Job(request=request, seed=seed, client=client, created_at=self.clock(),
-                          batch_index=index, batch_size=len(requests), kind=kind)
-                job.batch_id = jobs[0].batch_id if jobs else job.id
+            jobs = build_batch(requests, client, self.clock(), tiny_decoder, kind)
+            for job in jobs:
                 state.waiting.append(job)
                 state.jobs[job.id] = job
-                jobs.append(job)
             self._prune_locked()
             state.wake.notify_all()
         for job in jobs:

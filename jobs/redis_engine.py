@@ -1,19 +1,17 @@
 """RemoteEngine: the web process's stand-in for the engine under QUEUE_BACKEND=redis.
 
 The web loads no model; the routes still read `engine.status`, `model_name`, `model`,
-`info()`, `default_sampler` and `effective_request`. They get what the live workers
+`info()`, `default_sampler` and `has_tiny_decoder`. They get what the live workers
 publish in their heartbeats (jobs/redis_worker.py), read at most once a second.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from typing import Any
 
 from config import Settings
-from engine.pipeline import EngineStatus
+from engine.status import EngineStatus
 from jobs import redis_common as rc
-from params import GenerationRequest
 
 # Heartbeats change once a second; a route reading five attributes asks Redis once.
 CACHE_SECONDS = 1.0
@@ -77,12 +75,11 @@ class RemoteEngine:
         beat = self._speaker()
         return (beat or {}).get("default_sampler") or "default"
 
-    def effective_request(self, request: GenerationRequest) -> GenerationRequest:
-        """As Engine.effective_request: no TAESD on the workers -> the full VAE."""
+    @property
+    def has_tiny_decoder(self) -> bool:
+        """Whether the workers have TAESD loaded (as their heartbeat says)."""
         beat = self._speaker()
-        if request.vae_decoder == "tiny" and not (beat and beat.get("taesd")):
-            return replace(request, vae_decoder="full")
-        return request
+        return bool(beat and beat.get("taesd"))
 
     def info(self) -> dict[str, Any]:
         """Model facts for /health and the compatibility APIs, from a worker."""

@@ -19,7 +19,8 @@ from typing import Any
 from config import Settings
 from jobs import redis_common as rc
 from jobs.eta import eta_seconds
-from jobs.job import Job, JobState, NotAccepting, QueueFull, random_seed
+from jobs.batch import build_batch
+from jobs.job import Job, JobState, NotAccepting, QueueFull
 from params import GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -120,19 +121,16 @@ class RedisJobQueue:
         """Create the RQ jobs and our records in one pipeline."""
         from jobs.redis_worker import run_job
 
-        created, jobs, data = rc.now(), [], []
+        created, data = rc.now(), []
         retention = self.settings.job_retention_seconds
-        for index, request in enumerate(requests):
-            seed = request.seed if request.seed is not None else random_seed()
-            job = Job(request=request, seed=seed, client=client, created_at=created,
-                      batch_index=index, batch_size=len(requests))
-            job.batch_id = jobs[0].id if jobs else job.id
-            jobs.append(job)
+        jobs = build_batch(requests, client, created, self.engine.has_tiny_decoder)
+        for job in jobs:
             meta = {"client": client, "created_at": created, "batch_id": job.batch_id,
-                    "batch_index": index, "batch_size": len(requests),
+                    "batch_index": job.batch_index, "batch_size": job.batch_size,
                     "total_steps": job.total_steps}
+            request = job.request
             data.append(self.rq.prepare_data(
-                run_job, (request, seed), job_id=job.id, meta=meta, result_ttl=retention,
+                run_job, (request, job.seed), job_id=job.id, meta=meta, result_ttl=retention,
                 failure_ttl=retention, timeout=rc.JOB_TIMEOUT_SECONDS,
                 description=f"generate {request.width}x{request.height} {request.steps} steps"))
         with self.connection.pipeline() as pipe:

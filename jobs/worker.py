@@ -176,7 +176,7 @@ class Worker:
         with self.state.lock:
             job.step, job.total_steps = step, total
             job.step_marks.append(now)
-            job.latents = latents.detach().clone()  # the pipeline reuses its tensor
+            job.latents = latents  # the engine's copy, ours to keep for the preview
             if job.cancel_requested:
                 raise JobCancelled()
 

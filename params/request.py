@@ -1,7 +1,7 @@
 """GenerationRequest: a validated request, every field present and within this server's limits."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from params.prompt import clip_prompt
@@ -62,6 +62,13 @@ class GenerationRequest:
         if self.init_image is None:
             return self.steps
         return min(int(self.steps * self.strength), self.steps)
+
+    def as_run(self, tiny_decoder: bool) -> "GenerationRequest":
+        """The request as an engine runs it: vae_decoder 'tiny' becomes 'full' where no tiny
+        decoder (TAESD) is loaded, so the job, the page and the PNG say what really ran."""
+        if self.vae_decoder == "tiny" and not tiny_decoder:
+            return replace(self, vae_decoder="full")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """The request as JSON-ready values (an image as its size, never its pixels)."""
