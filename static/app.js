@@ -1,13 +1,12 @@
 // The web page: submit a generation job, follow its progress and preview, show the result
 // and the history. Plain ES modules, no build step, no network access beyond this server.
-// The input image and the sign-in panel live in their own modules.
+// The input image, the sign-in panel and the reading of /health live in their own modules.
 
 import { CredentialPanel, PAGE_HEADER, authorization } from "./auth.js";
+import { HEALTH_SOON_MS, readHealth } from "./health.js";
 import { InputImage } from "./input-image.js";
 
 const POLL_MS = 1000;            // job progress and preview refresh
-const HEALTH_LOADING_MS = 1500;  // while the model loads: notice "ready" quickly
-const HEALTH_READY_MS = 15000;   // once ready: only to notice a failure or shutdown
 const HISTORY_LIMIT = 24;
 const ACTIVE_JOB_STORAGE = "sd.activeJob";
 
@@ -96,56 +95,30 @@ function setServerStatus(kind, text) {
   el.textContent = text;
 }
 
+let healthTimer = null;
+let healthChecking = false;
+
+/** Ask /health, show what it says, and ask again: soon while not ready, rarely once ready. */
 async function pollHealth() {
-  let delay = HEALTH_LOADING_MS;
+  if (healthChecking) return;  // an answer is already on its way: as fresh as a new one
+  healthChecking = true;
+  clearTimeout(healthTimer);
+  let delay = HEALTH_SOON_MS;
   try {
     const response = await fetch(HEALTH_URL, { cache: "no-store",
                                                headers: [PAGE_HEADER] });
     const body = await response.json();
     showServerHint(body.hint);
-    if (body.status === "healthy") {
-      const q = body.queue || {};
-      setServerStatus("ready", body.switching ? `Switching to ${body.switching.to}…` :
-                      `Ready · ${body.model} · ${body.dtype || ""} · ${q.waiting || 0} waiting`);
-      delay = HEALTH_READY_MS;
-      setReady(true, "");
-    } else if (body.status === "loading") {
-      setServerStatus("loading", loadingText(body));
-      setReady(false, "The model is still loading; Generate turns on when it is ready.");
-    } else if (body.status === "unhealthy") {
-      setServerStatus("error", "The model failed to load.");
-      setReady(false, body.error || "The model failed to load; see the server log.");
-      delay = HEALTH_READY_MS;
-    } else {
-      setServerStatus("error", "The server is shutting down.");
-      setReady(false, body.message || "The server is shutting down.");
-    }
+    const health = readHealth(body);
+    setServerStatus(health.state, health.status);
+    setReady(health.ready, health.why);
+    delay = health.delay;
   } catch (_) {
     setServerStatus("error", "The server is not answering.");
     setReady(false, "Cannot reach the server; retrying…");
   }
-  setTimeout(pollHealth, delay);
-}
-
-/** What the model load is doing, with figures when a long phase reports them. */
-function loadingText(body) {
-  const p = body.progress;
-  const phase = body.phase || "loading";
-  if (p && p.bytes_total) {
-    const gb = (n) => (n / 1e9).toFixed(1);
-    const eta = p.eta_seconds ? `, about ${formatDuration(p.eta_seconds)} left` : "";
-    const what = phase === "downloading" ? "Downloading the model" :
-      phase.startsWith("converting") ? "Writing the bfloat16 weights (first start only)" : phase;
-    const files = p.files_total ? ` (${p.files_done} of ${p.files_total} files)` : "";
-    return `${what}: ${gb(p.bytes_done)} of ${gb(p.bytes_total)} GB${eta}${files}`;
-  }
-  if (phase === "probing precision") return "The model is loading (measuring this CPU first)…";
-  if (phase === "downloading") return "Downloading the model…";
-  return "Loading the model into memory…";
-}
-
-function formatDuration(seconds) {
-  return seconds >= 90 ? `${Math.round(seconds / 60)} min` : `${Math.round(seconds)} s`;
+  healthChecking = false;
+  healthTimer = setTimeout(pollHealth, delay);
 }
 
 function showServerHint(text) {
@@ -190,9 +163,11 @@ function updateGenerateButton(why) {
   button.disabled = !state.ready || busy;
   button.textContent = busy ? "Generating…" : "Generate";
   const hint = $("generate-hint");
-  if (!state.ready) hint.textContent = why || hint.textContent;
-  else if (busy) hint.textContent = "Wait for this image or cancel it.";
-  else hint.textContent = "Ctrl+Enter also generates.";
+  if (!state.ready) {
+    if (why) showText(hint, why);  // no reason given: keep the last one
+  } else {
+    hint.textContent = busy ? "Wait for this image or cancel it." : "Ctrl+Enter also generates.";
+  }
 }
 
 // ------------------------------------------------------------------ the form
@@ -260,7 +235,17 @@ function setSelect(id, value) {
 }
 
 function showFormError(message) {
-  $("form-error").textContent = message || "";
+  showText($("form-error"), message || "");
+}
+
+/** Show a server's text, its `backticked` commands as <code>; never parsed as HTML. */
+function showText(el, text) {
+  el.replaceChildren(...text.split("`").map((part, i) => {
+    if (i % 2 === 0) return part;
+    const code = document.createElement("code");
+    code.textContent = part;
+    return code;
+  }));
 }
 
 async function submitForm(event) {
@@ -282,6 +267,8 @@ async function submitForm(event) {
     state.submitting = false;
     showFormError(err.message);
     updateGenerateButton();
+    // 503: the workers or Redis went away since the last look; show it now, not in 15 s.
+    if (err.status === 503) pollHealth();
   }
 }
 
