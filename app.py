@@ -20,6 +20,7 @@ from api import (ApiError, Services, a1111, core, jobs, openai_images, openapi,
 # Re-exported: who may call what is decided in api/security.py.
 from api.security import GENERATING_ENDPOINTS, OPEN_ENDPOINTS, SECURITY_HEADERS  # noqa: F401
 from config import Settings, process_settings
+from jobs.backend import QueueBackend
 
 log = logging.getLogger("sd_server")
 
@@ -40,8 +41,8 @@ def create_app(settings: Settings | None = None, start_worker: bool = True) -> F
     # themselves (api.json_body), before reading the body.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_image_request_bytes
     app.json.sort_keys = False
-    engine, queue = _job_queue(settings)
-    app.extensions["sd_server"] = Services(settings=settings, engine=engine, queue=queue)
+    queue = _job_queue(settings)
+    app.extensions["sd_server"] = Services(settings=settings, engine=queue.engine, queue=queue)
 
     app.wsgi_app = ResponseTracker(app)
     _register_blueprints(app)
@@ -53,19 +54,18 @@ def create_app(settings: Settings | None = None, start_worker: bool = True) -> F
     return app
 
 
-def _job_queue(settings: Settings) -> tuple[Any, Any]:
-    """(engine, queue) of QUEUE_BACKEND: memory = the model and its worker thread in this
-    process; redis = a stand-in engine and the shared RQ queue (workers: worker.py)."""
+def _job_queue(settings: Settings) -> QueueBackend:
+    """The queue backend of QUEUE_BACKEND (the one place that chooses): memory = the model
+    and its worker thread in this process; redis = the shared RQ queue, its engine the
+    workers' account of theirs (workers: worker.py)."""
     if settings.queue_backend == "redis":
         from jobs.redis_queue import RedisJobQueue
 
-        queue = RedisJobQueue(settings)
-        return queue.engine, queue
+        return RedisJobQueue(settings)
     from engine import Engine  # torch is imported here, after settings are known to be valid
     from jobs import JobQueue
 
-    engine = Engine(settings)
-    return engine, JobQueue(engine, settings)
+    return JobQueue(Engine(settings), settings)
 
 
 class ResponseTracker:

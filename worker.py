@@ -25,10 +25,11 @@ def main() -> int:
         return 2
     from redis.exceptions import RedisError
 
+    from engine import Engine  # torch is imported here, after settings are known to be valid
     from jobs.redis_worker import serve
 
     try:
-        serve(settings)
+        serve(settings, Engine(settings))
     except RedisError as exc:
         print(f"Redis at {redact_url(settings.redis_url)} is unreachable "
               f"({type(exc).__name__}); start redis-server or fix REDIS_URL", file=sys.stderr)

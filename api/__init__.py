@@ -14,15 +14,17 @@ from flask import Response, current_app, jsonify, request
 
 from config import Settings
 from jobs import JobState, NotAccepting, QueueFull
+from jobs.backend import EngineView, QueueBackend
 
 
 @dataclass
 class Services:
-    """What the routes need, stored on the app (never a module-level global)."""
+    """What the routes need, stored on the app (never a module-level global): they see the
+    engine and the queue only through the Protocols of jobs.backend, whichever backend runs."""
 
     settings: Settings
-    engine: Any
-    queue: Any
+    engine: EngineView
+    queue: QueueBackend
 
 
 def services() -> Services:
@@ -145,8 +147,8 @@ def _queued(submit_to: Any, count: int) -> Any:
                        {"Retry-After": exc.retry_after}) from None
     except NotAccepting as exc:
         headers = {"Retry-After": exc.retry_after} if exc.retry_after else {}
-        # A backend that cannot run this request (jobs.redis_queue) says 400, not 503.
-        raise ApiError(getattr(exc, "status", 503), exc.reason, exc.message, headers) from None
+        # A backend that cannot run this request says 400 (BackendUnsupported), not 503.
+        raise ApiError(exc.status, exc.reason, exc.message, headers) from None
 
 
 # How often a synchronous request checks whether its client is still there.

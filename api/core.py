@@ -83,35 +83,11 @@ def favicon():
 def health():
     """Report model state, device, dtype, active optimizations and queue figures."""
     svc = services()
-    if svc.settings.queue_backend == "redis":  # workers elsewhere: ask Redis, never fail
-        code, body = svc.queue.health()
-        return jsonify({**body, "limits": request_limits(svc.settings)}), code
-    status = svc.engine.status
-    queue = svc.queue.stats()
-    body = {"model": svc.engine.model_name, "queue": queue,
-            "limits": request_limits(svc.settings)}
-    if queue.get("worker_error"):  # nothing would ever run: say so, whatever the model does
-        body.update(status="unhealthy", error=queue["worker_error"] + "; restart the server")
-        return jsonify(body), 503
-    if status.state == "ready" and not queue["accepting"]:
-        body.update(status="shutting_down")
-        return jsonify(body), 503
-    if status.state == "ready":
-        body.update(status="healthy", **svc.engine.info())
-        if status.switching:  # serving stays up: the switch is a job, the rest wait behind it
-            body.update(switching=status.switching, phase=status.phase,
-                        progress=status.progress)
-        return jsonify(body), 200
-    if status.state == "failed":
-        body.update(status="unhealthy", error=status.error)
-        return jsonify(body), 503
-    body.update(status="loading", phase=status.phase, progress=status.progress,
-                precision=status.precision, hint=status.hint or None,
-                message="the model is loading; generation is available when status is "
-                "'healthy'")
-    response = jsonify(body)
-    response.headers["Retry-After"] = "5"
-    return response, 503
+    health = svc.queue.health()
+    response = jsonify({**health.body, "limits": request_limits(svc.settings)})
+    if health.retry_after:
+        response.headers["Retry-After"] = str(health.retry_after)
+    return response, health.code
 
 
 @bp.post("/generate")

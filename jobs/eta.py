@@ -37,3 +37,12 @@ def eta_seconds(state: JobState, steps_left: int, step_marks: Sequence[float],
         elapsed = now - step_marks[-1]
         return max(0.0, steps_left * per_step - min(elapsed, per_step))
     return steps_left * per_step
+
+
+# Retry-After bounds: never "retry now", and a guess when no pace has been measured yet.
+MIN_RETRY_AFTER_SECONDS, UNKNOWN_RETRY_AFTER_SECONDS = 5, 30
+
+
+def retry_after_seconds(eta: float | None) -> int:
+    """A Retry-After for a full queue from the time until room frees up (None: unknown)."""
+    return max(MIN_RETRY_AFTER_SECONDS, int(eta or UNKNOWN_RETRY_AFTER_SECONDS))

@@ -39,13 +39,22 @@ class QueueFull(RuntimeError):
 
 class NotAccepting(RuntimeError):
     """The server is not taking jobs: model loading, load failed, worker stopped, or
-    shutting down."""
+    shutting down (`status` 503: retry later)."""
+
+    status = 503
 
     def __init__(self, reason: str, message: str, retry_after: int | None):
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.retry_after = retry_after
+
+
+class BackendUnsupported(NotAccepting):
+    """A request this queue backend cannot run (e.g. a model switch under Redis): a client
+    error (4xx), not an outage."""
+
+    status = 400
 
 
 class JobCancelled(Exception):
@@ -71,6 +80,7 @@ class Job:
     nsfw: bool = False
     saved_path: str | None = None
     client: str = ""
+    worker: str | None = None  # the Redis worker that runs it (None: this process)
     delivered: bool = False  # the image reached a client; until then count-pruning spares it
     cancel_requested: bool = False
     rejected: bool = False  # failed because the model cannot run this request (API: 4xx)
@@ -104,7 +114,8 @@ class Job:
             "seconds_per_step": self.seconds_per_step,
             "seconds": (round(self.finished_at - self.started_at, 2)
                         if self.finished_at and self.started_at else None),
-            "nsfw": self.nsfw, "kind": self.kind, "request": self.request.to_dict(),
+            "nsfw": self.nsfw, "kind": self.kind, "worker": self.worker,
+            "request": self.request.to_dict(),
         }
 
 

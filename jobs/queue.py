@@ -1,4 +1,5 @@
-"""JobQueue: where a request waits. A bounded FIFO of jobs, each with an id, a state,
+"""JobQueue: the in-process queue backend (jobs.backend.QueueBackend, QUEUE_BACKEND=memory),
+where a request waits. A bounded FIFO of jobs, each with an id, a state,
 step/total, timings, a live preview and, when it succeeds, its PNG.
 
 Finished jobs are kept for a bounded time and count (jobs/retention.py) so a page reload
@@ -12,7 +13,8 @@ import time
 from typing import Any, Callable
 
 from config import Settings
-from jobs.eta import eta_seconds
+from jobs.eta import eta_seconds, retry_after_seconds
+from jobs.backend import Health, ImageEngine
 from jobs.batch import build_batch
 from jobs.job import Job, JobState, NotAccepting, QueueFull
 from jobs.retention import expired_job_ids
@@ -25,12 +27,14 @@ log = logging.getLogger(__name__)
 
 # How long shutdown waits for a cancelled running job to reach its next step.
 CANCEL_WAIT_SECONDS = 60
+# What /health tells a prober to wait while the model loads.
+LOADING_RETRY_AFTER = 5
 
 
 class JobQueue:
     """Bounded FIFO of generation jobs served by one worker thread that owns the engine."""
 
-    def __init__(self, engine, settings: Settings, clock: Callable[[], float] = time.time,
+    def __init__(self, engine: ImageEngine, settings: Settings, clock: Callable[[], float] = time.time,
                  store: OutputStore | None = None):
         self.engine = engine
         self.settings = settings
@@ -214,12 +218,35 @@ class JobQueue:
         """Queue figures for /health; a `worker_error` means no job can run any more."""
         worker_error, state = self._worker.error, self._state
         with state.lock:
-            return {"waiting": len(state.waiting), "running": int(state.running is not None),
+            return {"backend": "memory", "waiting": len(state.waiting), "running": int(state.running is not None),
                     "capacity": self.settings.queue_size, "completed": state.completed,
                     "failed": state.failed, "accepting": state.accepting,
                     "seconds_per_step": (round(state.seconds_per_step, 3)
                                          if state.seconds_per_step else None),
                     "worker_error": worker_error}
+
+    def health(self) -> Health:
+        """/health: the worker, the model's state and the queue (never raises)."""
+        status, queue = self.engine.status, self.stats()
+        body: dict[str, Any] = {"model": self.engine.model_name, "queue": queue}
+        if queue["worker_error"]:  # nothing would ever run: say so, whatever the model does
+            return Health(503, {**body, "status": "unhealthy",
+                                "error": queue["worker_error"] + "; restart the server"})
+        if status.state == "ready" and not queue["accepting"]:
+            return Health(503, {**body, "status": "shutting_down"})
+        if status.state == "ready":
+            body.update(status="healthy", **self.engine.info())
+            if status.switching:  # serving stays up: the switch is a job, the rest wait
+                body.update(switching=status.switching, phase=status.phase,
+                            progress=status.progress)
+            return Health(200, body)
+        if status.state == "failed":
+            return Health(503, {**body, "status": "unhealthy", "error": status.error})
+        return Health(503, {**body, "status": "loading", "phase": status.phase,
+                            "progress": status.progress, "precision": status.precision,
+                            "hint": status.hint or None,
+                            "message": "the model is loading; generation is available when "
+                                       "status is 'healthy'"}, retry_after=LOADING_RETRY_AFTER)
 
     # ------------------------------------------------------------------ internals
     def _now(self) -> float:
@@ -241,8 +268,7 @@ class JobQueue:
     def _retry_after_locked(self) -> int:
         """A Retry-After estimate: the running job's remaining time, at least a few seconds."""
         running = self._state.running
-        eta = self._eta_locked(running) if running else None
-        return max(5, int(eta or 30))
+        return retry_after_seconds(self._eta_locked(running) if running else None)
 
     def _prune_locked(self) -> None:
         """Forget finished jobs beyond JOB_RETENTION_SECONDS and _COUNT (see jobs.retention)."""

@@ -85,7 +85,3 @@ class RemoteEngine:
         """Model facts for /health and the compatibility APIs, from a worker."""
         beat = self._speaker()
         return dict((beat or {}).get("info") or {"model": self.model_name, "device": "cpu"})
-
-    def preview_png(self, latents) -> bytes:
-        """Never called: under redis the workers render previews (see RedisJobQueue)."""
-        raise NotImplementedError("previews are rendered by the workers")

@@ -1,14 +1,12 @@
-"""RedisJobQueue: the JobQueue interface on RQ and Redis (QUEUE_BACKEND=redis).
+"""RedisJobQueue: the queue backend (jobs.backend.QueueBackend) on RQ and Redis
+(QUEUE_BACKEND=redis).
 
 The web process keeps no job state of its own: every call reads Redis, so several web
 processes behind a load balancer, or a restarted one, see the same jobs. Workers
 (`python worker.py`, jobs/redis_worker.py) take the jobs; the keys are described in
 jobs/redis_common.py. The `Job` objects handed to the routes are snapshots that `wait`,
-`snapshot` and `queue_position` refresh from Redis.
-
-A worker killed mid-job (its heartbeat lapses for HEARTBEAT_TTL_SECONDS) fails that job
-with a message naming the worker; it is not re-queued, because a job that killed its worker
-(e.g. out of memory) would kill the next one too. The client retries.
+`snapshot` and `queue_position` refresh from Redis (jobs/redis_records.py, which also fails
+the job of a worker that died); /health is jobs/redis_health.py.
 """
 from __future__ import annotations
 
@@ -18,9 +16,13 @@ from typing import Any
 
 from config import Settings
 from jobs import redis_common as rc
-from jobs.eta import eta_seconds
+from jobs.backend import Health
+from jobs.eta import eta_seconds, retry_after_seconds
+from jobs.redis_engine import RemoteEngine
+from jobs.redis_health import queue_figures, redis_health
+from jobs.redis_records import JobRecords
 from jobs.batch import build_batch
-from jobs.job import Job, JobState, NotAccepting, QueueFull
+from jobs.job import BackendUnsupported, Job, JobState, NotAccepting, QueueFull
 from params import GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -29,14 +31,8 @@ WAIT_POLL_SECONDS = 0.1  # how often a waiting request re-reads its job
 SUBMIT_LOCK_SECONDS = 5  # the cross-process lock that makes QUEUE_SIZE hold
 
 
-class BackendUnsupported(NotAccepting):
-    """A request this backend cannot run yet: a client error (4xx), not an outage."""
-
-    status = 400
-
-
 class RedisJobQueue:
-    """The job queue on Redis: same methods and Job objects as jobs.JobQueue."""
+    """The job queue on Redis: the same Protocol and Job objects as jobs.JobQueue."""
 
     def __init__(self, settings: Settings, connection=None):
         from rq import Queue
@@ -44,10 +40,14 @@ class RedisJobQueue:
         self.settings = settings
         self.connection = connection or rc.connect(settings)
         self.rq = Queue(rc.QUEUE_NAME, connection=self.connection)
-        from jobs.redis_engine import RemoteEngine
-
-        self.engine = RemoteEngine(settings, self.connection)
+        self._engine = RemoteEngine(settings, self.connection)
+        self.records = JobRecords(self.connection, self.rq, settings.job_retention_seconds)
         self._accepting = True
+
+    @property
+    def engine(self) -> RemoteEngine:
+        """The workers' engine as their heartbeats describe it."""
+        return self._engine
 
     # ------------------------------------------------------------------ control
     def start(self) -> "RedisJobQueue":
@@ -75,11 +75,6 @@ class RedisJobQueue:
     def accepting(self) -> bool:
         """False once this web process is shutting down."""
         return self._accepting
-
-    @property
-    def worker_error(self) -> None:
-        """No in-process worker can stop here; dead workers show in /health instead."""
-        return None
 
     # ------------------------------------------------------------------ jobs
     def submit(self, request: GenerationRequest, client: str = "") -> Job:
@@ -142,24 +137,14 @@ class RedisJobQueue:
 
     def get(self, job_id: str) -> Job | None:
         """The job with this id, or None if unknown or expired."""
-        from rq.exceptions import NoSuchJobError
-        from rq.job import Job as RQJob
-
-        try:
-            rq_job = RQJob.fetch(job_id, connection=self.connection)
-        except NoSuchJobError:
-            return None
-        return self._from_rq(rq_job)
+        return self.records.get(job_id)
 
     def recent(self, limit: int | None = None) -> list[Job]:
         """Known jobs, newest first."""
-        from rq.job import Job as RQJob
-
         oldest = rc.now() - self.settings.job_retention_seconds
         ids = [i.decode() for i in self.connection.zrevrangebyscore(
             rc.RECENT_KEY, "+inf", oldest, start=0, num=limit or -1)]
-        return [self._from_rq(j) for j in RQJob.fetch_many(ids, connection=self.connection)
-                if j is not None]
+        return self.records.many(ids)
 
     def current(self) -> Job | None:
         """A running job (the one started first when several workers run)."""
@@ -234,128 +219,22 @@ class RedisJobQueue:
     def snapshot(self, job: Job) -> dict[str, Any]:
         """The job as the JSON the API returns, with the worker that ran it."""
         position = self.queue_position(job)
-        body = job.to_json(position, self._eta(job, position))
-        body["worker"] = getattr(job, "worker", None)
-        return body
+        return job.to_json(position, self._eta(job, position))
 
     def stats(self) -> dict[str, Any]:
-        """Queue figures for /health (raises redis errors: /health reports them)."""
-        from rq.registry import StartedJobRegistry
+        """Queue figures for /health (raises redis errors: `health` reports them)."""
+        return queue_figures(self.settings, self.connection, self.rq, self._accepting)
 
-        figures = self.connection.hgetall(rc.STATS_KEY)
-        sps = figures.get(b"seconds_per_step")
-        return {"backend": "redis", "waiting": self.rq.count,
-                "running": StartedJobRegistry(queue=self.rq).count,
-                "capacity": self.settings.queue_size,
-                "completed": int(figures.get(b"completed", 0)),
-                "failed": int(figures.get(b"failed", 0)), "accepting": self._accepting,
-                "seconds_per_step": round(float(sps), 3) if sps else None,
-                "worker_error": None}
+    def health(self) -> Health:
+        """/health under redis: Redis, the workers and the queue (never raises)."""
+        return redis_health(self.settings, self.connection, self.rq, self._accepting,
+                            self.engine.model_name)
 
-    def health(self) -> tuple[int, dict[str, Any]]:
-        """/health under redis: (status code, body)."""
-        from redis.exceptions import RedisError
-
-        from config import redact_url
-
-        try:
-            queue, workers = self.stats(), rc.alive_workers(self.connection)
-        except RedisError as exc:
-            return 503, {"status": "unhealthy", "backend": "redis",
-                         "redis": redact_url(self.settings.redis_url),
-                         "error": rc.unreachable_message(self.settings, exc),
-                         "advice": "start redis-server (or fix REDIS_URL); queued jobs are "
-                                   "kept in Redis and go on once it is back"}
-        body: dict[str, Any] = {"backend": "redis", "model": self.engine.model_name,
-                                "queue": queue, "workers": [
-            {k: w.get(k) for k in ("name", "host", "pid", "state", "phase", "job")}
-            for w in workers]}
-        ready = [w for w in workers if w["state"] == "ready"]
-        if not self._accepting:
-            return 503, {**body, "status": "shutting_down"}
-        if not ready:
-            return 503, {**body, "status": "no_workers", "error": "no worker with a loaded "
-                         "model is alive" + (" (some are loading)" if workers else ""),
-                         "advice": "start one with `python worker.py` (same .env, same "
-                                   "REDIS_URL); jobs wait in Redis until one is ready"}
-        return 200, {**body, "status": "healthy", **(ready[0].get("info") or {}),
-                     "model": ready[0]["model_name"]}
+    def refresh(self, job: Job) -> Job:
+        """Re-read the job from Redis into `job` (see jobs.redis_records)."""
+        return self.records.refresh(job)
 
     # ------------------------------------------------------------------ internals
-    def refresh(self, job: Job) -> Job:
-        """Re-read the job's progress and outcome from Redis into `job`; a running job
-        whose worker's heartbeat lapsed is failed here (whichever web process sees it)."""
-        from rq.job import Job as RQJob
-
-        rq_job = RQJob(job.id, connection=self.connection)
-        status = rq_job.get_status(refresh=True)
-        meta = rq_job.get_meta(refresh=True)
-        state = rc.job_state(status and status.value, meta)
-        if state == JobState.RUNNING and self._abandoned(rq_job, meta):
-            meta = self._fail_abandoned(rq_job, meta)
-            state = JobState.FAILED
-        self._apply(job, state, meta)
-        return job
-
-    def _apply(self, job: Job, state: JobState, meta: dict[str, Any]) -> None:
-        """Copy what Redis knows into the Job the routes read."""
-        job.step = meta.get("step", 0)
-        job.total_steps = meta.get("total_steps") or job.total_steps
-        job.started_at, job.finished_at = meta.get("started_at"), meta.get("finished_at")
-        job.error, job.nsfw = meta.get("error"), bool(meta.get("nsfw"))
-        job.seconds_per_step, job.rejected = meta.get("seconds_per_step"), bool(
-            meta.get("rejected"))
-        job.saved_path, job.step_marks = meta.get("saved_path"), meta.get("step_marks") or []
-        job.worker = meta.get("worker")  # extra attribute: the job JSON's `worker`
-        flag = self.connection.get(rc.cancel_key(job.id))
-        job.cancel_requested, job.skip_requested = bool(flag), flag == b"skip"
-        if state == JobState.SUCCEEDED and job.png is None:
-            job.png = self.connection.get(rc.png_key(job.id))
-        if state == JobState.FAILED and not job.error:
-            job.error = "the worker failed running this job; the details are in its log"
-        job.state = state
-        if state.finished:
-            job.done.set()
-
-    def _abandoned(self, rq_job, meta: dict[str, Any]) -> bool:
-        """True when the worker running this job no longer heartbeats."""
-        name = meta.get("worker") or rq_job.worker_name
-        return bool(name) and not self.connection.exists(rc.heartbeat_key(name))
-
-    def _fail_abandoned(self, rq_job, meta: dict[str, Any]) -> dict[str, Any]:
-        """Fail a job whose worker died (kill -9, power loss): not re-queued (see above)."""
-        from rq.job import JobStatus
-        from rq.registry import FailedJobRegistry, StartedJobRegistry
-
-        from rq.job import Job as RQJob
-
-        rq_job = RQJob.fetch(rq_job.id, connection=self.connection)  # whole: RQ re-saves it
-        name = meta.get("worker") or rq_job.worker_name
-        meta.update(outcome=JobState.FAILED.value, finished_at=rc.now(), error=(
-            f"the worker {name} stopped while running this job (no heartbeat for "
-            f"{rc.HEARTBEAT_TTL_SECONDS} s); retry the request"))
-        rq_job.meta = meta
-        rq_job.save_meta()
-        with self.connection.pipeline() as pipe:
-            rq_job.set_status(JobStatus.FAILED, pipeline=pipe)
-            StartedJobRegistry(queue=self.rq).remove_executions(rq_job, pipeline=pipe)
-            FailedJobRegistry(queue=self.rq).add(rq_job, ttl=self.settings.job_retention_seconds,
-                                                  pipeline=pipe)
-            pipe.hincrby(rc.STATS_KEY, "failed", 1)
-            pipe.execute()
-        log.warning("job %s failed: worker %s died", rq_job.id, name)
-        return meta
-
-    def _from_rq(self, rq_job) -> Job:
-        """A Job for the routes from an RQ job (its args are the request and seed)."""
-        request, seed = rq_job.args
-        meta = rq_job.meta
-        job = Job(request=request, seed=seed, id=rq_job.id, client=meta.get("client", ""),
-                  created_at=meta.get("created_at", rc.now()),
-                  batch_id=meta.get("batch_id", rq_job.id),
-                  batch_index=meta.get("batch_index", 0), batch_size=meta.get("batch_size", 1))
-        return self.refresh(job)
-
     def _ready_workers(self) -> list[dict[str, Any]]:
         return [w for w in self.engine.workers() if w["state"] == "ready"]
 
@@ -371,9 +250,11 @@ class RedisJobQueue:
                            rc.now(), earlier)
 
     def _retry_after(self) -> int:
-        """Retry-After for a full queue: about one job's time, at least a few seconds."""
+        """Retry-After for a full queue: about one default job's time (DEFAULT_STEPS at the
+        last measured pace), at least a few seconds."""
         figures = self.connection.hget(rc.STATS_KEY, "seconds_per_step")
-        return max(5, int(float(figures) * 25) if figures else 30)
+        return retry_after_seconds(float(figures) * self.settings.default_steps
+                                   if figures else None)
 
 
 def _no_switching() -> BackendUnsupported:

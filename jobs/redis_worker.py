@@ -20,9 +20,11 @@ from typing import Any
 
 from config import Settings, redact_url
 from jobs import redis_common as rc
-from jobs.job import Job, JobCancelled, JobState, explain_generation_error
+from engine.status import GenerationResult
+from jobs import runner
+from jobs.backend import ImageEngine
+from jobs.job import Job, JobCancelled, JobState
 from jobs.store import OutputStore
-from errors import UnsupportedRequest
 from params import GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,7 @@ class WorkerContext:
     """What `run_job` needs, loaded once per worker process."""
 
     settings: Settings
-    engine: Any
+    engine: ImageEngine
     store: OutputStore
     connection: Any
     name: str
@@ -48,17 +50,16 @@ def default_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def serve(settings: Settings, name: str | None = None, burst: bool = False) -> None:
-    """Load the model, then serve the queue until SIGTERM/SIGINT (after the running job)."""
+def serve(settings: Settings, engine: ImageEngine, name: str | None = None,
+          burst: bool = False) -> None:
+    """Load the model into `engine`, then serve the queue until SIGTERM/SIGINT (after the
+    running job)."""
     global _context
     from rq import Queue, SimpleWorker
-
-    from engine import Engine
 
     connection = rc.connect(settings)
     connection.ping()  # fail at once, with the URL redacted by the caller's message
     name = name or default_name()
-    engine = Engine(settings)
     _context = WorkerContext(settings, engine, OutputStore(settings), connection, name)
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(_context, stop), daemon=True,
@@ -99,84 +100,85 @@ def _publish(context: WorkerContext) -> None:
             "progress": status.progress, "model_name": engine.model_name,
             "model": asdict(engine.model) if engine.model is not None else None,
             "default_sampler": engine.default_sampler if status.state == "ready" else None,
-            "taesd": engine.taesd is not None, "info": engine.info(),
+            "taesd": engine.has_tiny_decoder, "info": engine.info(),
             "job": context.current_job, "at": rc.now()}
     context.connection.set(rc.heartbeat_key(context.name), json.dumps(beat),
                            ex=rc.HEARTBEAT_TTL_SECONDS)
 
 
 def run_job(request: GenerationRequest, seed: int) -> None:
-    """The RQ job function: generate one image on this worker's engine, recording progress
-    in the job's meta and the PNG in Redis (and OUTPUT_DIR). A cancel or a failed
-    generation is recorded as the job's outcome and returns normally."""
+    """The RQ job function (queued by name: keep it): run one job on this worker's engine
+    through the one job runner, recording progress in the job's meta and the PNG in Redis
+    (and OUTPUT_DIR). A cancel or a failed generation is recorded as the job's outcome and
+    returns normally."""
     from rq import get_current_job
 
     context = _context
     if context is None:
         raise RuntimeError("run_job needs a worker started by `python worker.py`")
     rq_job = get_current_job()
-    conn, settings = context.connection, context.settings
-    meta = rq_job.meta
-    meta.update(worker=context.name, started_at=rc.now(), step=0, step_marks=[])
+    conn = context.connection
+    recorder = RedisRecorder(context, rq_job)
+    rq_job.meta.update(worker=context.name, started_at=rc.now(), step=0, step_marks=[])
+    job = Job(request=request, seed=seed, id=rq_job.id, worker=context.name,
+              total_steps=rq_job.meta.get("total_steps", 0))
     if conn.get(rc.cancel_key(rq_job.id)):  # cancelled while RQ handed it over
-        _finish(rq_job, JobState.CANCELLED, "cancelled before it started")
+        recorder.ended(job, JobState.CANCELLED, "cancelled before it started")
         return
     rq_job.save_meta()
     context.current_job = rq_job.id
-    job = Job(request=request, seed=seed, id=rq_job.id)
     try:
-        _generate(context, rq_job, job)
+        runner.run_job(job, context.engine, context.store, recorder)
     finally:
         context.current_job = None
         conn.delete(rc.preview_wanted_key(rq_job.id))
 
 
-def _generate(context: WorkerContext, rq_job, job: Job) -> None:
-    """Run the engine and record the outcome in the job's meta."""
-    conn, settings, meta = context.connection, context.settings, rq_job.meta
-    retention = settings.job_retention_seconds
+class RedisRecorder:
+    """The job runner's recorder (jobs.runner.JobRecorder) on an RQ job: progress in its meta
+    (microblog's shape: the worker writes, the web reads), the PNG and figures in Redis."""
 
-    def on_step(step: int, total: int, latents: Any) -> None:
+    def __init__(self, context: WorkerContext, rq_job):
+        self.context = context
+        self.rq_job = rq_job
+        self.retention = context.settings.job_retention_seconds
+
+    def step(self, job: Job, step: int, total: int, latents: Any) -> None:
+        """Publish progress; render a preview only while someone watches; stop on a cancel
+        flag."""
+        conn, meta = self.context.connection, self.rq_job.meta
         meta.update(step=step, total_steps=total)
         meta["step_marks"].append(rc.now())
-        rq_job.save_meta()
+        self.rq_job.save_meta()
         flag, wanted = conn.mget(rc.cancel_key(job.id), rc.preview_wanted_key(job.id))
         if wanted:  # someone watches: render it now (nobody pays for unwatched previews)
-            conn.set(rc.preview_key(job.id), context.engine.preview_png(latents), ex=retention)
+            conn.set(rc.preview_key(job.id), self.context.engine.preview_png(latents),
+                     ex=self.retention)
             conn.delete(rc.preview_wanted_key(job.id))
         if flag:
             raise JobCancelled()
 
-    req = job.request
-    try:
-        result = context.engine.generate(req, job.seed, on_step)
-    except JobCancelled:
-        _finish(rq_job, JobState.CANCELLED,
-                f"cancelled at step {meta.get('step', 0)} of {meta.get('total_steps')}")
-        log.info("job %s cancelled at step %s", job.id, meta.get("step"))
-        return
-    except Exception as exc:  # a failed generation fails this job only
-        message = explain_generation_error(exc, req)
-        meta["rejected"] = isinstance(exc, UnsupportedRequest)
-        _finish(rq_job, JobState.FAILED, message)
-        log.exception("job %s failed: %s", job.id, message)
-        return
-    # The PNG first: whoever sees 'succeeded' must find the image.
-    conn.set(rc.png_key(job.id), result.png, ex=retention)
-    saved = context.store.save(job, result.png)
-    meta.update(nsfw=result.nsfw, seconds_per_step=result.seconds_per_step, saved_path=saved)
-    if result.seconds_per_step and req.cfg_cutoff >= 1 and req.deep_cache <= 1:
-        conn.hset(rc.STATS_KEY, "seconds_per_step", result.seconds_per_step)
-    conn.hincrby(rc.STATS_KEY, "completed", 1)
-    _finish(rq_job, JobState.SUCCEEDED, None)
-    log.info("generated job=%s worker=%s steps=%d size=%dx%d seconds=%.2f s_per_step=%.3f",
-             job.id, context.name, req.steps, req.width, req.height, result.seconds,
-             result.seconds_per_step)
+    def succeeded(self, job: Job, result: GenerationResult | None, saved_path: str | None,
+                  pace: float | None) -> None:
+        """The PNG first (whoever sees 'succeeded' must find the image), then the figures."""
+        conn = self.context.connection
+        if result is not None:
+            conn.set(rc.png_key(job.id), result.png, ex=self.retention)
+            self.rq_job.meta.update(nsfw=result.nsfw, seconds_per_step=result.seconds_per_step,
+                                    saved_path=saved_path)
+            if pace:
+                conn.hset(rc.STATS_KEY, "seconds_per_step", pace)
+            conn.hincrby(rc.STATS_KEY, "completed", 1)
+        self._finish(JobState.SUCCEEDED, None)
 
+    def ended(self, job: Job, state: JobState, error: str, rejected: bool = False) -> None:
+        """Record a cancel or a failure as the job's outcome."""
+        self.rq_job.meta["rejected"] = rejected
+        self._finish(state, error)
 
-def _finish(rq_job, state: JobState, error: str | None) -> None:
-    """Record a job's outcome in its meta (RQ marks the job finished after we return)."""
-    rq_job.meta.update(outcome=state.value, error=error, finished_at=rc.now())
-    rq_job.save_meta()
-    if state == JobState.FAILED:
-        rq_job.connection.hincrby(rc.STATS_KEY, "failed", 1)
+    def _finish(self, state: JobState, error: str | None) -> None:
+        """Record a job's outcome in its meta (RQ marks the job finished after we return)."""
+        self.rq_job.meta.update(outcome=state.value, error=error, finished_at=rc.now())
+        self.rq_job.save_meta()
+        if state == JobState.FAILED:
+            self.rq_job.connection.hincrby(rc.STATS_KEY, "failed", 1)

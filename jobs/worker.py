@@ -13,10 +13,12 @@ import threading
 import time
 from typing import Any, Callable
 
-from jobs.job import Job, JobCancelled, JobState, explain_generation_error
+from engine.status import GenerationResult
+from jobs.backend import ImageEngine
+from jobs.job import Job, JobCancelled, JobState
+from jobs.runner import run_job
 from jobs.state import QueueState
 from jobs.store import OutputStore
-from errors import UnsupportedRequest
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,7 @@ class Worker:
     """The one thread that takes jobs from the queue's state and runs them on the engine,
     saving each image to the store."""
 
-    def __init__(self, state: QueueState, engine: Any, store: OutputStore,
+    def __init__(self, state: QueueState, engine: ImageEngine, store: OutputStore,
                  clock: Callable[[], float]):
         self.state = state
         self.engine = engine
@@ -41,6 +43,7 @@ class Worker:
         self._thread: threading.Thread | None = None
         self._error: str | None = None
         self._stop_requested = False
+        self._recorder = StateRecorder(state, clock)
 
     def start(self) -> None:
         """Start the thread: restore, load the model in the background, then serve jobs."""
@@ -87,10 +90,10 @@ class Worker:
             self.engine.load()
             while (job := self._take_next()) is not None:
                 try:
-                    self._run(job)
+                    run_job(job, self.engine, self.store, self._recorder)
                 except Exception:  # a fault outside the generation fails this job only
                     log.exception("job %s: unexpected error in the worker", job.id)
-                    self._finish(job, JobState.FAILED, UNEXPECTED_JOB_ERROR)
+                    self._recorder.ended(job, JobState.FAILED, UNEXPECTED_JOB_ERROR)
         except BaseException as exc:  # even SystemExit: /health must learn there is no worker
             self._error = f"the generation worker stopped unexpectedly ({type(exc).__name__})"
             log.exception("%s; no job can run until the server restarts", self._error)
@@ -119,76 +122,6 @@ class Worker:
             job.state, job.started_at = JobState.RUNNING, self.clock()
             return job
 
-    def _run(self, job: Job) -> None:
-        """Generate the job's image, save it, and record the outcome."""
-        req = job.request
-        if job.kind == "switch_model":
-            self._switch(job)
-            return
-        try:
-            result = self.engine.generate(req, job.seed, lambda step, total, latents:
-                                          self._record_step(job, step, total, latents))
-        except JobCancelled:
-            self._finish(job, JobState.CANCELLED,
-                         f"cancelled at step {job.step} of {job.total_steps}")
-            log.info("job %s cancelled at step %d/%d", job.id, job.step, job.total_steps)
-            return
-        except Exception as exc:  # a failed generation fails this job only
-            message = explain_generation_error(exc, req)
-            job.rejected = isinstance(exc, UnsupportedRequest)
-            self._finish(job, JobState.FAILED, message)
-            log.exception("job %s failed: %s", job.id, message)
-            return
-        saved = self.store.save(job, result.png)
-        with self.state.lock:
-            job.png, job.nsfw, job.saved_path = result.png, result.nsfw, saved
-            job.seconds_per_step = result.seconds_per_step
-            # A cached or batch-1 step is up to 10x cheaper: such a job's pace would make
-            # every other job's ETA (and Retry-After) far too short.
-            if result.seconds_per_step and req.cfg_cutoff >= 1 and req.deep_cache <= 1:
-                self.state.seconds_per_step = result.seconds_per_step
-            self.state.completed += 1
-            self.state.finish(job, JobState.SUCCEEDED, None, self.clock())
-        log.info("generated job=%s prompt_chars=%d steps=%d size=%dx%d seconds=%.2f "
-                 "s_per_step=%.3f decode_s=%.2f seed=%d preset=%s cfg_cutoff=%g deep_cache=%d "
-                 "vae=%s", job.id, len(req.prompt), req.steps, req.width, req.height,
-                 result.seconds, result.seconds_per_step, result.decode_seconds, job.seed,
-                 req.speed_preset, req.cfg_cutoff, req.deep_cache, req.vae_decoder)
-
-    def _switch(self, job: Job) -> None:
-        """Run a model-switch job: load its model; on failure the old model serves again."""
-        try:
-            self.engine.switch_model(job.request.model)
-        except Exception as exc:
-            job.rejected = isinstance(exc, UnsupportedRequest)
-            self._finish(job, JobState.FAILED, str(exc) if job.rejected else
-                         f"model switch failed ({type(exc).__name__}); see the server log")
-            log.exception("job %s: switch to %s failed", job.id, job.request.model)
-            return
-        with self.state.lock:
-            job.step = job.total_steps
-            self.state.finish(job, JobState.SUCCEEDED, None, self.clock())
-
-    def _record_step(self, job: Job, step: int, total: int, latents: Any) -> None:
-        """The engine's step callback: record progress; raise JobCancelled (inside the
-        engine, which stops the run at once) if a cancel was asked for."""
-        now = self.clock()
-        with self.state.lock:
-            job.step, job.total_steps = step, total
-            job.step_marks.append(now)
-            job.latents = latents  # the engine's copy, ours to keep for the preview
-            if job.cancel_requested:
-                raise JobCancelled()
-
-    def _finish(self, job: Job, state: JobState, error: str) -> None:
-        """End a job that did not succeed (one already finished stays as it is)."""
-        with self.state.lock:
-            if job.state.finished:
-                return
-            if state == JobState.FAILED:
-                self.state.failed += 1
-            self.state.finish(job, state, error, self.clock())
-
     def _fail_unfinished(self, message: str) -> None:
         """The thread is ending on its own: fail the running and waiting jobs, so nobody
         waits for a result that can never come."""
@@ -199,3 +132,47 @@ class Worker:
                     state.failed += 1
                     state.finish(job, JobState.FAILED, message, self.clock())
             state.waiting.clear()
+
+
+class StateRecorder:
+    """The job runner's recorder (jobs.runner.JobRecorder) on the in-process QueueState:
+    every change is made under its lock, and finishing a job wakes whoever waits for it."""
+
+    def __init__(self, state: QueueState, clock: Callable[[], float]):
+        self.state = state
+        self.clock = clock
+
+    def step(self, job: Job, step: int, total: int, latents: Any) -> None:
+        """Record progress; raise JobCancelled (inside the engine, which stops the run at
+        once) if a cancel was asked for."""
+        now = self.clock()
+        with self.state.lock:
+            job.step, job.total_steps = step, total
+            job.step_marks.append(now)
+            job.latents = latents  # the engine's copy, ours to keep for the preview
+            if job.cancel_requested:
+                raise JobCancelled()
+
+    def succeeded(self, job: Job, result: GenerationResult | None, saved_path: str | None,
+                  pace: float | None) -> None:
+        """Keep the image and figures (a model switch has none) and finish the job."""
+        with self.state.lock:
+            if result is None:  # a model switch: its one "step" is done
+                job.step = job.total_steps
+            else:
+                job.png, job.nsfw, job.saved_path = result.png, result.nsfw, saved_path
+                job.seconds_per_step = result.seconds_per_step
+                if pace:
+                    self.state.seconds_per_step = pace
+                self.state.completed += 1
+            self.state.finish(job, JobState.SUCCEEDED, None, self.clock())
+
+    def ended(self, job: Job, state: JobState, error: str, rejected: bool = False) -> None:
+        """End a job that did not succeed (one already finished stays as it is)."""
+        with self.state.lock:
+            if job.state.finished:
+                return
+            job.rejected = rejected
+            if state == JobState.FAILED:
+                self.state.failed += 1
+            self.state.finish(job, state, error, self.clock())

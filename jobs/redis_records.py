@@ -1,0 +1,117 @@
+"""The Redis backend's job records: an RQ job read back as the `Job` the routes use, and
+the one place a dead worker's job is failed (whichever web process notices first).
+
+A worker killed mid-job (its heartbeat lapses for HEARTBEAT_TTL_SECONDS) fails that job
+with a message naming the worker; it is not re-queued, because a job that killed its worker
+(e.g. out of memory) would kill the next one too. The client retries.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from jobs import redis_common as rc
+from jobs.job import Job, JobState
+
+log = logging.getLogger(__name__)
+
+
+class JobRecords:
+    """Reads RQ jobs into Jobs, refreshes them, and fails those whose worker died."""
+
+    def __init__(self, connection, rq_queue, retention_seconds: int):
+        self.connection = connection
+        self.rq = rq_queue
+        self.retention_seconds = retention_seconds
+
+    def get(self, job_id: str) -> Job | None:
+        """The job with this id, or None if unknown or expired."""
+        from rq.exceptions import NoSuchJobError
+        from rq.job import Job as RQJob
+
+        try:
+            rq_job = RQJob.fetch(job_id, connection=self.connection)
+        except NoSuchJobError:
+            return None
+        return self.from_rq(rq_job)
+
+    def many(self, ids: list[str]) -> list[Job]:
+        """The jobs with these ids that still exist, in order."""
+        from rq.job import Job as RQJob
+
+        return [self.from_rq(j) for j in RQJob.fetch_many(ids, connection=self.connection)
+                if j is not None]
+
+    def from_rq(self, rq_job) -> Job:
+        """A Job for the routes from an RQ job (its args are the request and seed)."""
+        request, seed = rq_job.args
+        meta = rq_job.meta
+        job = Job(request=request, seed=seed, id=rq_job.id, client=meta.get("client", ""),
+                  created_at=meta.get("created_at", rc.now()),
+                  batch_id=meta.get("batch_id", rq_job.id),
+                  batch_index=meta.get("batch_index", 0), batch_size=meta.get("batch_size", 1))
+        return self.refresh(job)
+
+    def refresh(self, job: Job) -> Job:
+        """Re-read the job's progress and outcome from Redis into `job`; a running job
+        whose worker's heartbeat lapsed is failed here (whichever web process sees it)."""
+        from rq.job import Job as RQJob
+
+        rq_job = RQJob(job.id, connection=self.connection)
+        status = rq_job.get_status(refresh=True)
+        meta = rq_job.get_meta(refresh=True)
+        state = rc.job_state(status and status.value, meta)
+        if state == JobState.RUNNING and self._abandoned(rq_job, meta):
+            meta = self._fail_abandoned(rq_job, meta)
+            state = JobState.FAILED
+        self._apply(job, state, meta)
+        return job
+
+    def _apply(self, job: Job, state: JobState, meta: dict[str, Any]) -> None:
+        """Copy what Redis knows into the Job the routes read."""
+        job.step = meta.get("step", 0)
+        job.total_steps = meta.get("total_steps") or job.total_steps
+        job.started_at, job.finished_at = meta.get("started_at"), meta.get("finished_at")
+        job.error, job.nsfw = meta.get("error"), bool(meta.get("nsfw"))
+        job.seconds_per_step, job.rejected = meta.get("seconds_per_step"), bool(
+            meta.get("rejected"))
+        job.saved_path, job.step_marks = meta.get("saved_path"), meta.get("step_marks") or []
+        job.worker = meta.get("worker")
+        flag = self.connection.get(rc.cancel_key(job.id))
+        job.cancel_requested, job.skip_requested = bool(flag), flag == b"skip"
+        if state == JobState.SUCCEEDED and job.png is None:
+            job.png = self.connection.get(rc.png_key(job.id))
+        if state == JobState.FAILED and not job.error:
+            job.error = "the worker failed running this job; the details are in its log"
+        job.state = state
+        if state.finished:
+            job.done.set()
+
+    def _abandoned(self, rq_job, meta: dict[str, Any]) -> bool:
+        """True when the worker running this job no longer heartbeats."""
+        name = meta.get("worker") or rq_job.worker_name
+        return bool(name) and not self.connection.exists(rc.heartbeat_key(name))
+
+    def _fail_abandoned(self, rq_job, meta: dict[str, Any]) -> dict[str, Any]:
+        """Fail a job whose worker died (kill -9, power loss): not re-queued (see above)."""
+        from rq.job import JobStatus
+        from rq.registry import FailedJobRegistry, StartedJobRegistry
+
+        from rq.job import Job as RQJob
+
+        rq_job = RQJob.fetch(rq_job.id, connection=self.connection)  # whole: RQ re-saves it
+        name = meta.get("worker") or rq_job.worker_name
+        meta.update(outcome=JobState.FAILED.value, finished_at=rc.now(), error=(
+            f"the worker {name} stopped while running this job (no heartbeat for "
+            f"{rc.HEARTBEAT_TTL_SECONDS} s); retry the request"))
+        rq_job.meta = meta
+        rq_job.save_meta()
+        with self.connection.pipeline() as pipe:
+            rq_job.set_status(JobStatus.FAILED, pipeline=pipe)
+            StartedJobRegistry(queue=self.rq).remove_executions(rq_job, pipeline=pipe)
+            FailedJobRegistry(queue=self.rq).add(rq_job, ttl=self.retention_seconds,
+                                                  pipeline=pipe)
+            pipe.hincrby(rc.STATS_KEY, "failed", 1)
+            pipe.execute()
+        log.warning("job %s failed: worker %s died", rq_job.id, name)
+        return meta
