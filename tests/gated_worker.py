@@ -1,0 +1,48 @@
+"""`python worker.py` with a step gate, for the shared queue-backend tests: the same worker,
+engine and tiny pipeline, paused after each step until the test lets it go on, through
+Redis (TEST_GATE_URL). Not a fake: every step still runs; this only makes "the worker is
+busy" deterministic across processes, as tests/conftest.py's StepGate does in one.
+
+    python tests/gated_worker.py    # with the environment of `python worker.py`
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+REACHED, PERMITS, OPEN = "test-gate:reached", "test-gate:permits", "test-gate:open"
+PERMIT_WAIT_SECONDS = 60
+
+
+def install_gate(url: str) -> None:
+    """Wrap Engine.generate so that every step waits for a permit (unless the gate is open)."""
+    import redis
+
+    import engine as engine_module
+
+    connection = redis.Redis.from_url(url)
+    real_generate = engine_module.Engine.generate
+
+    def gated(self, request, seed, on_step=None):
+        def paused(step, total, latents):
+            if on_step is not None:
+                on_step(step, total, latents)  # records progress, raises if cancelled
+            connection.set(REACHED, step)
+            if not connection.get(OPEN):
+                granted = connection.blpop([PERMITS], timeout=PERMIT_WAIT_SECONDS)
+                assert granted is not None, "the test never released the gate"
+
+        return real_generate(self, request, seed, paused)
+
+    engine_module.Engine.generate = gated
+
+
+if __name__ == "__main__":
+    install_gate(os.environ["TEST_GATE_URL"])
+    import worker
+
+    sys.exit(worker.main())
