@@ -268,6 +268,28 @@ def test_a_failing_generation_fails_that_job_only_with_a_message(backend):
     assert queue.stats()["failed"] >= 1
 
 
+def test_a_finished_job_is_kept_for_the_retention_time_then_forgotten(backend):
+    """Memory prunes on its clock (advanced here); Redis lets keys expire (their TTLs are
+    checked: a test cannot wait an hour)."""
+    queue, gate = backend
+    gate.open()
+    job = queue.submit(QUICK)
+    assert finished(queue, job) and queue.get(job.id) is not None
+    retention = queue.settings.job_retention_seconds
+    if hasattr(queue, "connection"):
+        from jobs import redis_common as rc
+
+        for key in (rc.png_key(job.id), f"rq:job:{job.id}"):
+            assert 0 < queue.connection.ttl(key) <= retention, key
+        return
+    real_clock = queue.clock
+    queue.clock = lambda: real_clock() + retention + 1
+    try:
+        assert queue.get(job.id) is None and job.id not in [j.id for j in queue.recent()]
+    finally:
+        queue.clock = real_clock
+
+
 def test_health_is_200_with_the_model_and_queue_figures(backend):
     queue, _gate = backend
     health = queue.health()
