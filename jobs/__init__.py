@@ -1,23 +1,40 @@
 """The job queue: the only package with threads and locks.
 
-A request waits in the `JobQueue` (queue.py); one `Worker` thread (worker.py) runs the
-jobs one at a time on the injected engine; both share a `QueueState` (state.py) and its
-one lock. The rest are small rooms without threads of their own:
+The routes see two seams (backend.py): the queue backend they submit to and the engine as
+they may read it. Two backends implement them: in this process (queue.py: a `JobQueue` whose
+one `Worker` thread runs jobs on the real engine, sharing a lock-guarded `QueueState`), or on
+Redis (redis_*.py: RQ jobs served by `python worker.py` processes). Both run every job
+through the one job runner (runner.py).
 
-    job.py        Job, JobState and the errors a submit or a run can end in
-    eta.py        the pure ETA arithmetic
-    retention.py  the pure rule for which finished jobs to forget
-    store.py      OutputStore: PNGs saved to and restored from OUTPUT_DIR
-    responses.py  OpenResponses: HTTP responses still being handed to the server
-    shutdown.py   drain_in_background: stop, deliver the last responses, then exit
+    backend        the Protocols: QueueBackend, EngineView, ImageEngine; Health
+    job            Job, JobState and the errors a submit or a run can end in
+    batch          the one batch builder (seeds, batch ids, the request as it will run)
+    runner         the one job runner: a job to its outcome, through a JobRecorder
+    queue          JobQueue, the memory backend's public face
+    worker         the one thread that owns the engine; StateRecorder
+    state          QueueState: what the queue and the worker share, and its lock
+    health         the memory backend's /health
+    previews       live previews rendered on demand, once per step
+    eta            the pure ETA and Retry-After arithmetic
+    retention      the pure rule for which finished jobs to forget
+    store          OutputStore: PNGs saved to and restored from OUTPUT_DIR
+    responses      OpenResponses: HTTP responses still being handed to the server
+    shutdown       drain_in_background: stop, deliver the last responses, then exit
+    options        OptionsStore: the A1111 options clients POST, behind their own lock
+    redis_common   the Redis key layout, heartbeats and the state mapping both sides share
+    redis_queue    RedisJobQueue, the Redis backend's public face
+    redis_records  RQ jobs <-> Jobs, and failing the job of a worker that died
+    redis_health   the Redis backend's /health
+    redis_engine   RemoteEngine: the workers' engine as their heartbeats describe it
+    redis_worker   `python worker.py`'s loop: load once, serve RQ jobs; RedisRecorder
 """
-from jobs.job import (Job, JobCancelled, JobState, NotAccepting, QueueFull,
-                      explain_generation_error, random_seed)
+from jobs.job import (BackendUnsupported, Job, JobCancelled, JobState, NotAccepting,
+                      QueueFull, explain_generation_error, random_seed)
 from jobs.queue import JobQueue
 from jobs.responses import OpenResponses
 from jobs.shutdown import drain_in_background
 from jobs.store import OutputStore
 
-__all__ = ["Job", "JobCancelled", "JobQueue", "JobState", "NotAccepting", "OpenResponses",
-           "OutputStore", "QueueFull", "drain_in_background", "explain_generation_error",
-           "random_seed"]
+__all__ = ["BackendUnsupported", "Job", "JobCancelled", "JobQueue", "JobState",
+           "NotAccepting", "OpenResponses", "OutputStore", "QueueFull", "drain_in_background",
+           "explain_generation_error", "random_seed"]

@@ -14,7 +14,10 @@ from typing import Any, Callable
 
 from config import Settings
 from jobs.eta import eta_seconds, retry_after_seconds
+from engine.status import EngineStatus
 from jobs.backend import Health, ImageEngine
+from jobs.health import memory_health
+from jobs.previews import latest_preview
 from jobs.batch import build_batch
 from jobs.job import Job, JobState, NotAccepting, QueueFull
 from jobs.retention import expired_job_ids
@@ -27,8 +30,6 @@ log = logging.getLogger(__name__)
 
 # How long shutdown waits for a cancelled running job to reach its next step.
 CANCEL_WAIT_SECONDS = 60
-# What /health tells a prober to wait while the model loads.
-LOADING_RETRY_AFTER = 5
 
 
 class JobQueue:
@@ -106,18 +107,9 @@ class JobQueue:
         status, worker_error, state = self.engine.status, self._worker.error, self._state
         tiny_decoder = self.engine.has_tiny_decoder
         with state.lock:
-            if not state.accepting:
-                raise NotAccepting("shutting_down", "the server is shutting down; retry "
-                                   "against another instance or after it restarts", 30)
-            if worker_error:
-                raise NotAccepting("worker_stopped", f"{worker_error}; restart the server "
-                                   "(the details are in its log)", None)
-            if status.state == "loading":
-                raise NotAccepting("loading", "the model is still loading; retry in a few "
-                                   "seconds (GET /health says when it is ready)", 10)
-            if status.state == "failed":
-                raise NotAccepting("model_unavailable", f"the model failed to load: "
-                                   f"{status.error}", None)
+            refusal = not_accepting(state.accepting, worker_error, status)
+            if refusal is not None:
+                raise refusal
             if len(state.waiting) + len(requests) > self.settings.queue_size:
                 raise QueueFull(self._retry_after_locked())
             jobs = build_batch(requests, client, self.clock(), tiny_decoder, kind)
@@ -189,25 +181,7 @@ class JobQueue:
 
     def preview(self, job: Job) -> bytes | None:
         """A PNG of the job's newest latents (rendered once per step, on demand)."""
-        with self._state.lock:
-            if job.state.finished and job.png is not None:
-                return job.png  # done: the real image beats any approximation
-            latents, step = job.latents, job.step
-            if latents is None or (job.preview_step == step and job.preview_png is not None):
-                return job.preview_png
-            if job.preview_rendering:
-                # Another poller (the page, an A1111 /progress) is rendering this step: a
-                # second render would only take CPU from the generation.
-                return job.preview_png
-            job.preview_rendering = True
-        try:
-            png = self.engine.preview_png(latents)  # outside the lock: polls must not wait
-        finally:
-            with self._state.lock:
-                job.preview_rendering = False
-        with self._state.lock:
-            job.preview_png, job.preview_step = png, step
-        return png
+        return latest_preview(self._state, job, self.engine.preview_png)
 
     def snapshot(self, job: Job) -> dict[str, Any]:
         """The job as the JSON the API returns."""
@@ -227,26 +201,7 @@ class JobQueue:
 
     def health(self) -> Health:
         """/health: the worker, the model's state and the queue (never raises)."""
-        status, queue = self.engine.status, self.stats()
-        body: dict[str, Any] = {"model": self.engine.model_name, "queue": queue}
-        if queue["worker_error"]:  # nothing would ever run: say so, whatever the model does
-            return Health(503, {**body, "status": "unhealthy",
-                                "error": queue["worker_error"] + "; restart the server"})
-        if status.state == "ready" and not queue["accepting"]:
-            return Health(503, {**body, "status": "shutting_down"})
-        if status.state == "ready":
-            body.update(status="healthy", **self.engine.info())
-            if status.switching:  # serving stays up: the switch is a job, the rest wait
-                body.update(switching=status.switching, phase=status.phase,
-                            progress=status.progress)
-            return Health(200, body)
-        if status.state == "failed":
-            return Health(503, {**body, "status": "unhealthy", "error": status.error})
-        return Health(503, {**body, "status": "loading", "phase": status.phase,
-                            "progress": status.progress, "precision": status.precision,
-                            "hint": status.hint or None,
-                            "message": "the model is loading; generation is available when "
-                                       "status is 'healthy'"}, retry_after=LOADING_RETRY_AFTER)
+        return memory_health(self.engine, self.stats())
 
     # ------------------------------------------------------------------ internals
     def _now(self) -> float:
@@ -277,3 +232,22 @@ class JobQueue:
                                       self.settings.job_retention_seconds,
                                       self.settings.job_retention_count):
             del jobs[job_id]
+
+
+def not_accepting(accepting: bool, worker_error: str | None,
+                  status: EngineStatus) -> NotAccepting | None:
+    """Why this process takes no job now (shutting down, worker dead, model loading or
+    failed), as the error to raise; None when it takes them."""
+    if not accepting:
+        return NotAccepting("shutting_down", "the server is shutting down; retry against "
+                            "another instance or after it restarts", 30)
+    if worker_error:
+        return NotAccepting("worker_stopped", f"{worker_error}; restart the server (the "
+                            "details are in its log)", None)
+    if status.state == "loading":
+        return NotAccepting("loading", "the model is still loading; retry in a few seconds "
+                            "(GET /health says when it is ready)", 10)
+    if status.state == "failed":
+        return NotAccepting("model_unavailable", f"the model failed to load: {status.error}",
+                            None)
+    return None

@@ -21,7 +21,6 @@ from jobs.eta import eta_seconds, retry_after_seconds
 from jobs.redis_engine import RemoteEngine
 from jobs.redis_health import queue_figures, redis_health
 from jobs.redis_records import JobRecords
-from jobs.batch import build_batch
 from jobs.job import BackendUnsupported, Job, JobState, NotAccepting, QueueFull
 from params import GenerationRequest
 
@@ -104,35 +103,12 @@ class RedisJobQueue:
             with self.connection.lock("sd:submit-lock", timeout=SUBMIT_LOCK_SECONDS):
                 if self.rq.count + len(requests) > self.settings.queue_size:
                     raise QueueFull(self._retry_after())
-                jobs = self._enqueue(requests, client)
+                jobs = self.records.enqueue(requests, client, self.engine.has_tiny_decoder)
         except RedisError as exc:
             raise NotAccepting("unhealthy", rc.unreachable_message(self.settings, exc),
                                10) from None
         for job in jobs:
             log.info("job %s queued in Redis", job.id)
-        return jobs
-
-    def _enqueue(self, requests: list[GenerationRequest], client: str) -> list[Job]:
-        """Create the RQ jobs and our records in one pipeline."""
-        from jobs.redis_worker import run_job
-
-        created, data = rc.now(), []
-        retention = self.settings.job_retention_seconds
-        jobs = build_batch(requests, client, created, self.engine.has_tiny_decoder)
-        for job in jobs:
-            meta = {"client": client, "created_at": created, "batch_id": job.batch_id,
-                    "batch_index": job.batch_index, "batch_size": job.batch_size,
-                    "total_steps": job.total_steps}
-            request = job.request
-            data.append(self.rq.prepare_data(
-                run_job, (request, job.seed), job_id=job.id, meta=meta, result_ttl=retention,
-                failure_ttl=retention, timeout=rc.JOB_TIMEOUT_SECONDS,
-                description=f"generate {request.width}x{request.height} {request.steps} steps"))
-        with self.connection.pipeline() as pipe:
-            self.rq.enqueue_many(data, pipeline=pipe)
-            pipe.zadd(rc.RECENT_KEY, {job.id: created for job in jobs})
-            pipe.zremrangebyscore(rc.RECENT_KEY, "-inf", created - retention)
-            pipe.execute()
         return jobs
 
     def get(self, job_id: str) -> Job | None:

@@ -1,5 +1,6 @@
-"""The Redis backend's job records: an RQ job read back as the `Job` the routes use, and
-the one place a dead worker's job is failed (whichever web process notices first).
+"""The Redis backend's job records: a batch written as RQ jobs, an RQ job read back as the
+`Job` the routes use, and the one place a dead worker's job is failed (whichever web
+process notices first).
 
 A worker killed mid-job (its heartbeat lapses for HEARTBEAT_TTL_SECONDS) fails that job
 with a message naming the worker; it is not re-queued, because a job that killed its worker
@@ -11,18 +12,44 @@ import logging
 from typing import Any
 
 from jobs import redis_common as rc
+from jobs.batch import build_batch
 from jobs.job import Job, JobState
+from params import GenerationRequest
 
 log = logging.getLogger(__name__)
 
 
 class JobRecords:
-    """Reads RQ jobs into Jobs, refreshes them, and fails those whose worker died."""
+    """Writes batches as RQ jobs, reads RQ jobs into Jobs, refreshes them, and fails those
+    whose worker died."""
 
     def __init__(self, connection, rq_queue, retention_seconds: int):
         self.connection = connection
         self.rq = rq_queue
         self.retention_seconds = retention_seconds
+
+    def enqueue(self, requests: list[GenerationRequest], client: str,
+                tiny_decoder: bool) -> list[Job]:
+        """Create the batch's RQ jobs and the recent-jobs index entries in one pipeline."""
+        from jobs.redis_worker import run_job
+
+        created, data, retention = rc.now(), [], self.retention_seconds
+        jobs = build_batch(requests, client, created, tiny_decoder)
+        for job in jobs:
+            meta = {"client": client, "created_at": created, "batch_id": job.batch_id,
+                    "batch_index": job.batch_index, "batch_size": job.batch_size,
+                    "total_steps": job.total_steps}
+            request = job.request
+            data.append(self.rq.prepare_data(
+                run_job, (request, job.seed), job_id=job.id, meta=meta, result_ttl=retention,
+                failure_ttl=retention, timeout=rc.JOB_TIMEOUT_SECONDS,
+                description=f"generate {request.width}x{request.height} {request.steps} steps"))
+        with self.connection.pipeline() as pipe:
+            self.rq.enqueue_many(data, pipeline=pipe)
+            pipe.zadd(rc.RECENT_KEY, {job.id: created for job in jobs})
+            pipe.zremrangebyscore(rc.RECENT_KEY, "-inf", created - retention)
+            pipe.execute()
+        return jobs
 
     def get(self, job_id: str) -> Job | None:
         """The job with this id, or None if unknown or expired."""
