@@ -262,6 +262,47 @@ def _missing(folder: str, files: list[PlannedFile]) -> list[str]:
     return [f.path for f in files if not (Path(folder) / f.path).is_file()]
 
 
+def _fetch_missing_blobs(repo_id: str, commit: str, files: list[PlannedFile], blobs: Path,
+                        cache: Path, endpoint: str, token: str | None,
+                        progress: Progress | None) -> None:
+    """Fetch every planned blob not yet in `blobs` (resuming partial ones), after checking
+    the disk; a cut connection becomes DownloadInterrupted, keeping what was fetched."""
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
+
+    todo = [f for f in files if not (blobs / f.blob).is_file()]
+    kept = sum((blobs / (f.blob + PARTIAL_SUFFIX)).stat().st_size for f in todo
+               if (blobs / (f.blob + PARTIAL_SUFFIX)).is_file())
+    needed = sum(f.size for f in todo) - kept
+    free = free_bytes(cache)
+    if needed > free:
+        raise NotEnoughDisk(
+            f"not enough disk space to download model {repo_id!r}: needs {size_text(needed)} "
+            f"in {cache}, {size_text(free)} free: free space or set HF_HOME to a folder on a "
+            "larger disk")
+    if not todo:
+        return
+    meter = DownloadMeter(repo_id, files, blobs, progress)
+    log.info("downloading %s: %d of %d files, %s to fetch (%s already here) into %s",
+             repo_id, len(todo), len(files), size_text(needed), size_text(meter.done + kept),
+             cache)
+    meter.update(0, force=True)
+    for item in todo:
+        try:
+            _fetch(repo_id, commit, item, blobs, endpoint, token, meter)
+        except (httpx2.HTTPError, OSError) as exc:
+            if isinstance(exc, HfHubHTTPError) and exc.response is not None and \
+                    exc.response.status_code in (401, 403, 404):
+                raise  # gated, bad token or gone: explain_load_error says which
+            raise DownloadInterrupted(
+                f"the download of model {repo_id!r} stopped at {size_text(meter.done)} of "
+                f"{size_text(meter.bytes_total)} ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); the part already "
+                "fetched is kept: restart the server to resume") from exc
+    log.info("downloaded %s: %s in %.0f s", repo_id, size_text(meter.bytes_total),
+             time.monotonic() - meter.started)
+
+
 def download_snapshot(repo_id: str, token: str | None, safety_checker_off: bool,
                       patterns: Patterns, progress: Progress | None = None) -> str:
     """The local snapshot folder of `repo_id` with every file from_pretrained reads: fetched
@@ -288,37 +329,7 @@ def download_snapshot(repo_id: str, token: str | None, safety_checker_off: bool,
     storage = cache / repo_folder_name(repo_id=repo_id, repo_type="model")
     blobs = storage / "blobs"
     blobs.mkdir(parents=True, exist_ok=True)
-    todo = [f for f in files if not (blobs / f.blob).is_file()]
-    kept = sum((blobs / (f.blob + PARTIAL_SUFFIX)).stat().st_size for f in todo
-               if (blobs / (f.blob + PARTIAL_SUFFIX)).is_file())
-    needed = sum(f.size for f in todo) - kept
-    free = free_bytes(cache)
-    if needed > free:
-        raise NotEnoughDisk(
-            f"not enough disk space to download model {repo_id!r}: needs {size_text(needed)} "
-            f"in {cache}, {size_text(free)} free: free space or set HF_HOME to a folder on a "
-            "larger disk")
-    meter = DownloadMeter(repo_id, files, blobs, progress)
-    if todo:
-        log.info("downloading %s: %d of %d files, %s to fetch (%s already here) into %s",
-                 repo_id, len(todo), len(files), size_text(needed),
-                 size_text(meter.done + kept), cache)
-        meter.update(0, force=True)
-    for item in todo:
-        try:
-            _fetch(repo_id, commit, item, blobs, endpoint, token, meter)
-        except (httpx2.HTTPError, OSError) as exc:
-            if isinstance(exc, HfHubHTTPError) and exc.response is not None and \
-                    exc.response.status_code in (401, 403, 404):
-                raise  # gated, bad token or gone: explain_load_error says which
-            raise DownloadInterrupted(
-                f"the download of model {repo_id!r} stopped at {size_text(meter.done)} of "
-                f"{size_text(meter.bytes_total)} ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); the part already "
-                "fetched is kept: restart the server to resume") from exc
-    if todo:
-        log.info("downloaded %s: %s in %.0f s", repo_id, size_text(meter.bytes_total),
-                 time.monotonic() - meter.started)
+    _fetch_missing_blobs(repo_id, commit, files, blobs, cache, endpoint, token, progress)
     # Every blob is here: snapshot_download only links them and records the file list.
     folder = snapshot_download(repo_id, revision=commit, cache_dir=cache, endpoint=endpoint,
                                token=token or None, allow_patterns=allow,
