@@ -32,6 +32,11 @@ export function readHealth(body) {
         return { ...soon, state: "error", status: "Redis cannot be reached",
                  why: withAdvice(`Redis cannot be reached${where}`) };
       }
+      if ((body.queue || {}).worker_error) {  // the model may be fine: the worker is gone
+        return { state: "error", status: "The generation worker stopped.", ready: false,
+                 why: body.error || "The generation worker stopped; restart the server.",
+                 delay: HEALTH_LATER_MS };
+      }
       return { state: "error", status: "The model failed to load.", ready: false,
                why: body.error || "The model failed to load; see the server log.",
                delay: HEALTH_LATER_MS };

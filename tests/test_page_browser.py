@@ -236,6 +236,26 @@ def test_generate_is_disabled_while_the_model_loads(page, make_app):
         server.close()
 
 
+def test_a_stopped_worker_is_named_not_taken_for_a_failed_model(page, make_app, monkeypatch):
+    """The worker thread dies (a BaseException out of the load, injected: the real load
+    catches every Exception): the page says the worker stopped and to restart, not that the
+    model failed to load."""
+    from engine import Engine
+
+    def dies(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Engine, "load", dies)
+    server = LiveServer(make_app(wait=False))
+    try:
+        page.goto(server.url)
+        expect(page.locator("#server-status")).to_contain_text("The generation worker stopped")
+        expect(page.locator("#generate-hint")).to_contain_text("restart the server")
+        expect(page.locator("#generate")).to_be_disabled()
+    finally:
+        server.close()
+
+
 def test_history_survives_reload_and_reuse_restores_settings(page, live_server):
     server = live_server()
     open_ready(page, server)
