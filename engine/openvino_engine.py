@@ -43,6 +43,7 @@ from config import Settings
 from engine.weights_cache import remove_abandoned, source_key
 from errors import ModelLoadError, UnsupportedRequest
 from params import GenerationRequest
+from system import meminfo, process_status
 
 log = logging.getLogger(__name__)
 
@@ -180,12 +181,9 @@ def check_room(cache_dir: Path, weight_bytes: int) -> None:
 def available_ram() -> int | None:
     """MemAvailable in bytes (Linux), else None."""
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+        return meminfo().get("MemAvailable")
+    except OSError:
+        return None
 
 
 class _TraceableUNet(torch.nn.Module):
@@ -289,12 +287,9 @@ def engine_info(settings: Settings, pipe) -> dict[str, Any]:
 
 def process_memory() -> dict[str, float]:
     """This process's resident and anonymous memory in GiB (Linux), else {}."""
-    figures = {}
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            name, _, value = line.partition(":")
-            if name in ("VmRSS", "RssAnon"):
-                figures[f"{name.lower()}_gib"] = round(int(value.split()[0]) / 2**20, 2)
-    except (OSError, ValueError, IndexError):
-        pass
-    return figures
+        status = process_status()
+    except OSError:
+        return {}
+    return {f"{name.lower()}_gib": round(status[name] / 2**30, 2)
+            for name in ("VmRSS", "RssAnon") if name in status}
