@@ -29,7 +29,6 @@ where ENGINE=openvino is in use, so the server still starts listening before tor
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 import warnings
@@ -39,8 +38,9 @@ from typing import Any, Callable
 
 import torch
 
+from catalog.files import remove_abandoned_partials, staged
 from config import Settings
-from engine.weights_cache import remove_abandoned, source_key
+from engine.weights_cache import source_key
 from errors import ModelLoadError, UnsupportedRequest
 from params import GenerationRequest
 from system import meminfo, process_status
@@ -133,13 +133,10 @@ def export_unet(ov, unet, folder: Path) -> None:
     first and then renamed, after checking there is disk and RAM enough."""
     weight_bytes = sum(p.numel() * 4 for p in unet.parameters())
     folder.parent.mkdir(parents=True, exist_ok=True)
-    remove_abandoned(folder.parent)
+    remove_abandoned_partials(folder.parent)
     check_room(folder.parent, weight_bytes)
     log.info("exporting the UNet to OpenVINO IR once: %s (%.1f GB)", folder, weight_bytes / 1e9)
-    tmp = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with staged(folder, directory=True) as tmp:
         c = unet.config
         # Odd latent sizes on purpose: the trace then takes the UNet's branch that upsamples
         # to each skip connection's size, which fits every size. Traced at even sizes, the
@@ -155,10 +152,6 @@ def export_unet(ov, unet, folder: Path) -> None:
         # float32 weights: fp16 compression would move the pixels further from torch's.
         ov.save_model(model, str(tmp / IR_NAME), compress_to_fp16=False)
         del model
-        tmp.replace(folder)
-    except BaseException:  # a full disk or a stopped server: leave no half-export behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def check_room(cache_dir: Path, weight_bytes: int) -> None:

@@ -202,7 +202,7 @@ def test_sd1_checkpoint_without_a_tokenizer_says_what_to_download(settings, mode
     """The HF cache of this machine is not under test: its lookup list is emptied."""
     from diffusers import StableDiffusionPipeline
 
-    monkeypatch.setattr(models, "SD1_TOKENIZER_SOURCES", ())
+    monkeypatch.setattr(single_file, "SD1_TOKENIZER_SOURCES", ())
     _fake_checkpoint(models_dir / "sd15.safetensors", SD1_KEYS)
     entry = find_model(settings, "sd15.safetensors")
     assert entry.problem == ""
