@@ -8,7 +8,8 @@ replaced by `OpenVinoUNet`, a torch module with the UNet's `config` whose forwar
 compiled model; schedulers, the step callback (progress, cancel, CFG cutoff), seeds, live
 previews, img2img/inpainting (the VAE encoder stays torch), batches and the safety checker
 are diffusers' own code and work unchanged. What patches the UNet's torch layers (DeepCache,
-LoRAs) cannot, and is refused with a 400 naming the engine (`check_request`).
+LoRAs) cannot, and is refused with a 400 naming the engine
+(engine.unet_backend.OpenVinoBackend, which also imports this module lazily).
 
 Shapes: each compiled model has static shapes. Measured (bench/openvino-engine-results.md,
 SD v1-4 UNet, 512 px, batch 2, 2 threads, f32): dynamic compiles in 3 s but its first call
@@ -42,7 +43,6 @@ from catalog.files import remove_abandoned_partials, staged
 from config import Settings
 from engine.weights_cache import source_key
 from errors import ModelLoadError, UnsupportedRequest
-from params import GenerationRequest
 from system import meminfo, process_status
 
 log = logging.getLogger(__name__)
@@ -82,21 +82,6 @@ def import_openvino():
     except ImportError as exc:
         raise OpenVinoUnavailable(MISSING_MESSAGE) from exc
     return openvino
-
-
-def check_request(settings: Settings, request: GenerationRequest) -> None:
-    """UnsupportedRequest (a 400) for what the OpenVINO UNet cannot run: both patch the
-    torch UNet's layers, which this engine no longer runs."""
-    if settings.engine != "openvino":
-        return
-    if request.deep_cache > 1:
-        raise UnsupportedRequest("deep_cache is not available with ENGINE=openvino (it reuses "
-                                 "the torch UNet's blocks); send deep_cache 0 or use "
-                                 "ENGINE=torch")
-    if request.loras:
-        raise UnsupportedRequest("LoRAs are not available with ENGINE=openvino (they patch "
-                                 "the torch UNet's layers); remove the <lora:...> tags or use "
-                                 "ENGINE=torch")
 
 
 def use_openvino_unet(pipe, settings: Settings, bf16: bool, threads: int,
@@ -268,14 +253,6 @@ class OpenVinoUNet(torch.nn.Module):
                 "precision_hint": self.precision_hint, "threads": self.threads,
                 "compile_seconds": dict(self.compile_seconds),
                 "export_seconds": self.export_seconds, "memory": process_memory()}
-
-
-def engine_info(settings: Settings, pipe) -> dict[str, Any]:
-    """/health's `engine`: its name, and for OpenVINO its precision, compile times, memory."""
-    unet = getattr(pipe, "unet", None)
-    if isinstance(unet, OpenVinoUNet):
-        return unet.report()
-    return {"name": settings.engine}
 
 
 def process_memory() -> dict[str, float]:

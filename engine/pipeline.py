@@ -29,6 +29,7 @@ from engine.loras import LoraAdapters
 from engine.preview import latent_preview_png
 from engine.speedups import DeepCache, cfg_cutoff_step, cut_guidance
 from engine.status import EngineStatus, GenerationResult, StepCallback
+from engine.unet_backend import unet_backend
 from errors import ModelUnavailable, UnknownModel, UnsupportedRequest
 from params import SAMPLER_OF_CLASS, GenerationRequest
 from params.infotext import write_infotext
@@ -60,6 +61,7 @@ class Engine:
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        self.backend = unet_backend(settings)  # torch or OpenVINO, chosen once
         self.status = EngineStatus()
         self.pipe = None
         self.taesd = None  # TAESD, when its weights could be had: previews, VAE_DECODER=tiny
@@ -122,15 +124,11 @@ class Engine:
         self._set_status(phase="loading")
         # The startup model loads with MODEL_ID as given (tiny-random is built on first use).
         startup = entry.source == self._startup_source
-        # ENGINE=openvino: a float32 torch pipeline, its UNet then compiled in OpenVINO's
-        # precision (bf16 is a compile hint there, not a second copy of the weights).
         pipe, optimizations = load_pipeline(s if startup else s.with_overrides(
-            model_id=entry.source), self._bf16 and s.engine == "torch", self._report_progress,
-            self.attention_slicing_enabled(), tokenizer=self._tokenizer)
-        if s.engine == "openvino":
-            from engine.openvino_engine import use_openvino_unet  # imports openvino: lazily
-            optimizations += use_openvino_unet(pipe, s, self._bf16, self.status.torch_threads,
-                                               self._report_progress)
+            model_id=entry.source), self.backend.weights_bf16(self._bf16),
+            self._report_progress, self.attention_slicing_enabled(), tokenizer=self._tokenizer)
+        optimizations += self.backend.attach(pipe, self._bf16, self.status.torch_threads,
+                                             self._report_progress)
         if self.taesd is not None:
             optimizations.append("taesd-previews")
         optimizations.append(f"torch-threads={s.torch_threads}" if s.torch_threads else
@@ -253,9 +251,7 @@ class Engine:
             log.warning("vae_decoder 'tiny' asked for but TAESD is not loaded (TAESD_MODEL): "
                         "decoding with the full VAE")
             request = effective
-        if self.settings.engine == "openvino":  # DeepCache, LoRAs: a 400 naming the engine
-            from engine.openvino_engine import check_request
-            check_request(self.settings, request)
+        self.backend.check_request(request)
         started = time.perf_counter()  # the thread check below is part of this image's time
         pipe = self._pipeline_for(request.mode, request.scheduler)
         threads = self.threads_for_next_job()
@@ -352,10 +348,7 @@ class Engine:
 
     def engine_info(self) -> dict[str, Any]:
         """What runs the UNet: torch, or OpenVINO with its precision, compile times, memory."""
-        if self.settings.engine != "openvino" or self.pipe is None:
-            return {"name": self.settings.engine}
-        from engine.openvino_engine import engine_info
-        return engine_info(self.settings, self.pipe)
+        return self.backend.info(self.pipe)
 
 
 def release_freed_memory() -> None:
