@@ -57,6 +57,13 @@ def adaptive_threads(usable: int, idle: float | None) -> int:
     return max(1, min(usable, math.floor(idle + 0.75)))
 
 
+def threads_for_next_job(torch_threads: int) -> int:
+    """TORCH_THREADS when set; with 0, one per usable core that other programs leave free."""
+    if torch_threads:
+        return torch_threads
+    return adaptive_threads(usable_cores(), idle_cores())
+
+
 def usable_cores() -> int:
     """Cores this process may run on (respects taskset/cgroup affinity)."""
     try:
