@@ -21,13 +21,13 @@ import json
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 from config import TINY_MODEL_ID, Settings
 from catalog import checkpoints
+from catalog.files import PARTIAL, staged
 from catalog.hashes import file_sha256
 from errors import ModelUnavailable, UnknownModel
 
@@ -131,7 +131,7 @@ def _scan(settings: Settings) -> list[ModelEntry]:
     skip = {settings.path(settings.lora_dir).resolve(), settings.path(settings.bf16_cache_dir).resolve()}
     entries = []
     for item in root.iterdir():
-        if item.name.startswith(".") or ".partial-" in item.name or item.resolve() in skip:
+        if item.name.startswith(".") or PARTIAL in item.name or item.resolve() in skip:
             continue
         if item.is_dir() and not item.name.endswith(".config") \
                 and (item / "model_index.json").is_file():
@@ -217,12 +217,7 @@ def _write_json(path: Path, data: dict) -> None:
     only costs hashing again next time."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        with staged(path) as tmp:  # only the worker writes it: one partial per process
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
     except OSError as exc:
         log.warning("could not write the hash cache %s: %s", path, exc)

@@ -6,8 +6,9 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
+
+from system import cpu_times
 
 # How long the engine watches the CPU before a job to see which cores other programs use.
 IDLE_SAMPLE_SECONDS = 0.2
@@ -24,22 +25,14 @@ def idle_cores(sample_seconds: float = IDLE_SAMPLE_SECONDS,
         except AttributeError:  # not Linux
             return None
 
-    def read() -> str:
-        return read_stat() if read_stat else Path("/proc/stat").read_text()
-
-    def totals(text: str) -> dict[int, tuple[int, int]]:
-        out = {}
-        for line in text.splitlines():
-            name, *values = line.split()
-            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
-                fields = [int(v) for v in values[:8]]  # user..steal; guest is inside user
-                out[int(name[3:])] = (sum(fields), fields[3] + fields[4])  # idle + iowait
-        return out
+    def totals() -> dict[int, tuple[int, int]]:
+        times = cpu_times(read_stat() if read_stat else None)
+        return {cpu: figures for cpu, figures in times.items() if cpu in cpus}
 
     try:
-        before = totals(read())
+        before = totals()
         time.sleep(sample_seconds)
-        after = totals(read())
+        after = totals()
     except (OSError, ValueError, IndexError):
         return None
     idle = 0.0
@@ -62,6 +55,13 @@ def adaptive_threads(usable: int, idle: float | None) -> int:
     # a thread wins only ~7 % when the other core is fully busy, while one thread too few
     # costs up to 1.7x on an idle core, so the rule leans towards more threads.
     return max(1, min(usable, math.floor(idle + 0.75)))
+
+
+def threads_for_next_job(torch_threads: int) -> int:
+    """TORCH_THREADS when set; with 0, one per usable core that other programs leave free."""
+    if torch_threads:
+        return torch_threads
+    return adaptive_threads(usable_cores(), idle_cores())
 
 
 def usable_cores() -> int:

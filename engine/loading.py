@@ -53,6 +53,16 @@ def model_source(settings: Settings, progress: Progress | None = None, tokenizer
     return source
 
 
+def attention_slicing_enabled(mode: str) -> bool:
+    """ATTENTION_SLICING `mode`: on, off, or auto (only where SDPA is missing: slicing is
+    slower on the CPU)."""
+    import torch
+
+    if mode == "auto":
+        return not hasattr(torch.nn.functional, "scaled_dot_product_attention")
+    return mode == "on"
+
+
 def load_pipeline(settings: Settings, bf16: bool, progress: Progress,
                   slicing: bool, tokenizer=None) -> tuple[Any, list[str]]:
     """The pipeline on the CPU and the optimizations really applied, in reading order.

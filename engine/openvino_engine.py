@@ -8,7 +8,8 @@ replaced by `OpenVinoUNet`, a torch module with the UNet's `config` whose forwar
 compiled model; schedulers, the step callback (progress, cancel, CFG cutoff), seeds, live
 previews, img2img/inpainting (the VAE encoder stays torch), batches and the safety checker
 are diffusers' own code and work unchanged. What patches the UNet's torch layers (DeepCache,
-LoRAs) cannot, and is refused with a 400 naming the engine (`check_request`).
+LoRAs) cannot, and is refused with a 400 naming the engine
+(engine.unet_backend.OpenVinoBackend, which also imports this module lazily).
 
 Shapes: each compiled model has static shapes. Measured (bench/openvino-engine-results.md,
 SD v1-4 UNet, 512 px, batch 2, 2 threads, f32): dynamic compiles in 3 s but its first call
@@ -29,7 +30,6 @@ where ENGINE=openvino is in use, so the server still starts listening before tor
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 import warnings
@@ -39,10 +39,11 @@ from typing import Any, Callable
 
 import torch
 
+from catalog.files import remove_abandoned_partials, staged
 from config import Settings
-from engine.weights_cache import remove_abandoned, source_key
+from engine.weights_cache import source_key
 from errors import ModelLoadError, UnsupportedRequest
-from params import GenerationRequest
+from system import meminfo, process_status
 
 log = logging.getLogger(__name__)
 
@@ -83,21 +84,6 @@ def import_openvino():
     return openvino
 
 
-def check_request(settings: Settings, request: GenerationRequest) -> None:
-    """UnsupportedRequest (a 400) for what the OpenVINO UNet cannot run: both patch the
-    torch UNet's layers, which this engine no longer runs."""
-    if settings.engine != "openvino":
-        return
-    if request.deep_cache > 1:
-        raise UnsupportedRequest("deep_cache is not available with ENGINE=openvino (it reuses "
-                                 "the torch UNet's blocks); send deep_cache 0 or use "
-                                 "ENGINE=torch")
-    if request.loras:
-        raise UnsupportedRequest("LoRAs are not available with ENGINE=openvino (they patch "
-                                 "the torch UNet's layers); remove the <lora:...> tags or use "
-                                 "ENGINE=torch")
-
-
 def use_openvino_unet(pipe, settings: Settings, bf16: bool, threads: int,
                       progress: Progress) -> list[str]:
     """Replace `pipe.unet` with its OpenVINO-compiled copy (exported first if needed) and
@@ -132,13 +118,10 @@ def export_unet(ov, unet, folder: Path) -> None:
     first and then renamed, after checking there is disk and RAM enough."""
     weight_bytes = sum(p.numel() * 4 for p in unet.parameters())
     folder.parent.mkdir(parents=True, exist_ok=True)
-    remove_abandoned(folder.parent)
+    remove_abandoned_partials(folder.parent)
     check_room(folder.parent, weight_bytes)
     log.info("exporting the UNet to OpenVINO IR once: %s (%.1f GB)", folder, weight_bytes / 1e9)
-    tmp = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with staged(folder, directory=True) as tmp:
         c = unet.config
         # Odd latent sizes on purpose: the trace then takes the UNet's branch that upsamples
         # to each skip connection's size, which fits every size. Traced at even sizes, the
@@ -154,10 +137,6 @@ def export_unet(ov, unet, folder: Path) -> None:
         # float32 weights: fp16 compression would move the pixels further from torch's.
         ov.save_model(model, str(tmp / IR_NAME), compress_to_fp16=False)
         del model
-        tmp.replace(folder)
-    except BaseException:  # a full disk or a stopped server: leave no half-export behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def check_room(cache_dir: Path, weight_bytes: int) -> None:
@@ -180,12 +159,9 @@ def check_room(cache_dir: Path, weight_bytes: int) -> None:
 def available_ram() -> int | None:
     """MemAvailable in bytes (Linux), else None."""
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+        return meminfo().get("MemAvailable")
+    except OSError:
+        return None
 
 
 class _TraceableUNet(torch.nn.Module):
@@ -279,22 +255,11 @@ class OpenVinoUNet(torch.nn.Module):
                 "export_seconds": self.export_seconds, "memory": process_memory()}
 
 
-def engine_info(settings: Settings, pipe) -> dict[str, Any]:
-    """/health's `engine`: its name, and for OpenVINO its precision, compile times, memory."""
-    unet = getattr(pipe, "unet", None)
-    if isinstance(unet, OpenVinoUNet):
-        return unet.report()
-    return {"name": settings.engine}
-
-
 def process_memory() -> dict[str, float]:
     """This process's resident and anonymous memory in GiB (Linux), else {}."""
-    figures = {}
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            name, _, value = line.partition(":")
-            if name in ("VmRSS", "RssAnon"):
-                figures[f"{name.lower()}_gib"] = round(int(value.split()[0]) / 2**20, 2)
-    except (OSError, ValueError, IndexError):
-        pass
-    return figures
+        status = process_status()
+    except OSError:
+        return {}
+    return {f"{name.lower()}_gib": round(status[name] / 2**30, 2)
+            for name in ("VmRSS", "RssAnon") if name in status}

@@ -3,10 +3,10 @@ offline, and the full-size SD v1-4 architecture for benchmarks (compute and memo
 depend on the weights' values)."""
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any
+
+from catalog.files import staged
 
 
 def _byte_characters() -> list[str]:
@@ -89,14 +89,10 @@ def build_random_pipeline(folder: Path | str, size: str = "tiny", seed: int = 0)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                                    unet=unet, scheduler=scheduler, safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
-    # Save beside the target and rename, so a half-written folder is never loaded.
+    # Staged, so a half-written folder is never loaded (another process's finished one wins).
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    if folder.exists():  # another process built it meanwhile
-        shutil.rmtree(tmp)
-    else:
-        tmp.replace(folder)
+    with staged(folder) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
     return folder
 
 
@@ -119,10 +115,6 @@ def build_random_taesd(folder: Path | str, size: str = "tiny", seed: int = 0) ->
     torch.manual_seed(seed)
     taesd = AutoencoderTiny(in_channels=3, out_channels=3, latent_channels=4,
                             **TAESD_ARCHITECTURES[size])
-    tmp = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
-    taesd.save_pretrained(tmp, safe_serialization=True)
-    if folder.exists():
-        shutil.rmtree(tmp)
-    else:
-        tmp.replace(folder)
+    with staged(folder) as tmp:
+        taesd.save_pretrained(tmp, safe_serialization=True)
     return folder

@@ -12,7 +12,6 @@ from __future__ import annotations
 import glob
 import json
 import logging
-import os
 import re
 import shutil
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any, Callable
 
 from catalog import checkpoints
 from catalog.checkpoints import CLIP, UNET, VAE
+from catalog.files import PARTIAL, remove_abandoned_partials, staged
 from catalog.models import ModelEntry, converted_folder, list_models, read_json
 from config import Settings
 from errors import ModelUnavailable
@@ -112,12 +112,12 @@ def _is_sd1_tokenizer(tokenizer) -> bool:
 def _remove_stale(target: Path, checkpoint: Path) -> None:
     """Delete older conversions of the same checkpoint (it was edited or replaced) and
     half-written ones whose writer was killed."""
-    for old in target.parent.glob(glob.escape(target.name.rsplit("-", 1)[0]) + "-*"):
-        pid = old.name.rsplit("-", 1)[-1]
-        if ".partial-" in old.name:
-            if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
-                shutil.rmtree(old, ignore_errors=True)
-        elif old != target and read_json(old / "source.json").get("checkpoint") == str(checkpoint):
+    family = glob.escape(target.name.rsplit("-", 1)[0]) + "-*"
+    remove_abandoned_partials(target.parent, family)
+    for old in target.parent.glob(family):
+        if PARTIAL in old.name or old == target:
+            continue  # a living writer's, or the one wanted
+        if read_json(old / "source.json").get("checkpoint") == str(checkpoint):
             log.info("removing an outdated conversion: %s", old)
             shutil.rmtree(old, ignore_errors=True)
 
@@ -139,15 +139,12 @@ def convert_checkpoint(path: Path, config: Path, target: Path, tokenizer=None) -
     if tokenizer is not None:
         kwargs["tokenizer"] = tokenizer
     pipe = StableDiffusionPipeline.from_single_file(str(path), **kwargs)
-    tmp = target.with_name(f"{target.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        (tmp / "source.json").write_text(json.dumps({"checkpoint": str(Path(path).resolve())}))
-        tmp.replace(target)
-    except BaseException:  # a full disk or a stopped server: leave no half-copy behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / "model_index.json").is_file():
+        with staged(target) as tmp:
+            pipe.save_pretrained(tmp, safe_serialization=True)
+            (tmp / "source.json").write_text(json.dumps({"checkpoint": str(Path(path).resolve())}))
+    except BaseException:
+        if not (target / "model_index.json").is_file():  # else another process finished it
             raise
     finally:
         del pipe
@@ -245,8 +242,7 @@ def save_single_file(pipeline_folder: Path, path: Path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")
     state = {k: v.contiguous() for k, v in diffusers_to_ldm(pipeline_folder).items()}
-    save_file(state, tmp, metadata={"format": "pt"})
-    tmp.replace(path)
+    with staged(path) as tmp:
+        save_file(state, tmp, metadata={"format": "pt"})
     return path

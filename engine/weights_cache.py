@@ -12,10 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Callable
+
+from catalog.files import remove_abandoned_partials, staged
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +81,8 @@ def _write_converted(module, folder: Path, dtype, progress: Progress | None) -> 
     """Write `module`'s state dict as `dtype` into `folder`, beside first, then renamed."""
     state = module.state_dict()
     total = sum(t.numel() * t.element_size() for t in state.values())
-    tmp = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    remove_abandoned(folder.parent)
+    remove_abandoned_partials(folder.parent)
     needed = sum(t.numel() * (dtype.itemsize if t.is_floating_point() else t.element_size())
                  for t in state.values())
     free = shutil.disk_usage(folder.parent).free
@@ -91,19 +91,9 @@ def _write_converted(module, folder: Path, dtype, progress: Progress | None) -> 
             f"the {dtype_label(dtype)} copy of {type(module).__name__} needs "
             f"{needed / 1e9:.1f} GB in {folder.parent}, {free / 1e9:.1f} GB free: free some "
             "space, set BF16_CACHE_DIR to a disk that has it, or use DTYPE=float32")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    # Another process finishing the same copy first is fine: staged keeps theirs.
+    with staged(folder, directory=True) as tmp:
         _write_shards(state, tmp, dtype, total, progress)
-    except BaseException:  # a full disk or a stopped server: leave no half-copy behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    try:
-        tmp.replace(folder)
-    except OSError:  # another process finished the same copy first: keep theirs
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (folder / INDEX).is_file():
-            raise
     log.info("wrote %s weights of %s to %s", dtype, type(module).__name__, folder)
 
 
@@ -114,15 +104,6 @@ class CacheSpaceError(RuntimeError):
 def dtype_label(dtype) -> str:
     """'bfloat16' for torch.bfloat16."""
     return str(dtype).replace("torch.", "")
-
-
-def remove_abandoned(cache_dir: Path) -> None:
-    """Delete half-written copies whose writer is gone (killed mid-conversion)."""
-    for partial in Path(cache_dir).glob("*.partial-*"):
-        pid = partial.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
-            log.info("removing an abandoned partial bf16 copy: %s", partial)
-            shutil.rmtree(partial, ignore_errors=True)
 
 
 def save_shard(tensors: dict, path: Path) -> None:

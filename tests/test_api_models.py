@@ -146,17 +146,17 @@ def test_a_switch_waits_its_turn_behind_the_running_job(client, gate):
 
 def test_health_and_progress_show_the_switch_while_it_runs(client, monkeypatch):
     """The real load runs; it only waits at its start until the test has looked."""
-    import engine.pipeline as pipeline
+    from engine.slot import ModelSlot
 
     reached, release = threading.Event(), threading.Event()
-    real_load = pipeline.Engine._load_model
+    real_load = ModelSlot.load_model
 
     def paused(self, entry):
         reached.set()
         assert release.wait(60), "the test never let the load go on"
         return real_load(self, entry)
 
-    monkeypatch.setattr(pipeline.Engine, "_load_model", paused)
+    monkeypatch.setattr(ModelSlot, "load_model", paused)
     answers = []
     switch = threading.Thread(target=lambda: answers.append(client.post(
         "/sdapi/v1/options", json={"sd_model_checkpoint": "second"})))

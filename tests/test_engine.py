@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from engine import Engine
-from engine.pipeline import user_step
+from engine.generation import user_step
 from params import GenerationRequest
 
 
@@ -182,7 +182,7 @@ def test_bfloat16_cache_is_rebuilt_when_the_model_changes(make_settings, tiny_mo
 
 def test_dtype_auto_follows_the_probe_and_float32_gets_a_hint(make_settings):
     from engine.cpu import PrecisionProbe
-    from engine.pipeline import precision_hint
+    from engine.slot import precision_hint
 
     fast = PrecisionProbe({}, {}, bf16_speedup=1.8, threads=2, seconds=0.5)
     slow = PrecisionProbe({}, {}, bf16_speedup=0.7, threads=2, seconds=0.5)
@@ -215,7 +215,7 @@ def test_missing_model_fails_with_advice_and_does_not_raise(make_settings, tmp_p
 def test_load_failure_logs_its_traceback(make_settings, tmp_path, caplog):
     (tmp_path / "model_index.json").write_text("{ not json")
     e = Engine(make_settings(MODEL_ID=str(tmp_path)))
-    with caplog.at_level("ERROR", logger="engine.pipeline"):
+    with caplog.at_level("ERROR", logger="engine.slot"):
         e.load()
     assert e.status.state == "failed"
     [record] = [r for r in caplog.records if "model load failed" in r.getMessage()]

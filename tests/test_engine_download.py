@@ -213,7 +213,7 @@ def wanted(hub: FakeHub) -> dict[str, bytes]:
 
 
 class Recorder:
-    """A progress callback like Engine._report_progress, keeping every call."""
+    """A progress callback like ModelSlot.report_progress, keeping every call."""
 
     def __init__(self):
         self.calls: list[tuple[str, int, int, dict]] = []

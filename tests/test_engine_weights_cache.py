@@ -1,6 +1,5 @@
 """engine.weights_cache: a bf16 copy written once, never half-written, never stale, never
 bigger than the disk (the happy path and memory-mapping are in test_engine.py)."""
-import os
 from collections import namedtuple
 
 import pytest
@@ -43,13 +42,18 @@ def test_a_failed_write_leaves_no_partial_copy(tmp_path, monkeypatch):
     assert weights_cache.load_converted(model(), tmp_path, torch.bfloat16) is False  # reused
 
 
-def test_abandoned_partial_copies_are_removed(tmp_path):
-    dead = tmp_path / "UNet2DConditionModel-abc.partial-999999999"
+def test_abandoned_partial_copies_are_removed_before_a_write(tmp_path):
+    """A copy half-written by a killed server goes when the next one writes (the rule
+    itself is tested in test_catalog_files.py)."""
+    import subprocess
+    import sys
+
+    killed = subprocess.Popen([sys.executable, "-c", "pass"])
+    killed.wait()
+    dead = tmp_path / f"UNet2DConditionModel-abc.partial-{killed.pid}"
     dead.mkdir()
-    mine = tmp_path / f"UNet2DConditionModel-abc.partial-{os.getpid()}"
-    mine.mkdir()
-    weights_cache.remove_abandoned(tmp_path)
-    assert not dead.exists() and mine.exists()
+    weights_cache.load_converted(model(), tmp_path, torch.bfloat16)
+    assert not dead.exists() and len(list(tmp_path.iterdir())) == 1
 
 
 def test_not_enough_disk_says_how_much_and_what_to_do(tmp_path, monkeypatch):

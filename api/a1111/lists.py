@@ -17,6 +17,7 @@ from api import services
 from api.a1111.blueprint import A1111_DOC, bp
 from api.a1111.extras import UPSCALERS
 from api.openapi import doc
+from system import meminfo, process_status
 
 log = logging.getLogger(__name__)
 
@@ -128,23 +129,12 @@ def cmd_flags():
     })
 
 
-def _meminfo() -> dict[str, int]:
-    """/proc/meminfo's fields in bytes."""
-    out = {}
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        parts = rest.split()
-        if parts and parts[0].isdigit():
-            out[key] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
-    return out
-
-
 def _rss() -> int:
     """This process's resident memory in bytes."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise OSError("no VmRSS in /proc/self/status")
+    rss = process_status().get("VmRSS")
+    if rss is None:
+        raise OSError("no VmRSS in /proc/self/status")
+    return rss
 
 
 @bp.get("/memory")
@@ -154,7 +144,7 @@ def _rss() -> int:
 def memory():
     """RAM figures from /proc; no CUDA here."""
     try:
-        info = _meminfo()
+        info = meminfo()
         ram = {"free": info.get("MemAvailable", info["MemFree"]), "used": _rss(),
                "total": info["MemTotal"]}
     except (OSError, KeyError, ValueError) as exc:  # not Linux: say so, as A1111 does

@@ -1,0 +1,213 @@
+"""One image from one validated request, on the model slot's pipeline, as numbered steps
+(read `Generation.generate` as diffusers' `StableDiffusionPipeline.__call__` reads).
+
+Worker thread only: the pipeline is not thread-safe.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import time
+
+from catalog.loras import find_lora
+from config import Settings
+from engine.cpu import threads_for_next_job
+from engine.decoders import decode_image
+from engine.images import encode_png
+from engine.img2img import TENSOR_INPUTS, mode_arguments, paste_over_input, pipeline_view
+from engine.slot import ModelSlot, release_freed_memory
+from engine.speedups import DeepCache, cfg_cutoff_step, cut_guidance
+from engine.status import GenerationResult, StepCallback
+from params import GenerationRequest
+from params.infotext import write_infotext
+
+log = logging.getLogger(__name__)
+
+
+def user_step(pipeline_step: int, pipeline_steps: int, asked: int) -> int:
+    """The step a user counts, from the pipeline's own count (PNDM runs `asked + 1` UNet
+    calls; users asked for `asked` steps and must never see "step 5 of 9")."""
+    if pipeline_steps <= asked:
+        return pipeline_step
+    return min(asked, math.ceil(pipeline_step * asked / pipeline_steps))
+
+
+def seconds_per_step(started: float, step_times: list[float]) -> float:
+    """Median step duration; the first step also pays for text encoding, so skip it if we can."""
+    if not step_times:
+        return 0.0
+    marks = [started, *step_times]
+    durations = [b - a for a, b in zip(marks, marks[1:])]
+    return statistics.median(durations[1:] if len(durations) > 1 else durations)
+
+
+class StepHooks:
+    """diffusers' `callback_on_step_end` for one image; each method does one job.
+
+    Heun/DPM2 run ~2 UNet calls per step and PNDM one extra: the hooks count in the
+    pipeline's own calls, and tell `on_step` the user's steps.
+    """
+
+    def __init__(self, request: GenerationRequest, on_step: StepCallback | None):
+        self.asked = request.denoising_steps
+        self.cfg_cutoff = request.cfg_cutoff
+        self.on_step = on_step
+        self.step_times: list[float] = []  # when each step ended, for seconds_per_step
+
+    def __call__(self, pipeline, step_index: int, _timestep, callback_kwargs: dict) -> dict:
+        """Run after every pipeline step; returns the (maybe cut) tensors to go on with."""
+        self.record_time()
+        pipeline_steps = getattr(pipeline, "num_timesteps", None) or self.asked
+        self.cut_guidance_at_cutoff(pipeline, step_index, pipeline_steps, callback_kwargs)
+        self.release_memory_after_last(step_index, pipeline_steps)
+        self.report(step_index, pipeline_steps, callback_kwargs["latents"])
+        return callback_kwargs
+
+    def record_time(self) -> None:
+        """Note when this step ended."""
+        self.step_times.append(time.perf_counter())
+
+    def cut_guidance_at_cutoff(self, pipeline, step_index: int, pipeline_steps: int,
+                               callback_kwargs: dict) -> None:
+        """Stop classifier-free guidance once the request's CFG cutoff is reached."""
+        if step_index == cfg_cutoff_step(self.cfg_cutoff, pipeline_steps):
+            if pipeline.do_classifier_free_guidance:
+                cut_guidance(pipeline, callback_kwargs)
+
+    @staticmethod
+    def release_memory_after_last(step_index: int, pipeline_steps: int) -> None:
+        """After the last step, before the VAE decode (the peak of anonymous RAM), hand the
+        steps' freed heap back to the OS."""
+        if step_index + 1 == pipeline_steps:
+            release_freed_memory()
+
+    def report(self, step_index: int, pipeline_steps: int, latents) -> None:
+        """Tell `on_step` the user's step, with its own copy of the latents (the pipeline
+        reuses its tensor); `on_step` may raise to cancel."""
+        if self.on_step is not None:
+            self.on_step(user_step(step_index + 1, pipeline_steps, self.asked), self.asked,
+                         latents.detach().clone())
+
+
+class Generation:
+    """Makes images on the slot's pipeline (worker thread only)."""
+
+    def __init__(self, settings: Settings, slot: ModelSlot):
+        self.settings = settings
+        self.slot = slot
+
+    def generate(self, request: GenerationRequest, seed: int,
+                 on_step: StepCallback | None = None) -> GenerationResult:
+        """Make one image; `on_step(step, total, latents)` runs after every step and may raise
+        (`latents` is the receiver's own copy, to keep for a preview).
+
+        The mode follows the request: txt2img, img2img (`init_image`) or inpainting (and
+        `mask_image`). `step`/`total` count the denoising steps the user asked for (steps x
+        strength for img2img), whatever the scheduler does inside. The request's speed
+        options (cfg_cutoff, deep_cache, vae_decoder) apply to this image only.
+        """
+        import torch
+
+        # 1. resolve the request (switch model, as_run, what the UNet backend refuses)
+        request = self.resolve(request)
+        started = time.perf_counter()  # the thread check below is part of this image's time
+        # 2. pick the pipeline view and threads
+        pipe = self.pipeline_for(request.mode, request.scheduler)
+        self.use_free_cores()
+        generator = torch.Generator("cpu").manual_seed(seed)
+        hooks = StepHooks(request, on_step)
+        # 3. activate LoRAs
+        lora_hashes = self.activate_loras(request)
+        # 4. denoise
+        try:
+            latents = self.denoise(pipe, request, generator, hooks)
+        finally:
+            self.slot.loras.deactivate(self.slot.pipe)  # the next job starts from the bare model
+        # 5. decode and paste
+        decode_started = time.perf_counter()
+        image, nsfw = self.decode(pipe, request, latents, generator)
+        timings = {"decode_seconds": time.perf_counter() - decode_started,
+                   "seconds": time.perf_counter() - started,
+                   "seconds_per_step": seconds_per_step(started, hooks.step_times)}
+        # 6. infotext and PNG
+        return self.png_result(request, seed, image, nsfw, lora_hashes, timings)
+
+    def resolve(self, request: GenerationRequest) -> GenerationRequest:
+        """The request as it will run: on its model (switched to first: the job waited its
+        turn), with the full VAE where TAESD is missing; UnsupportedRequest when the UNet
+        backend cannot run it."""
+        if self.slot.pipe is None:
+            raise RuntimeError("the model is not loaded")
+        if request.model is not None:
+            self.slot.switch(request.model)
+        effective = request.as_run(tiny_decoder=self.slot.taesd is not None)
+        if effective is not request:
+            # Falling back beats failing a job after minutes of steps; the PNG says so.
+            log.warning("vae_decoder 'tiny' asked for but TAESD is not loaded (TAESD_MODEL): "
+                        "decoding with the full VAE")
+        self.slot.backend.check_request(effective)
+        return effective
+
+    def pipeline_for(self, mode: str, scheduler_name: str):
+        """The shared pipeline, or a view of it for this job's mode and scheduler (the same
+        modules, so no weight is copied, and the shared pipeline is never changed)."""
+        return pipeline_view(self.slot.pipe, mode, scheduler_name,
+                             self.slot.default_scheduler_config)
+
+    def use_free_cores(self) -> None:
+        """Run this image with one torch thread per core free now (or TORCH_THREADS)."""
+        import torch
+
+        threads = threads_for_next_job(self.settings.torch_threads)
+        if threads != torch.get_num_threads():
+            log.info("torch threads %d -> %d (cores free now)", torch.get_num_threads(), threads)
+            torch.set_num_threads(threads)
+        self.slot.publish(torch_threads=threads)
+
+    def activate_loras(self, request: GenerationRequest) -> dict[str, str]:
+        """Make the request's LoRAs (and only those) active on the shared modules, and return
+        their file hashes for the infotext; LoraError when one does not fit this model."""
+        entries = [(find_lora(self.settings, name), te, unet)
+                   for name, te, unet in request.loras]
+        loras = self.slot.loras
+        loras.activate(self.slot.pipe, [
+            (entry, te if te == unet else {"unet": unet, "text_encoder": te})
+            for entry, te, unet in entries])
+        return {entry.name: loras.sha256(entry) for entry, _te, _unet in entries}
+
+    @staticmethod
+    def denoise(pipe, request: GenerationRequest, generator, hooks: StepHooks):
+        """The denoised latents (DeepCache around the UNet when the request asks for it)."""
+        import torch
+
+        with torch.inference_mode(), DeepCache(pipe.unet, request.deep_cache):
+            return pipe(prompt=request.clip_prompt,
+                        negative_prompt=request.negative_prompt or None,
+                        num_inference_steps=request.steps,
+                        guidance_scale=request.guidance_scale, generator=generator,
+                        output_type="latent", callback_on_step_end=hooks,
+                        callback_on_step_end_tensor_inputs=TENSOR_INPUTS[request.mode],
+                        **mode_arguments(request)).images
+
+    def decode(self, pipe, request: GenerationRequest, latents, generator):
+        """(image, nsfw): the latents as pixels, by the VAE or TAESD as asked, with the
+        input's pixels pasted back outside an inpainting mask."""
+        import torch
+
+        taesd = self.slot.taesd if request.vae_decoder == "tiny" else None
+        with torch.inference_mode():
+            image, nsfw = decode_image(pipe, latents, taesd, generator)
+        if not nsfw:  # a flagged image stays black, input pixels included
+            image = paste_over_input(image, request)
+        return image, nsfw
+
+    def png_result(self, request: GenerationRequest, seed: int, image, nsfw: bool,
+                   lora_hashes: dict[str, str], timings: dict[str, float]) -> GenerationResult:
+        """The PNG, its A1111 infotext embedded, and how it was made."""
+        parameters = write_infotext(request, seed, self.slot.model_name,
+                                    self.slot.default_sampler, lora_hashes)
+        return GenerationResult(png=encode_png(image, parameters), seed=seed, width=image.width,
+                                height=image.height, steps=request.steps, nsfw=nsfw,
+                                parameters=parameters,
+                                **{name: round(value, 3) for name, value in timings.items()})
