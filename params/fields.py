@@ -209,7 +209,10 @@ def _check(spec: FieldSpec, value: Any) -> Any:
                 raise bad()
             value = int(value)
     else:
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond any float (JSON allows 10**400)
+            raise bad() from None
         if value != value:  # NaN
             raise bad()
     if not spec.minimum <= value <= spec.maximum:
