@@ -5,10 +5,8 @@ The tiny model is a real diffusers StableDiffusionPipeline with random weights, 
 """
 from __future__ import annotations
 
-import socket
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from config import Settings  # noqa: E402
+
+from tests.helpers import accepts_connections, free_port, poll_until  # noqa: E402
 
 # Small images and few steps keep the suite fast; the bounds are ordinary settings.
 BASE_ENV = {
@@ -167,13 +167,6 @@ def gate(monkeypatch):
     g.open()
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class LiveServer:
     """A real waitress server on 127.0.0.1 running an app in a background thread."""
 
@@ -186,13 +179,8 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.server.effective_port}"
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.server.effective_port), 1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        poll_until(lambda: accepts_connections(self.server.effective_port), 10,
+                   f"waitress to accept connections at {self.url}")
 
     def close(self) -> None:
         """Stop listening and close every connection."""
