@@ -1,6 +1,7 @@
 """QUEUE_BACKEND=redis end to end: a real redis-server, the web app (no model) and two
-real `python worker.py` processes on the tiny model. The tests run in file order: the
-first sees no worker, the last ones kill a worker and restart Redis."""
+real `python worker.py` processes on the tiny model. Each test stands alone, in any order:
+the module's workers are started once, and `two_workers` replaces one an earlier test
+killed and waits until both are ready and idle with nothing queued."""
 from __future__ import annotations
 
 import base64
@@ -10,6 +11,7 @@ import pytest
 
 from tests.redis_fixtures import *  # noqa: F401,F403  redis_server, redis_env, start_worker
 from tests.helpers import free_port, poll_until
+from tests.redis_fixtures import RedisServer
 
 LONG = {"prompt": "a long one", "steps": 50, "width": 256, "height": 256}
 
@@ -20,20 +22,39 @@ def redis_app(make_app, redis_env):
     keys = ("MODEL_ID", "QUEUE_BACKEND", "REDIS_URL", "QUEUE_SIZE", "OUTPUT_DIR")
 
     def make(**env: str):
-        return make_app(wait=False, **{k: redis_env[k] for k in keys}, **env)
+        return make_app(wait=False, **{**{k: redis_env[k] for k in keys}, **env})
 
     return make
 
 
 @pytest.fixture(scope="module")
-def two_workers(start_worker, redis_server):
-    """Two workers; started once, used by the rest of the module."""
-    return [start_worker(), start_worker()]
+def worker_pool() -> list:
+    """The module's live `python worker.py` processes (two_workers fills it)."""
+    return []
 
 
-def ready_workers(client) -> list:
-    body = client.get("/health").get_json()
-    return [w for w in body.get("workers", []) if w["state"] == "ready"]
+@pytest.fixture
+def two_workers(worker_pool, start_worker, redis_server, redis_app) -> list:
+    """Two ready, idle workers and an empty queue, whatever an earlier test did: Redis is
+    started if a test left it stopped, a dead worker is replaced, and /health must list
+    exactly these two (a killed one has left it)."""
+    if redis_server.process.poll() is not None:
+        redis_server.start()
+    worker_pool[:] = [w for w in worker_pool if w.process.poll() is None]
+    while len(worker_pool) < 2:
+        worker_pool.append(start_worker())
+    client = redis_app().test_client()
+    pids = {w.pid for w in worker_pool}
+
+    def ready_and_idle() -> bool:
+        body = client.get("/health").get_json()
+        workers = body.get("workers", [])
+        return ({w["pid"] for w in workers} == pids and len(workers) == 2
+                and all(w["state"] == "ready" and not w["job"] for w in workers)
+                and body["queue"]["waiting"] == 0)
+
+    poll_until(ready_and_idle, 180, f"workers {sorted(pids)} ready and idle, nothing queued")
+    return list(worker_pool)
 
 
 def finished(client, job_id: str) -> dict | None:
@@ -41,8 +62,16 @@ def finished(client, job_id: str) -> dict | None:
     return body if body["state"] in ("succeeded", "failed", "cancelled") else None
 
 
-def test_health_without_workers_is_503_no_workers_and_jobs_are_refused(redis_app):
-    client = redis_app().test_client()
+@pytest.fixture
+def lone_redis(tmp_path):
+    """A redis-server of the test's own, which no worker serves."""
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+def test_health_without_workers_is_503_no_workers_and_jobs_are_refused(redis_app, lone_redis):
+    client = redis_app(REDIS_URL=lone_redis.url).test_client()
     response = client.get("/health")
     assert response.status_code == 503
     body = response.get_json()
@@ -53,7 +82,6 @@ def test_health_without_workers_is_503_no_workers_and_jobs_are_refused(redis_app
 
 def test_health_is_200_with_two_ready_workers(redis_app, two_workers):
     client = redis_app().test_client()
-    poll_until(lambda: len(ready_workers(client)) == 2, 180, "two ready workers")
     response = client.get("/health")
     body = response.get_json()
     assert response.status_code == 200 and body["status"] == "healthy"
