@@ -27,6 +27,37 @@ BASE_ENV = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def precision_probed_once():
+    """The real precision probe, run once per thread count for the session.
+
+    Every engine load times bf16 against fp32 (about 0.15 s of convs and GEMMs); the suite
+    loads hundreds of engines on one CPU, so the engine modules get the figures measured
+    the first time for that thread count: real figures, not made up, just not re-measured.
+    tests/test_engine_cpu.py runs the probe itself, unshared.
+    """
+    import engine  # noqa: F401  (loads the engine modules that call the probe)
+    from engine.cpu import probe_precision
+
+    measured: dict[int, object] = {}
+    lock = threading.Lock()
+
+    def probe_once(threads: int):
+        with lock:
+            if threads not in measured:
+                measured[threads] = probe_precision(threads)
+            return measured[threads]
+
+    callers = [module for name, module in list(sys.modules.items())
+               if name.startswith("engine.") and name != "engine.cpu"
+               and getattr(module, "probe_precision", None) is probe_precision]
+    assert callers, "no engine module calls probe_precision any more: update this fixture"
+    with pytest.MonkeyPatch.context() as patch:
+        for module in callers:
+            patch.setattr(module, "probe_precision", probe_once)
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random-weight SD pipeline saved as a diffusers folder (built by the project)."""
