@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT))
 
 from config import Settings  # noqa: E402
 
-from tests.helpers import accepts_connections, free_port, poll_until  # noqa: E402
+from tests.helpers import accepts_connections, poll_until  # noqa: E402
 
 # Small images and few steps keep the suite fast; the bounds are ordinary settings.
 BASE_ENV = {
@@ -205,7 +205,9 @@ class LiveServer:
         import waitress
 
         self.app = app
-        self.server = waitress.create_server(app, host="127.0.0.1", port=free_port(),
+        # Port 0: the kernel picks a free port as it binds, so parallel test processes
+        # never race for one.
+        self.server = waitress.create_server(app, host="127.0.0.1", port=0,
                                              threads=threads, channel_request_lookahead=5)
         self.url = f"http://127.0.0.1:{self.server.effective_port}"
         self.thread = threading.Thread(target=self.server.run, daemon=True)
