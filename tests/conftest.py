@@ -37,12 +37,12 @@ def precision_probed_once():
     tests/test_engine_cpu.py runs the probe itself, unshared.
     """
     import engine  # noqa: F401  (loads the engine modules that call the probe)
-    from engine.cpu import probe_precision
+    from engine.cpu import PrecisionProbe, probe_precision
 
-    measured: dict[int, object] = {}
+    measured: dict[int, PrecisionProbe] = {}
     lock = threading.Lock()
 
-    def probe_once(threads: int):
+    def probe_once(threads: int) -> PrecisionProbe:
         with lock:
             if threads not in measured:
                 measured[threads] = probe_precision(threads)

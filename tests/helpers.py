@@ -31,7 +31,7 @@ def poll_until(predicate: Callable[[], T], timeout: float, what: str, interval: 
             last = value
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what} "
-                                 f"(last seen: {last!r})")
+                                 f"(last seen: {repr(last)[:500]})")
         time.sleep(interval)
 
 

@@ -10,7 +10,7 @@ import signal
 import pytest
 
 from tests.redis_fixtures import *  # noqa: F401,F403  redis_server, redis_env, start_worker
-from tests.helpers import free_port, poll_until
+from tests.helpers import FINISHED, free_port, poll_until, wait_state
 from tests.redis_fixtures import RedisServer
 
 LONG = {"prompt": "a long one", "steps": 50, "width": 256, "height": 256}
@@ -55,11 +55,6 @@ def two_workers(worker_pool, start_worker, redis_server, redis_app) -> list:
 
     poll_until(ready_and_idle, 180, f"workers {sorted(pids)} ready and idle, nothing queued")
     return list(worker_pool)
-
-
-def finished(client, job_id: str) -> dict | None:
-    body = client.get(f"/jobs/{job_id}").get_json()
-    return body if body["state"] in ("succeeded", "failed", "cancelled") else None
 
 
 @pytest.fixture
@@ -114,7 +109,7 @@ def test_jobs_spread_over_both_workers(redis_app, two_workers):
     client = redis_app().test_client()
     ids = [client.post("/jobs", json={"prompt": f"p{i}", "steps": 8, "width": 128,
                                       "height": 128}).get_json()["id"] for i in range(4)]
-    jobs = [poll_until(lambda i=i: finished(client, i), 120, "a job to finish") for i in ids]
+    jobs = [wait_state(client, i, FINISHED, 120) for i in ids]
     assert all(j["state"] == "succeeded" for j in jobs), jobs
     assert len({j["worker"] for j in jobs}) == 2
 
@@ -131,11 +126,11 @@ def test_cancel_queued_and_running(redis_app, two_workers):
                          30, "a live preview")
     assert preview
     client.post(f"/jobs/{running}/cancel")
-    done = poll_until(lambda: finished(client, running), 30, "the running job to stop")
+    done = wait_state(client, running, FINISHED, 30)
     assert done["state"] == "cancelled" and done["step"] < done["total_steps"]
     for job_id in ids:
         client.post(f"/jobs/{job_id}/cancel")
-        poll_until(lambda j=job_id: finished(client, j), 30, "the rest to stop")
+        wait_state(client, job_id, FINISHED, 30)
 
 
 def test_queue_size_holds_across_web_processes(redis_app, two_workers):
@@ -154,7 +149,7 @@ def test_queue_size_holds_across_web_processes(redis_app, two_workers):
     for job_id in ids:
         clients[0].post(f"/jobs/{job_id}/cancel")
     for job_id in ids:
-        poll_until(lambda j=job_id: finished(clients[0], j), 60, "the jobs to stop")
+        wait_state(clients[0], job_id, FINISHED, 60)
 
 
 def test_model_switching_is_a_4xx_naming_the_backend(redis_app, two_workers):
@@ -170,7 +165,7 @@ def test_a_restarted_web_process_finds_its_jobs(redis_app, two_workers):
                                        "height": 128}).get_json()["id"]
     del first  # the web process is gone; the job lives in Redis
     second = redis_app().test_client()
-    done = poll_until(lambda: finished(second, job_id), 60, "the job to finish")
+    done = wait_state(second, job_id, FINISHED, 60)
     assert done["state"] == "succeeded"
     assert second.get(f"/jobs/{job_id}/image").data[:4] == b"\x89PNG"
     assert job_id in [j["id"] for j in second.get("/jobs").get_json()["jobs"]]
@@ -183,7 +178,7 @@ def test_a_killed_worker_fails_its_job_and_the_other_goes_on(redis_app, two_work
         client.get(f"/jobs/{job_id}").get_json()), 60, "the job to run")
     victim = next(w for w in two_workers if job["worker"].endswith(f"-{w.pid}"))
     victim.kill(signal.SIGKILL)
-    done = poll_until(lambda: finished(client, job_id), 30, "the job to fail")
+    done = wait_state(client, job_id, FINISHED, 30)
     assert done["state"] == "failed" and "stopped while running" in done["error"]
     assert job["worker"] in done["error"]
     after = client.post("/generate", json={"prompt": "still here"})
