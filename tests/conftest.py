@@ -5,10 +5,8 @@ The tiny model is a real diffusers StableDiffusionPipeline with random weights, 
 """
 from __future__ import annotations
 
-import socket
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,8 @@ sys.path.insert(0, str(ROOT))
 
 from config import Settings  # noqa: E402
 
+from tests.helpers import accepts_connections, poll_until  # noqa: E402
+
 # Small images and few steps keep the suite fast; the bounds are ordinary settings.
 BASE_ENV = {
     "MIN_SIZE": "64", "DEFAULT_SIZE": "64", "MAX_SIZE": "256", "DEFAULT_STEPS": "2",
@@ -25,6 +25,37 @@ BASE_ENV = {
     "QUEUE_SIZE": "4", "THREADS": "16", "LOG_LEVEL": "INFO",
     "TAESD_MODEL": "",  # no Hub here; tests that want TAESD pass the random one (taesd_dir)
 }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def precision_probed_once():
+    """The real precision probe, run once per thread count for the session.
+
+    Every engine load times bf16 against fp32 (about 0.15 s of convs and GEMMs); the suite
+    loads hundreds of engines on one CPU, so the engine modules get the figures measured
+    the first time for that thread count: real figures, not made up, just not re-measured.
+    tests/test_engine_cpu.py runs the probe itself, unshared.
+    """
+    import engine  # noqa: F401  (loads the engine modules that call the probe)
+    from engine.cpu import PrecisionProbe, probe_precision
+
+    measured: dict[int, PrecisionProbe] = {}
+    lock = threading.Lock()
+
+    def probe_once(threads: int) -> PrecisionProbe:
+        with lock:
+            if threads not in measured:
+                measured[threads] = probe_precision(threads)
+            return measured[threads]
+
+    callers = [module for name, module in list(sys.modules.items())
+               if name.startswith("engine.") and name != "engine.cpu"
+               and getattr(module, "probe_precision", None) is probe_precision]
+    assert callers, "no engine module calls probe_precision any more: update this fixture"
+    with pytest.MonkeyPatch.context() as patch:
+        for module in callers:
+            patch.setattr(module, "probe_precision", probe_once)
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -167,13 +198,6 @@ def gate(monkeypatch):
     g.open()
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class LiveServer:
     """A real waitress server on 127.0.0.1 running an app in a background thread."""
 
@@ -181,18 +205,15 @@ class LiveServer:
         import waitress
 
         self.app = app
-        self.server = waitress.create_server(app, host="127.0.0.1", port=free_port(),
+        # Port 0: the kernel picks a free port as it binds, so parallel test processes
+        # never race for one.
+        self.server = waitress.create_server(app, host="127.0.0.1", port=0,
                                              threads=threads, channel_request_lookahead=5)
         self.url = f"http://127.0.0.1:{self.server.effective_port}"
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.server.effective_port), 1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        poll_until(lambda: accepts_connections(self.server.effective_port), 10,
+                   f"waitress to accept connections at {self.url}")
 
     def close(self) -> None:
         """Stop listening and close every connection."""

@@ -10,36 +10,21 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import BASE_ENV
+from tests.helpers import free_port, poll_until
+
+# The older name of tests.helpers.poll_until (an alias, not a copy), for modules that
+# import it from here.
+wait_until = poll_until
 
 PROJECT = Path(__file__).resolve().parent.parent
 START_SECONDS = 120  # a worker imports torch and loads the tiny model
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(condition, timeout: float, what: str, interval: float = 0.05):
-    """Poll `condition` until it returns something truthy; fail the test naming `what`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 class RedisServer:
@@ -64,7 +49,7 @@ class RedisServer:
              str(self.folder), "--save", "", "--appendonly", "yes", "--appendfsync",
              "always"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis.from_url(self.url)
-        wait_until(lambda: _pings(client), 20, "redis-server to answer")
+        poll_until(lambda: _pings(client), 20, "redis-server to answer")
         return self
 
     def stop(self) -> None:

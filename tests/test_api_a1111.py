@@ -7,12 +7,13 @@ import logging
 import os
 import socket
 import threading
-import time
 
 import pytest
 import requests
 import webuiapi
 from PIL import Image
+
+from tests.helpers import poll_until
 
 
 def webui(server, **kwargs) -> webuiapi.WebUIApi:
@@ -207,9 +208,8 @@ def test_client_leaving_cancels_the_whole_batch(live_server, gate):
     first = queue.current()
     second = next(job for job in queue.recent() if job is not first)
     sock.close()
-    deadline = time.monotonic() + 20
-    while not first.cancel_requested and time.monotonic() < deadline:
-        time.sleep(0.02)  # waitress notices the hang-up on its next poll
+    # waitress notices the hang-up on its next poll
+    poll_until(lambda: first.cancel_requested, 20, "the hang-up to cancel the running job")
     gate.open()
     assert queue.wait(first, 30) and queue.wait(second, 30)
     assert first.state.value == "cancelled" and second.state.value == "cancelled"

@@ -158,14 +158,21 @@ def test_png_info_reads_a_jpegs_exif_user_comment(client):
     assert r.json["info"] == INFOTEXT and r.json["parameters"]["Seed"] == "42"
 
 
-def test_a_hostile_settings_line_is_parsed_quickly(client):
-    import time
+def test_a_hostile_settings_line_does_not_hang_the_parser(client):
+    """A1111's own pattern backtracks quadratically on this line (minutes); ours is linear
+    (milliseconds). The deadline is a hang detector, not a speed measure: only a
+    backtracking pattern misses it, on any machine."""
+    import threading
 
-    # A1111's own pattern takes minutes on this line (quadratic); ours is linear.
     text = "prompt\n" + "a " * 28000 + ", x" * 1000
-    started = time.monotonic()
-    r = client.post(f"{URL}/png-info", json={"image": b64_png(gradient(), parameters=text)})
-    assert r.status_code == 200 and time.monotonic() - started < 2
+    body = {"image": b64_png(gradient(), parameters=text)}
+    answers = []
+    parse = threading.Thread(target=lambda: answers.append(client.post(f"{URL}/png-info",
+                                                                       json=body)), daemon=True)
+    parse.start()
+    parse.join(60)
+    assert answers, "png-info still parsing after 60 s: its pattern backtracks"
+    assert answers[0].status_code == 200 and answers[0].json["info"] == text
 
 
 def test_interrogate_is_a_clear_501(client):

@@ -3,7 +3,6 @@ modes, strength, mask, output size, EXIF, bad images, body limits, samplers, pro
 import base64
 import io
 import struct
-import time
 import zlib
 
 import numpy as np
@@ -11,6 +10,8 @@ import pytest
 from PIL import Image
 
 from params import SCHEDULERS
+
+from tests.helpers import FINISHED, wait_state
 
 
 def two_colours(width=64, height=64, flip=False) -> Image.Image:
@@ -187,16 +188,6 @@ def test_image_bodies_have_their_own_bound(make_app):
                        ).status_code == 413
 
 
-def wait_finished(client, job_id: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = client.get(f"/jobs/{job_id}").json
-        if body["state"] in ("succeeded", "failed", "cancelled"):
-            return body
-        time.sleep(0.02)
-    raise AssertionError(f"job {job_id} never finished: {body}")
-
-
 def test_job_shows_images_as_sizes_and_counts_denoising_steps(client):
     r = client.post("/jobs", json={**BASE, "steps": 10, "strength": 0.5,
                                    "init_image": b64(two_colours(128, 64)),
@@ -206,7 +197,7 @@ def test_job_shows_images_as_sizes_and_counts_denoising_steps(client):
     assert job["request"]["init_image"] == {"width": 128, "height": 64}
     assert job["request"]["mask_image"] == {"width": 128, "height": 64}
     assert job["total_steps"] == 5 and job["request"]["steps"] == 10
-    done = wait_finished(client, job["id"])
+    done = wait_state(client, job["id"], FINISHED, 60)
     assert done["state"] == "succeeded"
     assert done["step"] == done["total_steps"] == 5 and done["progress"] == 1.0
     listed = client.get("/jobs").json["jobs"]
@@ -229,7 +220,7 @@ def test_progress_never_goes_beyond_the_steps_asked(app, gate):
         if body["step"] == 3 and len(seen) >= 3:
             break
     gate.open()
-    assert wait_finished(client, job["id"])["state"] == "succeeded"
+    assert wait_state(client, job["id"], FINISHED, 60)["state"] == "succeeded"
     assert {total for _, total in seen} == {3}
     assert {step for step, _ in seen} == {1, 2, 3}
 

@@ -1,21 +1,12 @@
 """The job API: submit, poll, preview, image, cancel (queued and running), list, retention."""
 import io
-import time
 
 from PIL import Image
 
+from tests.helpers import poll_until, wait_state
+
 JOB_FIELDS = {"id", "state", "step", "total_steps", "progress", "eta_seconds", "queue_position",
               "seed", "created_at", "started_at", "finished_at", "error"}
-
-
-def wait_state(client, job_id, states, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = client.get(f"/jobs/{job_id}").json
-        if body["state"] in states:
-            return body
-        time.sleep(0.02)
-    raise AssertionError(f"job {job_id} never reached {states}: {body}")
 
 
 def test_submit_poll_and_fetch(client):
@@ -60,9 +51,7 @@ def test_running_job_has_progress_eta_and_a_live_preview(app, gate):
     assert Image.open(io.BytesIO(preview.data)).size == (64, 32)  # latents x4: 32x16 -> 4x
     first = preview.data
     gate.release(1)
-    deadline = time.monotonic() + 10
-    while client.get(f"/jobs/{job['id']}").json["step"] < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    poll_until(lambda: client.get(f"/jobs/{job['id']}").json["step"] >= 2, 10, "step 2")
     second = client.get(f"/jobs/{job['id']}/preview")
     assert second.headers["X-Step"] == "2" and second.data != first
     gate.open()

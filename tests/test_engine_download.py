@@ -23,6 +23,8 @@ from engine.hub_files import download_patterns
 from engine.load_errors import explain_load_error
 from errors import DownloadInterrupted, NotEnoughDisk
 
+from tests.helpers import poll_until
+
 REPO = "test-org/tiny-sd"
 UNET = "unet/diffusion_pytorch_model.safetensors"
 
@@ -57,7 +59,8 @@ def repo_files(tiny_model_dir: Path) -> dict[str, bytes]:
 
 class FakeHub:
     """The Hub's HTTP surface for one repo; counts what it serves; can be slow, cut a
-    transfer, go down, gate the repo or refuse a token."""
+    transfer, go down, gate the repo, refuse a token, or hold every answer until the test
+    sets `answering` again."""
 
     def __init__(self, files: dict[str, bytes]):
         self.files = files
@@ -69,6 +72,8 @@ class FakeHub:
         self.down = False  # every request is dropped without an answer
         self.gated = False
         self.good_token: str | None = None
+        self.answering = threading.Event()  # cleared: requests wait until it is set
+        self.answering.set()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -76,6 +81,7 @@ class FakeHub:
 
     def close(self) -> None:
         """Stop serving."""
+        self.answering.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -121,6 +127,7 @@ class FakeHub:
                 self.wfile.write(data)
 
             def _answer(self, body: bool):
+                assert hub.answering.wait(120), "the test never let the fake Hub answer"
                 if hub.down:
                     self.close_connection = True  # no answer at all, as a dead network
                     return
@@ -380,13 +387,14 @@ def health(client) -> dict:
 
 def wait_health(client, done, timeout: float = 120) -> list[dict]:
     """Poll /health until `done(body)`; every body seen, in order."""
-    seen, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    seen = []
+
+    def reached() -> bool:
         seen.append(health(client))
-        if done(seen[-1]):
-            return seen
-        time.sleep(0.05)
-    raise AssertionError(f"/health never got there: {seen[-1]}")
+        return done(seen[-1])
+
+    poll_until(reached, timeout, "/health to leave 'loading'", interval=0.05)
+    return seen
 
 
 def test_health_shows_the_download_rising_then_the_server_is_healthy(hub, make_app):

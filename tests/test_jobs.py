@@ -1,5 +1,4 @@
 """The job queue on the tiny real pipeline: ordering, limits, cancel, faults, retention."""
-import time
 
 import pytest
 
@@ -101,7 +100,7 @@ def test_finished_jobs_are_kept_for_a_bounded_count(make_app):
     q = queue_of(make_app(JOB_RETENTION_COUNT="2"))
     jobs = [q.submit(REQ) for _ in range(4)]
     for job in jobs:
-        q.wait(job, 60)
+        assert q.wait(job, 60) and job.state == JobState.SUCCEEDED
     q.submit(REQ)  # pruning happens on activity
     # Nobody fetched these images yet: the count limit must not lose them.
     assert {j.id for j in jobs} <= {j.id for j in q.recent()}
@@ -218,7 +217,6 @@ def test_stop_cancels_the_running_job_after_grace(app, gate, monkeypatch):
         return job
 
     monkeypatch.setattr(q, "cancel", cancel_and_tell)  # spy: the real cancel still runs
-    started = time.monotonic()
     stopper = threading.Thread(target=q.stop, kwargs={"grace_seconds": 0.2})
     stopper.start()
     # The gate holds the job at step 1, so only the grace period running out can cancel it.
@@ -228,14 +226,13 @@ def test_stop_cancels_the_running_job_after_grace(app, gate, monkeypatch):
     stopper.join(30)
     assert not stopper.is_alive()
     assert running.state == JobState.CANCELLED and running.step <= 2
-    assert time.monotonic() - started < 30
 
 
 def test_finished_images_are_saved_to_output_dir(make_app, tmp_path):
     q = queue_of(make_app(OUTPUT_DIR=str(tmp_path / "out")))
     job = q.submit(GenerationRequest(prompt="A Red Barn!", steps=2, width=64, height=64,
                                      seed=5))
-    q.wait(job, 60)
+    assert q.wait(job, 60) and job.state == JobState.SUCCEEDED
     saved = list((tmp_path / "out").rglob("*.png"))
     assert len(saved) == 1 and saved[0].read_bytes() == job.png
     assert saved[0].name == f"{job.id}-5-a-red-barn.png"

@@ -1,6 +1,7 @@
 """QUEUE_BACKEND=redis end to end: a real redis-server, the web app (no model) and two
-real `python worker.py` processes on the tiny model. The tests run in file order: the
-first sees no worker, the last ones kill a worker and restart Redis."""
+real `python worker.py` processes on the tiny model. Each test stands alone, in any order:
+the module's workers are started once, and `two_workers` replaces one an earlier test
+killed and waits until both are ready and idle with nothing queued."""
 from __future__ import annotations
 
 import base64
@@ -9,7 +10,8 @@ import signal
 import pytest
 
 from tests.redis_fixtures import *  # noqa: F401,F403  redis_server, redis_env, start_worker
-from tests.redis_fixtures import wait_until
+from tests.helpers import FINISHED, free_port, poll_until, wait_state
+from tests.redis_fixtures import RedisServer
 
 LONG = {"prompt": "a long one", "steps": 50, "width": 256, "height": 256}
 
@@ -20,29 +22,51 @@ def redis_app(make_app, redis_env):
     keys = ("MODEL_ID", "QUEUE_BACKEND", "REDIS_URL", "QUEUE_SIZE", "OUTPUT_DIR")
 
     def make(**env: str):
-        return make_app(wait=False, **{k: redis_env[k] for k in keys}, **env)
+        return make_app(wait=False, **{**{k: redis_env[k] for k in keys}, **env})
 
     return make
 
 
 @pytest.fixture(scope="module")
-def two_workers(start_worker, redis_server):
-    """Two workers; started once, used by the rest of the module."""
-    return [start_worker(), start_worker()]
+def worker_pool() -> list:
+    """The module's live `python worker.py` processes (two_workers fills it)."""
+    return []
 
 
-def ready_workers(client) -> list:
-    body = client.get("/health").get_json()
-    return [w for w in body.get("workers", []) if w["state"] == "ready"]
-
-
-def finished(client, job_id: str) -> dict | None:
-    body = client.get(f"/jobs/{job_id}").get_json()
-    return body if body["state"] in ("succeeded", "failed", "cancelled") else None
-
-
-def test_health_without_workers_is_503_no_workers_and_jobs_are_refused(redis_app):
+@pytest.fixture
+def two_workers(worker_pool, start_worker, redis_server, redis_app) -> list:
+    """Two ready, idle workers and an empty queue, whatever an earlier test did: Redis is
+    started if a test left it stopped, a dead worker is replaced, and /health must list
+    exactly these two (a killed one has left it)."""
+    if redis_server.process.poll() is not None:
+        redis_server.start()
+    worker_pool[:] = [w for w in worker_pool if w.process.poll() is None]
+    while len(worker_pool) < 2:
+        worker_pool.append(start_worker())
     client = redis_app().test_client()
+    pids = {w.pid for w in worker_pool}
+
+    def ready_and_idle() -> bool:
+        body = client.get("/health").get_json()
+        workers = body.get("workers", [])
+        return ({w["pid"] for w in workers} == pids and len(workers) == 2
+                and all(w["state"] == "ready" and not w["job"] for w in workers)
+                and body["queue"]["waiting"] == 0)
+
+    poll_until(ready_and_idle, 180, f"workers {sorted(pids)} ready and idle, nothing queued")
+    return list(worker_pool)
+
+
+@pytest.fixture
+def lone_redis(tmp_path):
+    """A redis-server of the test's own, which no worker serves."""
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+def test_health_without_workers_is_503_no_workers_and_jobs_are_refused(redis_app, lone_redis):
+    client = redis_app(REDIS_URL=lone_redis.url).test_client()
     response = client.get("/health")
     assert response.status_code == 503
     body = response.get_json()
@@ -53,7 +77,6 @@ def test_health_without_workers_is_503_no_workers_and_jobs_are_refused(redis_app
 
 def test_health_is_200_with_two_ready_workers(redis_app, two_workers):
     client = redis_app().test_client()
-    wait_until(lambda: len(ready_workers(client)) == 2, 180, "two ready workers")
     response = client.get("/health")
     body = response.get_json()
     assert response.status_code == 200 and body["status"] == "healthy"
@@ -86,7 +109,7 @@ def test_jobs_spread_over_both_workers(redis_app, two_workers):
     client = redis_app().test_client()
     ids = [client.post("/jobs", json={"prompt": f"p{i}", "steps": 8, "width": 128,
                                       "height": 128}).get_json()["id"] for i in range(4)]
-    jobs = [wait_until(lambda i=i: finished(client, i), 120, "a job to finish") for i in ids]
+    jobs = [wait_state(client, i, FINISHED, 120) for i in ids]
     assert all(j["state"] == "succeeded" for j in jobs), jobs
     assert len({j["worker"] for j in jobs}) == 2
 
@@ -94,20 +117,20 @@ def test_jobs_spread_over_both_workers(redis_app, two_workers):
 def test_cancel_queued_and_running(redis_app, two_workers):
     client = redis_app().test_client()
     ids = [client.post("/jobs", json=LONG).get_json()["id"] for _ in range(3)]
-    running = wait_until(lambda: next((i for i in ids if client.get(f"/jobs/{i}").get_json()[
+    running = poll_until(lambda: next((i for i in ids if client.get(f"/jobs/{i}").get_json()[
         "step"] >= 1), None), 60, "a job to make a step")
     queued = ids[-1]
     assert client.get(f"/jobs/{queued}").get_json()["state"] == "queued"
     assert client.post(f"/jobs/{queued}/cancel").get_json()["state"] == "cancelled"
-    preview = wait_until(lambda: client.get(f"/jobs/{running}/preview").status_code == 200,
+    preview = poll_until(lambda: client.get(f"/jobs/{running}/preview").status_code == 200,
                          30, "a live preview")
     assert preview
     client.post(f"/jobs/{running}/cancel")
-    done = wait_until(lambda: finished(client, running), 30, "the running job to stop")
+    done = wait_state(client, running, FINISHED, 30)
     assert done["state"] == "cancelled" and done["step"] < done["total_steps"]
     for job_id in ids:
         client.post(f"/jobs/{job_id}/cancel")
-        wait_until(lambda j=job_id: finished(client, j), 30, "the rest to stop")
+        wait_state(client, job_id, FINISHED, 30)
 
 
 def test_queue_size_holds_across_web_processes(redis_app, two_workers):
@@ -126,7 +149,7 @@ def test_queue_size_holds_across_web_processes(redis_app, two_workers):
     for job_id in ids:
         clients[0].post(f"/jobs/{job_id}/cancel")
     for job_id in ids:
-        wait_until(lambda j=job_id: finished(clients[0], j), 60, "the jobs to stop")
+        wait_state(clients[0], job_id, FINISHED, 60)
 
 
 def test_model_switching_is_a_4xx_naming_the_backend(redis_app, two_workers):
@@ -142,7 +165,7 @@ def test_a_restarted_web_process_finds_its_jobs(redis_app, two_workers):
                                        "height": 128}).get_json()["id"]
     del first  # the web process is gone; the job lives in Redis
     second = redis_app().test_client()
-    done = wait_until(lambda: finished(second, job_id), 60, "the job to finish")
+    done = wait_state(second, job_id, FINISHED, 60)
     assert done["state"] == "succeeded"
     assert second.get(f"/jobs/{job_id}/image").data[:4] == b"\x89PNG"
     assert job_id in [j["id"] for j in second.get("/jobs").get_json()["jobs"]]
@@ -151,22 +174,20 @@ def test_a_restarted_web_process_finds_its_jobs(redis_app, two_workers):
 def test_a_killed_worker_fails_its_job_and_the_other_goes_on(redis_app, two_workers):
     client = redis_app().test_client()
     job_id = client.post("/jobs", json=LONG).get_json()["id"]
-    job = wait_until(lambda: (lambda j: j if j["step"] >= 1 else None)(
+    job = poll_until(lambda: (lambda j: j if j["step"] >= 1 else None)(
         client.get(f"/jobs/{job_id}").get_json()), 60, "the job to run")
     victim = next(w for w in two_workers if job["worker"].endswith(f"-{w.pid}"))
     victim.kill(signal.SIGKILL)
-    done = wait_until(lambda: finished(client, job_id), 30, "the job to fail")
+    done = wait_state(client, job_id, FINISHED, 30)
     assert done["state"] == "failed" and "stopped while running" in done["error"]
     assert job["worker"] in done["error"]
     after = client.post("/generate", json={"prompt": "still here"})
     assert after.status_code == 200
-    wait_until(lambda: len(client.get("/health").get_json()["workers"]) == 1, 30,
+    poll_until(lambda: len(client.get("/health").get_json()["workers"]) == 1, 30,
                "the dead worker to leave /health")
 
 
 def test_unreachable_redis_is_503_unhealthy_with_the_password_redacted(make_app, redis_env):
-    from tests.redis_fixtures import free_port
-
     url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
     app = make_app(wait=False, MODEL_ID=redis_env["MODEL_ID"], QUEUE_BACKEND="redis",
                    REDIS_URL=url)

@@ -5,7 +5,6 @@ import json
 import signal
 import socket
 import threading
-import time
 import urllib.error
 import urllib.request
 
@@ -15,14 +14,7 @@ from PIL import Image
 from jobs import JobState
 from params import GenerationRequest
 
-
-def wait_until(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
+from tests.helpers import poll_until
 
 
 def open_generate(server, body):
@@ -43,7 +35,7 @@ def test_disconnect_cancels_the_running_job_within_one_step(live_server, gate):
     job = q.current()
     assert job is not None and job.state == JobState.RUNNING
     sock.close()
-    assert wait_until(lambda: job.cancel_requested), "disconnect was not noticed"
+    poll_until(lambda: job.cancel_requested, 20, "the disconnect to cancel the job")
     gate.release(1)
     assert q.wait(job, 20)
     assert job.state == JobState.CANCELLED and job.step <= 2
@@ -55,10 +47,11 @@ def test_queued_job_of_a_gone_client_never_starts(live_server, gate):
     blocker = q.submit(GenerationRequest(prompt="busy", steps=3, width=64, height=64))
     gate.wait_reached()
     sock = open_generate(server, {"prompt": "gone"})
-    assert wait_until(lambda: len(q.recent()) == 2)
+    poll_until(lambda: len(q.recent()) == 2, 20, "the second request to be queued")
     gone = next(j for j in q.recent() if j is not blocker)
     sock.close()
-    assert wait_until(lambda: gone.state == JobState.CANCELLED)
+    poll_until(lambda: gone.state == JobState.CANCELLED, 20,
+               "the gone client's queued job to be cancelled")
     gate.open()
     assert q.wait(blocker, 30) and blocker.state == JobState.SUCCEEDED
     assert gone.started_at is None
@@ -83,7 +76,7 @@ def test_sigterm_refuses_new_work_lets_the_running_job_finish_and_exits_0(
     job = q.submit(GenerationRequest(prompt="finish me", steps=3, width=64, height=64))
     gate.wait_reached()
     signal.raise_signal(signal.SIGTERM)
-    assert wait_until(lambda: not q.accepting)
+    poll_until(lambda: not q.accepting, 20, "SIGTERM to stop accepting jobs")
     client = app.test_client()
     # Responses are closed as a WSGI server would: shutdown waits for every open one.
     with client.post("/generate", json={"prompt": "too late"}) as r:
@@ -93,7 +86,7 @@ def test_sigterm_refuses_new_work_lets_the_running_job_finish_and_exits_0(
         assert r.json["status"] == "shutting_down"
     assert exits == []  # still draining
     gate.open()
-    assert wait_until(lambda: exits == [0])
+    poll_until(lambda: exits == [0], 20, "the drain to exit 0")
     assert job.state == JobState.SUCCEEDED and job.png
 
 

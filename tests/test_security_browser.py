@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 # The same headless chromium (skipped where it is not installed, a failure in CI).
 from tests.test_page_browser import TIMEOUT_MS, browser  # noqa: E402,F401  (a fixture)
