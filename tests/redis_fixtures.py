@@ -19,10 +19,6 @@ import pytest
 from tests.conftest import BASE_ENV
 from tests.helpers import free_port, poll_until
 
-# The older name of tests.helpers.poll_until (an alias, not a copy), for modules that
-# import it from here.
-wait_until = poll_until
-
 PROJECT = Path(__file__).resolve().parent.parent
 START_SECONDS = 120  # a worker imports torch and loads the tiny model
 

@@ -20,7 +20,8 @@ from jobs import JobState, NotAccepting, QueueFull
 from jobs.backend import QueueBackend
 from params import GenerationRequest
 from tests.conftest import BASE_ENV, StepGate
-from tests.redis_fixtures import RedisServer, wait_until
+from tests.helpers import poll_until
+from tests.redis_fixtures import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = GenerationRequest(prompt="a quick one", steps=2, width=64, height=64)
@@ -56,7 +57,7 @@ class RedisGate:
 
     def wait_reached(self, timeout: float = 30) -> None:
         """Wait until a job is paused at a step."""
-        wait_until(lambda: self.connection.getdel(self.keys.REACHED), timeout,
+        poll_until(lambda: self.connection.getdel(self.keys.REACHED), timeout,
                    "the worker to reach a step")
 
 
@@ -146,7 +147,7 @@ def backend(request) -> tuple[QueueBackend, StepGate | RedisGate]:
     gate.close()
     yield queue, gate
     gate.open()
-    wait_until(lambda: queue.active() is None, WAIT_SECONDS, "the backend to be idle")
+    poll_until(lambda: queue.active() is None, WAIT_SECONDS, "the backend to be idle")
 
 
 def finished(queue: QueueBackend, job) -> bool:
@@ -199,7 +200,7 @@ def test_progress_and_a_preview_while_running(backend):
             gate.wait_reached()
         return png
 
-    png = wait_until(preview, 30, "a live preview")
+    png = poll_until(preview, 30, "a live preview")
     assert png.startswith(b"\x89PNG")
     queue.cancel(job.id)
     gate.open()
