@@ -95,6 +95,17 @@ def _text(raw: str, knob: Knob) -> str:
     return raw.strip()
 
 
+def _flag(raw: str, knob: Knob) -> bool:
+    value = raw.strip().lower()
+    if value not in FLAG_WORDS:
+        raise ConfigError(_bad(knob, raw))
+    return FLAG_WORDS[value]
+
+
+FLAG_WORDS = {"1": True, "true": True, "yes": True, "on": True,
+              "0": False, "false": False, "no": False, "off": False}
+
+
 def _origins(raw: str, knob: Knob) -> tuple[str, ...]:
     return tuple(o.strip() for o in raw.split(",") if o.strip())
 
@@ -169,7 +180,8 @@ KNOBS: tuple[Knob, ...] = (
          "container (then set API_KEY)", _text, "an IP address or host name"),
     Knob("PORT", "5000", "TCP port", _int(1, 65535), "an integer 1..65535"),
     Knob("THREADS", "16", "waitress worker threads; each synchronous /generate holds one "
-         "while it waits, so keep it above QUEUE_SIZE + 2", _int(2, 256), "an integer 2..256"),
+         "while it waits and each open event stream one, so keep it at least QUEUE_SIZE + "
+         "EVENT_STREAMS + 2", _int(2, 256), "an integer 2..256"),
     Knob("DEFAULT_STEPS", "25", "Denoising steps when a request names none", _int(1, 500),
          "an integer 1..500 and <= MAX_STEPS"),
     Knob("MAX_STEPS", "100", "Most steps a request may ask for", _int(1, 500),
@@ -223,7 +235,11 @@ KNOBS: tuple[Knob, ...] = (
          "per usable core that other programs leave free (a shared laptop runs faster with "
          "fewer threads than cores)", _int(0, 256), "an integer 0..256"),
     Knob("QUEUE_SIZE", "8", "Jobs that may wait behind the running one; more get 503",
-         _int(1, 250), "an integer 1..250 and <= THREADS - 2"),
+         _int(1, 250), "an integer 1..250 and <= THREADS - EVENT_STREAMS - 2"),
+    Knob("EVENT_STREAMS", "4", "Most GET /jobs/<id>/events streams this process keeps open "
+         "at once; each holds one of THREADS until its job ends or its client leaves, so more "
+         "are refused with 503 and Retry-After (the page then polls); 0 = no streams",
+         _int(0, 64), "an integer 0..64 and <= THREADS - QUEUE_SIZE - 2"),
     Knob("QUEUE_BACKEND", "memory", "Where jobs wait: memory = in this process (one server, "
          "the model loads here); redis = a durable RQ queue on REDIS_URL served by any number "
          "of `python worker.py` processes (app.py then loads no model)",
@@ -263,6 +279,9 @@ KNOBS: tuple[Knob, ...] = (
          "with these credentials (A1111's --api-auth; SillyTavern, Open WebUI). With API_KEY "
          "too, either one is enough. Never logged", _credentials,
          "user:pass[,user2:pass2] or empty"),
+    Knob("METRICS_PUBLIC", "0", "1 = GET /metrics answers without credentials even when "
+         "API_KEY / API_AUTH is set (for a Prometheus inside a trusted network); 0 = it is "
+         "protected like the API", _flag, "0 or 1 (also true/false, yes/no, on/off)"),
     Knob("MAX_REQUEST_BYTES", "65536", "Largest request body without images; bigger gets 413",
          _int(1024, 16 * 1024 * 1024), "an integer 1024..16777216"),
     Knob("MAX_IMAGE_REQUEST_BYTES", "20971520", "Largest body of a request that carries "
@@ -323,10 +342,11 @@ class SettingsBase:
         if self.max_image_request_bytes < self.max_request_bytes:
             raise ConfigError(f"MAX_IMAGE_REQUEST_BYTES={self.max_image_request_bytes} is not "
                               f"valid: allowed >= MAX_REQUEST_BYTES ({self.max_request_bytes})")
-        if self.threads < self.queue_size + 2:
-            raise ConfigError(f"THREADS={self.threads} is not valid: allowed >= QUEUE_SIZE + 2 "
-                              f"({self.queue_size + 2}) so /health answers while every "
-                              "queued request waits")
+        if self.threads < self.queue_size + self.event_streams + 2:
+            raise ConfigError(f"THREADS={self.threads} is not valid: allowed >= QUEUE_SIZE + "
+                              f"EVENT_STREAMS + 2 ({self.queue_size + self.event_streams + 2})"
+                              " so /health answers while every queued request waits and "
+                              "every event stream is open")
         return self
 
     def with_overrides(self, **changes: Any) -> "Settings":
