@@ -15,6 +15,7 @@ from flask import Response, current_app, jsonify, request
 from config import Settings
 from jobs import JobState, NotAccepting, QueueFull
 from jobs.backend import EngineView, QueueBackend
+from jobs.streams import StreamSlots
 
 
 @dataclass
@@ -25,6 +26,7 @@ class Services:
     settings: Settings
     engine: EngineView
     queue: QueueBackend
+    streams: StreamSlots  # the event streams open now, at most EVENT_STREAMS
 
 
 def services() -> Services:
@@ -135,20 +137,35 @@ def submit_many(generation_requests: list) -> list:
                    len(generation_requests))
 
 
+# The dialect a blueprint speaks, for the metrics (the rest speak the native one).
+DIALECTS = {"a1111": "a1111", "openai_images": "openai"}
+
+
+def dialect() -> str:
+    """The API dialect of the current request: native, a1111 or openai."""
+    return DIALECTS.get(request.blueprint or "", "native")
+
+
 def _queued(submit_to: Any, count: int) -> Any:
-    """`submit_to(queue)`, with a full queue / not ready turned into 503 + Retry-After."""
+    """`submit_to(queue)`, with a full queue / not ready turned into 503 + Retry-After;
+    counted for /metrics (submitted by dialect, or refused by reason)."""
     queue = services().queue
     try:
-        return submit_to(queue)
+        queued = submit_to(queue)
     except QueueFull as exc:
+        queue.metrics.refused("queue_full")
         room = "is full" if count == 1 else f"has no room for {count} more jobs"
         raise ApiError(503, "queue_full", f"the queue {room} ({queue.settings.queue_size} "
                        f"may wait); retry in about {exc.retry_after} s",
                        {"Retry-After": exc.retry_after}) from None
     except NotAccepting as exc:
+        queue.metrics.refused(exc.reason)
         headers = {"Retry-After": exc.retry_after} if exc.retry_after else {}
         # A backend that cannot run this request says 400 (BackendUnsupported), not 503.
         raise ApiError(exc.status, exc.reason, exc.message, headers) from None
+    jobs = queued if isinstance(queued, list) else [queued]
+    queue.metrics.submitted([job.id for job in jobs], dialect())
+    return queued
 
 
 # How often a synchronous request checks whether its client is still there.

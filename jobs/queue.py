@@ -20,9 +20,11 @@ from jobs.health import memory_health
 from jobs.previews import latest_preview
 from jobs.batch import build_batch
 from jobs.job import Job, JobState, NotAccepting, QueueFull
+from jobs.metrics import memory_metrics
 from jobs.retention import expired_job_ids
 from jobs.state import QueueState
 from jobs.store import OutputStore
+from jobs.watch import StateWatch
 from jobs.worker import Worker
 from params import GenerationRequest
 
@@ -44,6 +46,8 @@ class JobQueue:
         self.store = store or OutputStore(settings, clock=self._now)
         self._state = QueueState()
         self._worker = Worker(self._state, engine, self.store, self._now)
+        self.metrics = memory_metrics(self._state, engine, settings.model_id,
+                                      lambda: self._worker.alive)
 
     # ------------------------------------------------------------------ control
     def start(self) -> "JobQueue":
@@ -182,6 +186,10 @@ class JobQueue:
     def preview(self, job: Job) -> bytes | None:
         """A PNG of the job's newest latents (rendered once per step, on demand)."""
         return latest_preview(self._state, job, self.engine.preview_png)
+
+    def watch(self, job: Job) -> StateWatch:
+        """A way to wait for the job's next change (woken by the worker's every step)."""
+        return StateWatch(self._state.signals, job)
 
     def snapshot(self, job: Job) -> dict[str, Any]:
         """The job as the JSON the API returns."""

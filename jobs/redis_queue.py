@@ -19,6 +19,8 @@ from jobs import redis_common as rc
 from jobs.backend import Health
 from jobs.eta import eta_seconds, retry_after_seconds
 from jobs.redis_engine import RemoteEngine
+from jobs.redis_events import RedisWatch, announce_finished
+from jobs.redis_metrics import redis_metrics
 from jobs.redis_health import queue_figures, redis_health
 from jobs.redis_records import JobRecords
 from jobs.job import BackendUnsupported, Job, JobState, NotAccepting, QueueFull
@@ -42,6 +44,7 @@ class RedisJobQueue:
         self._engine = RemoteEngine(settings, self.connection)
         self.records = JobRecords(self.connection, self.rq, settings.job_retention_seconds)
         self._accepting = True
+        self.metrics = redis_metrics(self.connection, self.rq, self._engine)
 
     @property
     def engine(self) -> RemoteEngine:
@@ -156,6 +159,7 @@ class RedisJobQueue:
                                error="cancelled before it started")
             rq_job.save_meta()
             rq_job.cancel()
+            announce_finished(self.connection, job_id, JobState.CANCELLED)
         log.info("job %s cancel requested", job_id)
         self.refresh(job)
         return job
@@ -205,6 +209,10 @@ class RedisJobQueue:
         """/health under redis: Redis, the workers and the queue (never raises)."""
         return redis_health(self.settings, self.connection, self.rq, self._accepting,
                             self.engine.model_name)
+
+    def watch(self, job: Job) -> RedisWatch:
+        """A pub/sub subscription to the job's changes (see jobs.redis_events)."""
+        return RedisWatch(self.connection, job.id)
 
     def refresh(self, job: Job) -> Job:
         """Re-read the job from Redis into `job` (see jobs.redis_records)."""

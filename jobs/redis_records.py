@@ -14,6 +14,7 @@ from typing import Any
 from jobs import redis_common as rc
 from jobs.batch import build_batch
 from jobs.job import Job, JobState
+from jobs.redis_events import announce_finished
 from params import GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -140,5 +141,6 @@ class JobRecords:
                                                   pipeline=pipe)
             pipe.hincrby(rc.STATS_KEY, "failed", 1)
             pipe.execute()
+        announce_finished(self.connection, rq_job.id, JobState.FAILED)
         log.warning("job %s failed: worker %s died", rq_job.id, name)
         return meta

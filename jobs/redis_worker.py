@@ -24,6 +24,7 @@ from engine.status import GenerationResult
 from jobs import runner
 from jobs.backend import ImageEngine
 from jobs.job import Job, JobCancelled, JobState
+from jobs.redis_events import announce, announce_finished, worker_figures
 from jobs.store import OutputStore
 from params import GenerationRequest
 
@@ -126,6 +127,7 @@ def run_job(request: GenerationRequest, seed: int) -> None:
         recorder.ended(job, JobState.CANCELLED, "cancelled before it started")
         return
     rq_job.save_meta()
+    announce(conn, rq_job.id, "started")
     context.current_job = rq_job.id
     try:
         runner.run_job(job, context.engine, context.store, recorder)
@@ -155,6 +157,7 @@ class RedisRecorder:
             conn.set(rc.preview_key(job.id), self.context.engine.preview_png(latents),
                      ex=self.retention)
             conn.delete(rc.preview_wanted_key(job.id))
+        announce(conn, job.id, f"{'preview' if wanted else 'step'}:{step}")
         if flag:
             raise JobCancelled()
 
@@ -182,3 +185,5 @@ class RedisRecorder:
         self.rq_job.save_meta()
         if state == JobState.FAILED:
             self.rq_job.connection.hincrby(rc.STATS_KEY, "failed", 1)
+        announce_finished(self.context.connection, self.rq_job.id, state,
+                          worker_figures(self.rq_job, self.context.engine))

@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass, field
 
 from jobs.job import Job, JobState
+from jobs.watch import JobSignals
 
 
 @dataclass
@@ -23,6 +24,8 @@ class QueueState:
     seconds_per_step: float | None = None  # measured by the last run, for first-step ETAs
     completed: int = 0
     failed: int = 0
+    # Told of every start, step and finish: event streams wait on it, metrics count finishes.
+    signals: JobSignals = field(default_factory=JobSignals)
 
     def __post_init__(self) -> None:
         # Signalled when a job is queued or the worker should stop.
@@ -44,3 +47,4 @@ class QueueState:
         if self.running is job:
             self.running = None
         job.done.set()
+        self.signals.finished(job)

@@ -120,6 +120,7 @@ class Worker:
                 return None
             job = state.running = state.waiting.popleft()
             job.state, job.started_at = JobState.RUNNING, self.clock()
+            state.signals.changed()
             return job
 
     def _fail_unfinished(self, message: str) -> None:
@@ -150,6 +151,7 @@ class StateRecorder:
             job.step, job.total_steps = step, total
             job.step_marks.append(now)
             job.latents = latents  # the engine's copy, ours to keep for the preview
+            self.state.signals.changed()
             if job.cancel_requested:
                 raise JobCancelled()
 
