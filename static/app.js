@@ -3,10 +3,13 @@
 // The input image, the sign-in panel and the reading of /health live in their own modules.
 
 import { CredentialPanel, PAGE_HEADER, authorization } from "./auth.js";
+import { readEvents } from "./events.js";
 import { HEALTH_SOON_MS, readHealth } from "./health.js";
 import { InputImage } from "./input-image.js";
 
-const POLL_MS = 1000;            // job progress and preview refresh
+const POLL_MS = 1000;            // job progress and preview refresh, where streams fail
+const RECONNECT_MS = 1000;       // a dropped event stream is opened again after this
+const STREAM_ATTEMPTS = 3;       // streams dropped in a row (no event between) before polling
 const HISTORY_LIMIT = 24;
 const ACTIVE_JOB_STORAGE = "sd.activeJob";
 
@@ -32,6 +35,9 @@ const state = {
   imageBlobs: new Map(), // job id -> that PNG, for "use as input image"
   previewUrl: null,
   previewStep: -1,
+  previewLoading: false, // a preview fetch is in flight
+  previewNext: null,     // the newest preview asked for meanwhile
+  stream: null,          // AbortController of the open event stream
 };
 
 // ------------------------------------------------------------------ talking to the server
@@ -44,12 +50,18 @@ class ServerError extends Error {
   }
 }
 
-/** fetch() with the credential; a non-2xx answer throws ServerError carrying the server's message. */
-async function api(path, options = {}) {
-  const headers = new Headers(options.headers || {});
+/** The page's own headers, with the credential when one is set. */
+function requestHeaders(extra = {}) {
+  const headers = new Headers(extra);
   headers.set(...PAGE_HEADER);
   const credential = authorization();
   if (credential) headers.set("Authorization", credential);
+  return headers;
+}
+
+/** fetch() with the credential; a non-2xx answer throws ServerError carrying the server's message. */
+async function api(path, options = {}) {
+  const headers = requestHeaders(options.headers || {});
   let response;
   try {
     response = await fetch(path, { ...options, headers });
@@ -277,6 +289,7 @@ async function submitForm(event) {
 function follow(job) {
   state.activeJob = job.id;
   state.previewStep = -1;
+  state.previewNext = null;
   localStorage.setItem(ACTIVE_JOB_STORAGE, job.id);
   $("progress-panel").hidden = false;
   $("preview").hidden = true;
@@ -286,7 +299,34 @@ function follow(job) {
   showProgress(job);
   // On a phone the panel is below the form; bring it on screen (no-op when already visible).
   $("progress-panel").scrollIntoView({ block: "nearest" });
-  setTimeout(() => poll(job.id), POLL_MS);
+  watchJob(job.id);
+}
+
+/** Follow a job by its event stream (pushed, no polling); a dropped stream is opened again,
+ * and where streams fail (refused: too many open, or a proxy that breaks them) the page polls. */
+async function watchJob(id) {
+  let dropped = 0;
+  while (state.activeJob === id) {
+    const controller = new AbortController();
+    state.stream = controller;
+    const result = await readEvents(`${JOBS_URL}/${id}/events`, requestHeaders(),
+                                    (name, data) => onJobEvent(id, name, data),
+                                    controller.signal);
+    if (state.stream === controller) state.stream = null;
+    if (result.outcome === "finished" || result.outcome === "closed") return;
+    if (result.outcome === "refused") break;  // polling then says why, or just works
+    dropped = result.events > 0 ? 1 : dropped + 1;
+    if (dropped >= STREAM_ATTEMPTS) break;
+    await new Promise((resolve) => setTimeout(resolve, RECONNECT_MS));
+  }
+  if (state.activeJob === id) poll(id);
+}
+
+function onJobEvent(id, name, data) {
+  if (state.activeJob !== id) return;
+  if (name === "queued" || name === "progress") showProgress(data);
+  else if (name === "preview") refreshPreview(data);
+  else if (name === "finished") finishFollowing(data);
 }
 
 async function poll(id) {
@@ -309,16 +349,22 @@ async function poll(id) {
     await refreshPreview(job);
   }
   if (["succeeded", "failed", "cancelled"].includes(job.state)) {
-    stopFollowing();
-    await showResult(job);
-    $("result-panel").scrollIntoView({ block: "nearest" });
-    loadHistory();
+    await finishFollowing(job);
     return;
   }
   setTimeout(() => poll(id), POLL_MS);
 }
 
+async function finishFollowing(job) {
+  stopFollowing();
+  await showResult(job);
+  $("result-panel").scrollIntoView({ block: "nearest" });
+  loadHistory();
+}
+
 function stopFollowing() {
+  state.stream?.abort();
+  state.stream = null;
   state.activeJob = null;
   localStorage.removeItem(ACTIVE_JOB_STORAGE);
   $("progress-panel").hidden = true;
@@ -353,7 +399,13 @@ function showProgress(job) {
   }
 }
 
+/** Show the preview of `job.step`; one fetch at a time, the newest step asked for next. */
 async function refreshPreview(job) {
+  if (state.previewLoading) {
+    state.previewNext = job;
+    return;
+  }
+  state.previewLoading = true;
   try {
     const url = await blobUrl(job.preview_url);
     const img = $("preview");
@@ -362,7 +414,11 @@ async function refreshPreview(job) {
     state.previewStep = job.step;
     img.src = url;
     img.hidden = false;
-  } catch (_) { /* 409 before the first step, or the job just ended: next poll tries again */ }
+  } catch (_) { /* 409 before the first step, or the job just ended: the next step tries again */ }
+  state.previewLoading = false;
+  const next = state.previewNext;
+  state.previewNext = null;
+  if (next && state.activeJob && next.step > state.previewStep) refreshPreview(next);
 }
 
 async function cancelActive() {
