@@ -117,3 +117,18 @@ def test_a_switch_is_timed_and_a_job_is_counted_whichever_half_comes_first():
                   le="5.0") == 1
     assert metric(samples, f"{SWITCH_SECONDS.name}_count", model="other") == 1
     assert metric(samples, f"{SWITCH_SECONDS.name}_sum", model="other") == 12.0
+
+
+def test_every_metric_is_listed_in_the_readme():
+    from config import PROJECT_DIR
+    from jobs.metrics import METRICS
+
+    readme = (PROJECT_DIR / "README.md").read_text()
+    section = readme[readme.index("## Monitoring"):readme.index("## Performance")]
+    for declared in METRICS:
+        row = next((line for line in section.splitlines()
+                    if line.startswith(f"| `{declared.name}` |")), None)
+        assert row is not None, f"{declared.name} is missing from README's Monitoring table"
+        assert f"| {declared.kind} |" in row
+        for label in declared.labels:
+            assert f"`{label}`" in row, (declared.name, label)
