@@ -13,12 +13,15 @@ event.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from jobs import redis_common as rc
 from jobs.job import JobState
 from jobs.metrics import RunFigures, count_finished, sampler_name
 from jobs.redis_metrics import RedisCounts
+
+log = logging.getLogger(__name__)
 
 QUEUE_CHANNEL = "sd:events:queue"
 
@@ -29,22 +32,27 @@ def channel(job_id: str) -> str:
 
 
 def announce(connection, job_id: str, what: str) -> None:
-    """Tell the job's event streams that it changed ('started', 'step:3', 'preview:3')."""
-    with connection.pipeline(transaction=False) as pipe:
-        pipe.publish(channel(job_id), what)
-        if what == "started":
-            pipe.publish(QUEUE_CHANNEL, what)
-        pipe.execute()
+    """Tell the job's event streams that it changed ('started', 'step:3', 'preview:3').
+    Never raises: the job's record is what counts, and a stream re-reads it anyway."""
+    try:
+        with connection.pipeline(transaction=False) as pipe:
+            pipe.publish(channel(job_id), what)
+            if what in ("started", "finished"):  # the queue moved: positions may change
+                pipe.publish(QUEUE_CHANNEL, what)
+            pipe.execute()
+    except Exception as exc:
+        log.warning("job %s: could not announce %s: %s", job_id, what, type(exc).__name__)
 
 
 def announce_finished(connection, job_id: str, state: JobState,
                       figures: RunFigures | None = None) -> None:
-    """A job ended: count it for /metrics, then tell its streams and the waiting jobs'."""
-    count_finished(RedisCounts(connection), job_id, state.value, figures)
-    with connection.pipeline(transaction=False) as pipe:
-        pipe.publish(channel(job_id), "finished")
-        pipe.publish(QUEUE_CHANNEL, "finished")
-        pipe.execute()
+    """A job ended: count it for /metrics, then tell its streams and the waiting jobs'.
+    Never raises (the outcome is recorded already; a Redis error loses only this count)."""
+    try:
+        count_finished(RedisCounts(connection), job_id, state.value, figures)
+    except Exception as exc:
+        log.warning("job %s: could not count its end: %s", job_id, type(exc).__name__)
+    announce(connection, job_id, "finished")
 
 
 def worker_figures(rq_job, engine: Any) -> RunFigures | None:

@@ -41,12 +41,24 @@ class Requests:
             self.polls.append(request.url)
 
 
-def generate(page, steps: int) -> None:
-    """Fill the form and press Generate."""
+def generate_until_step_one(page, server, gate) -> Requests:
+    """Open the page, generate 6 steps and wait until it shows step 1 (the gate holds it
+    there); the page's job requests from the start."""
+    requests = Requests(page)
+    open_ready(page, server)
     page.fill("#prompt", "a lighthouse at dusk")
     page.click("summary")
-    page.fill("#steps", str(steps))
+    page.fill("#steps", "6")
     page.click("#generate")
+    gate.wait_reached()
+    expect(page.locator("#progress-text")).to_contain_text("Step 1 of 6")
+    return requests
+
+
+def two_more_steps_show(page, gate) -> None:
+    """Let two steps run; the page must show the third."""
+    gate.release(2)
+    expect(page.locator("#progress-text")).to_contain_text("Step 3 of 6")
 
 
 def drop_event_streams(server) -> int:
@@ -66,13 +78,8 @@ def drop_event_streams(server) -> int:
 
 def test_the_page_shows_each_step_from_the_stream_without_polling(page, live_server, gate):
     server = live_server()
-    requests = Requests(page)
-    open_ready(page, server)
-    generate(page, 6)
-    gate.wait_reached()
-    expect(page.locator("#progress-text")).to_contain_text("Step 1 of 6")
-    gate.release(2)
-    expect(page.locator("#progress-text")).to_contain_text("Step 3 of 6")
+    requests = generate_until_step_one(page, server, gate)
+    two_more_steps_show(page, gate)
     assert image_size(page, "#preview")[0] > 0  # fetched when the stream said it was ready
     gate.open()
     assert image_size(page, "#result-image") == (64, 64)
@@ -86,14 +93,9 @@ def test_the_page_shows_each_step_from_the_stream_without_polling(page, live_ser
 def test_a_stream_dropped_by_the_server_is_reopened_and_the_page_carries_on(page, live_server,
                                                                              gate):
     server = live_server()
-    requests = Requests(page)
-    open_ready(page, server)
-    generate(page, 6)
-    gate.wait_reached()
-    expect(page.locator("#progress-text")).to_contain_text("Step 1 of 6")
+    requests = generate_until_step_one(page, server, gate)
     assert drop_event_streams(server) == 1
-    gate.release(2)  # steps made while the page has no stream
-    expect(page.locator("#progress-text")).to_contain_text("Step 3 of 6")
+    two_more_steps_show(page, gate)  # made while the page has no stream
     poll_until(lambda: len(requests.streams) >= 2, 20, "the page to open its stream again")
     page.screenshot(path=ARTIFACTS / "stream-reopened.png")
     gate.open()
@@ -104,13 +106,8 @@ def test_a_stream_dropped_by_the_server_is_reopened_and_the_page_carries_on(page
 
 def test_where_streams_are_refused_the_page_polls(page, live_server, gate):
     server = live_server(EVENT_STREAMS="0")
-    requests = Requests(page)
-    open_ready(page, server)
-    generate(page, 6)
-    gate.wait_reached()
-    expect(page.locator("#progress-text")).to_contain_text("Step 1 of 6")
-    gate.release(2)
-    expect(page.locator("#progress-text")).to_contain_text("Step 3 of 6")
+    requests = generate_until_step_one(page, server, gate)
+    two_more_steps_show(page, gate)
     gate.open()
     assert image_size(page, "#result-image") == (64, 64)
     assert len(requests.streams) == 1 and requests.polls  # refused once (503), then polled
