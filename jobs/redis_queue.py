@@ -40,7 +40,8 @@ class RedisJobQueue:
         self.connection = connection or rc.connect(settings)
         self.rq = Queue(rc.QUEUE_NAME, connection=self.connection)
         self._engine = RemoteEngine(settings, self.connection)
-        self.records = JobRecords(self.connection, self.rq, settings.job_retention_seconds)
+        self.records = JobRecords(self.connection, self.rq, settings.job_retention_seconds,
+                                  settings.job_max_attempts)
         self._accepting = True
 
     @property

@@ -167,6 +167,13 @@ class StateRecorder:
                 self.state.completed += 1
             self.state.finish(job, JobState.SUCCEEDED, None, self.clock())
 
+    def checkpoint(self, job: Job, data: bytes, step: int) -> None:
+        """Keep nothing yet: in-process jobs die with the process (the journal keeps them)."""
+
+    def resume_point(self, job: Job) -> bytes | None:
+        """No earlier attempt of an in-process job left a checkpoint."""
+        return None
+
     def ended(self, job: Job, state: JobState, error: str, rejected: bool = False) -> None:
         """End a job that did not succeed (one already finished stays as it is)."""
         with self.state.lock:

@@ -183,7 +183,7 @@ def gate(monkeypatch):
     g = StepGate()
     real_generate = engine_module.Engine.generate
 
-    def gated(self, request, seed, on_step=None):
+    def gated(self, request, seed, on_step=None, *more, **options):
         def paused(step, total, latents):
             if on_step is not None:
                 on_step(step, total, latents)  # records progress, raises if cancelled
@@ -191,7 +191,7 @@ def gate(monkeypatch):
             if not g.open_all:
                 assert g.permits.acquire(timeout=60), "test never released the gate"
 
-        return real_generate(self, request, seed, paused)
+        return real_generate(self, request, seed, paused, *more, **options)
 
     monkeypatch.setattr(engine_module.Engine, "generate", gated)
     yield g

@@ -27,7 +27,7 @@ def install_gate(url: str) -> None:
     connection = redis.Redis.from_url(url)
     real_generate = engine_module.Engine.generate
 
-    def gated(self, request, seed, on_step=None):
+    def gated(self, request, seed, on_step=None, *more, **options):
         def paused(step, total, latents):
             if on_step is not None:
                 on_step(step, total, latents)  # records progress, raises if cancelled
@@ -36,7 +36,7 @@ def install_gate(url: str) -> None:
                 granted = connection.blpop([PERMITS], timeout=PERMIT_WAIT_SECONDS)
                 assert granted is not None, "the test never released the gate"
 
-        return real_generate(self, request, seed, paused)
+        return real_generate(self, request, seed, paused, *more, **options)
 
     engine_module.Engine.generate = gated
 

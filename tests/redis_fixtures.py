@@ -63,12 +63,13 @@ def _pings(client) -> bool:
 
 
 class WorkerProcess:
-    """`python worker.py` as a user runs it, with the test's environment."""
+    """`python worker.py` as a user runs it, with the test's environment (or `script`, e.g.
+    tests/gated_worker.py: the same worker with a step gate)."""
 
-    def __init__(self, env: dict[str, str], log_path: Path):
+    def __init__(self, env: dict[str, str], log_path: Path, script: Path = PROJECT / "worker.py"):
         self.log_path = log_path
         self.log = open(log_path, "wb")
-        self.process = subprocess.Popen([sys.executable, str(PROJECT / "worker.py")],
+        self.process = subprocess.Popen([sys.executable, str(script)],
                                         cwd=PROJECT, env=env, stdout=self.log,
                                         stderr=subprocess.STDOUT)
         self.pid = self.process.pid

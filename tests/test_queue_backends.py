@@ -82,7 +82,7 @@ def memory_backend(tiny_model_dir, tmp_path_factory):
     gate = MemoryGate()
     real_generate = engine_module.Engine.generate
 
-    def gated(self, request, seed, on_step=None):
+    def gated(self, request, seed, on_step=None, *more, **options):
         def paused(step, total, latents):
             if on_step is not None:
                 on_step(step, total, latents)
@@ -90,7 +90,7 @@ def memory_backend(tiny_model_dir, tmp_path_factory):
             if not gate.open_all:
                 assert gate.permits.acquire(timeout=WAIT_SECONDS), "the gate was never released"
 
-        return real_generate(self, request, seed, paused)
+        return real_generate(self, request, seed, paused, *more, **options)
 
     settings = Settings.from_env({**BASE_ENV, "MODEL_ID": str(tiny_model_dir),
                                   "QUEUE_SIZE": str(QUEUE_SIZE), "MAX_BATCH": str(MAX_BATCH),
