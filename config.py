@@ -271,6 +271,11 @@ KNOBS: tuple[Knob, ...] = (
     Knob("MAX_INPUT_PIXELS", "16777216", "Most pixels (width x height) an uploaded image may "
          "have before it is resized; bigger gets 400 (a decompression bomb never gets decoded)",
          _int(4096, 256 * 1024 * 1024), "an integer 4096..268435456"),
+    Knob("JOURNAL_PATH", "state/jobs.sqlite", "QUEUE_BACKEND=memory: every accepted job is "
+         "kept in this SQLite file, so after a crash or restart queued jobs run in their "
+         "order, the running one resumes from its checkpoint and every job id answers; "
+         "empty = jobs live in memory only", _text, "a file path or empty",
+         empty_means_off=True),
     Knob("CHECKPOINT_STEPS", "5", "A running job keeps a checkpoint every N steps (in Redis, "
          "or on disk beside JOURNAL_PATH), so a crashed or killed worker's job resumes from "
          "there with the same pixels; 0 = off", _int(0, 500), "an integer 0..500"),

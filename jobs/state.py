@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass, field
 
 from jobs.job import Job, JobState
+from jobs.journal import Journal
 
 
 @dataclass
@@ -23,6 +24,7 @@ class QueueState:
     seconds_per_step: float | None = None  # measured by the last run, for first-step ETAs
     completed: int = 0
     failed: int = 0
+    journal: Journal | None = None  # the accepted jobs on disk (JOURNAL_PATH), when on
 
     def __post_init__(self) -> None:
         # Signalled when a job is queued or the worker should stop.
@@ -43,4 +45,6 @@ class QueueState:
         job.latents = None
         if self.running is job:
             self.running = None
+        if self.journal is not None:
+            self.journal.finished(job)
         job.done.set()

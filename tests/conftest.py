@@ -24,6 +24,7 @@ BASE_ENV = {
     "MAX_STEPS": "50", "RATE_LIMIT": "", "OUTPUT_DIR": "", "TORCH_THREADS": "1",
     "QUEUE_SIZE": "4", "THREADS": "16", "LOG_LEVEL": "INFO",
     "TAESD_MODEL": "",  # no Hub here; tests that want TAESD pass the random one (taesd_dir)
+    "JOURNAL_PATH": "",  # jobs in memory; the journal's tests give it a folder of their own
 }
 
 
