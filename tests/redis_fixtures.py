@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import BASE_ENV
-from tests.helpers import free_port, poll_until
+from tests.helpers import free_port, poll_until, stop_process
 
 PROJECT = Path(__file__).resolve().parent.parent
 START_SECONDS = 120  # a worker imports torch and loads the tiny model
@@ -86,12 +86,7 @@ class WorkerProcess:
 
     def close(self) -> None:
         """Stop it if still running."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_process(self.process)
         self.log.close()
 
 

@@ -21,7 +21,7 @@ from jobs.journal import Journal, JournalError
 from params import GenerationRequest
 from tests.conftest import BASE_ENV, ROOT
 from tests.gated_worker import OPEN, PERMITS, REACHED
-from tests.helpers import FINISHED, free_port, poll_until
+from tests.helpers import FINISHED, free_port, poll_until, stop_process
 from tests.redis_fixtures import RedisServer
 
 REQ = GenerationRequest(prompt="a kettle", steps=3, width=64, height=64)
@@ -145,12 +145,7 @@ class GatedApp:
             return json.load(response)
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        stop_process(self.process)
         self.log.close()
 
 
