@@ -271,6 +271,10 @@ KNOBS: tuple[Knob, ...] = (
     Knob("MAX_INPUT_PIXELS", "16777216", "Most pixels (width x height) an uploaded image may "
          "have before it is resized; bigger gets 400 (a decompression bomb never gets decoded)",
          _int(4096, 256 * 1024 * 1024), "an integer 4096..268435456"),
+    Knob("FAIR_SHARE", "on", "on = queued jobs are taken round-robin across clients (the "
+         "Basic user, the API key, or the address), so one client's batch does not hold up "
+         "everyone else's single image; off = first come, first served",
+         _choice("on", "off"), "on or off"),
     Knob("JOURNAL_PATH", "state/jobs.sqlite", "QUEUE_BACKEND=memory: every accepted job is "
          "kept in this SQLite file, so after a crash or restart queued jobs run in their "
          "order, the running one resumes from its checkpoint and every job id answers; "

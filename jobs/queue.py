@@ -16,6 +16,7 @@ from config import Settings
 from jobs.eta import eta_seconds, retry_after_seconds
 from engine.status import EngineStatus
 from jobs.backend import Health, ImageEngine
+from jobs.fairness import fair_index
 from jobs.health import memory_health
 from jobs.previews import latest_preview
 from jobs.batch import build_batch
@@ -122,7 +123,7 @@ class JobQueue:
                 except JournalError as exc:
                     raise NotAccepting("journal_unavailable", str(exc), 30) from None
             for job in jobs:
-                state.waiting.append(job)
+                state.waiting.insert(self._place_locked(job), job)
                 state.jobs[job.id] = job
             self._prune_locked()
             state.wake.notify_all()
@@ -235,6 +236,15 @@ class JobQueue:
         """A Retry-After estimate: the running job's remaining time, at least a few seconds."""
         running = self._state.running
         return retry_after_seconds(self._eta_locked(running) if running else None)
+
+    def _place_locked(self, job: Job) -> int:
+        """Where a new job waits: its fair-share place (jobs.fairness), or last."""
+        waiting = self._state.waiting
+        if self.settings.fair_share == "off":
+            return len(waiting)
+        running = self._state.running
+        return fair_index([j.client for j in waiting], job.client,
+                          [running.client] if running else [])
 
     def _prune_locked(self) -> None:
         """Forget finished jobs beyond JOB_RETENTION_SECONDS and _COUNT (see jobs.retention)."""

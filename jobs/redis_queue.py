@@ -104,7 +104,8 @@ class RedisJobQueue:
             with self.connection.lock("sd:submit-lock", timeout=SUBMIT_LOCK_SECONDS):
                 if self.rq.count + len(requests) > self.settings.queue_size:
                     raise QueueFull(self._retry_after())
-                jobs = self.records.enqueue(requests, client, self.engine.has_tiny_decoder)
+                jobs = self.records.enqueue(requests, client, self.engine.has_tiny_decoder,
+                                           self.settings.fair_share == "on")
         except RedisError as exc:
             raise NotAccepting("unhealthy", rc.unreachable_message(self.settings, exc),
                                10) from None

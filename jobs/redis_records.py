@@ -7,6 +7,7 @@ from typing import Any
 
 from jobs import redis_common as rc
 from jobs.batch import build_batch
+from jobs.fairness import fair_index
 from jobs.job import Job, JobState
 from jobs.redis_reaper import Reaper
 from params import GenerationRequest
@@ -24,9 +25,10 @@ class JobRecords:
         self.retention_seconds = retention_seconds
         self.reaper = Reaper(connection, rq_queue, retention_seconds, max_attempts)
 
-    def enqueue(self, requests: list[GenerationRequest], client: str,
-                tiny_decoder: bool) -> list[Job]:
-        """Create the batch's RQ jobs and the recent-jobs index entries in one pipeline."""
+    def enqueue(self, requests: list[GenerationRequest], client: str, tiny_decoder: bool,
+                fair: bool = True) -> list[Job]:
+        """Create the batch's RQ jobs and the recent-jobs index entries in one pipeline,
+        then move them to their fair-share places (jobs.fairness) when `fair`."""
         from jobs.redis_worker import run_job
 
         created, data, retention = rc.now(), [], self.retention_seconds
@@ -44,8 +46,43 @@ class JobRecords:
             self.rq.enqueue_many(data, pipeline=pipe)
             pipe.zadd(rc.RECENT_KEY, {job.id: created for job in jobs})
             pipe.zremrangebyscore(rc.RECENT_KEY, "-inf", created - retention)
+            for job in jobs:
+                pipe.set(rc.client_key(job.id), client, ex=retention)
             pipe.execute()
+        if fair:
+            self._place_fairly([job.id for job in jobs], client)
         return jobs
+
+    def _place_fairly(self, new_ids: list[str], client: str) -> None:
+        """Move the just-queued jobs from the end of the RQ list to their fair places, in
+        one transaction that starts over if a worker takes a job meanwhile."""
+        from redis.exceptions import WatchError
+        from rq.registry import StartedJobRegistry
+
+        running = [c.decode() for c in self.connection.mget(
+            [rc.client_key(i) for i in StartedJobRegistry(queue=self.rq).get_job_ids()] or
+            ["-"]) if c]
+        key = self.rq.key
+        with self.connection.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    ids = [i.decode() for i in pipe.lrange(key, 0, -1)]
+                    line = [i for i in ids if i not in new_ids]
+                    clients = [c.decode() if c else "" for c in
+                               pipe.mget([rc.client_key(i) for i in line])] if line else []
+                    for job_id in (i for i in ids if i in new_ids):
+                        place = fair_index(clients, client, running)
+                        line.insert(place, job_id)
+                        clients.insert(place, client)
+                    pipe.multi()
+                    if line != ids:
+                        pipe.delete(key)
+                        pipe.rpush(key, *line)
+                    pipe.execute()
+                    return
+                except WatchError:
+                    continue
 
     def get(self, job_id: str) -> Job | None:
         """The job with this id, or None if unknown or expired."""
