@@ -16,10 +16,12 @@ from config import Settings
 from jobs.eta import eta_seconds, retry_after_seconds
 from engine.status import EngineStatus
 from jobs.backend import Health, ImageEngine
+from jobs.fairness import fair_index
 from jobs.health import memory_health
 from jobs.previews import latest_preview
 from jobs.batch import build_batch
 from jobs.job import Job, JobState, NotAccepting, QueueFull
+from jobs.journal import JournalError, open_journal
 from jobs.metrics import memory_metrics
 from jobs.retention import expired_job_ids
 from jobs.state import QueueState
@@ -44,8 +46,10 @@ class JobQueue:
         self.clock = clock
         # Both read the clock through the queue, so a clock a test sets here reaches them.
         self.store = store or OutputStore(settings, clock=self._now)
-        self._state = QueueState()
-        self._worker = Worker(self._state, engine, self.store, self._now)
+        journal, self._journal_error = open_journal(settings)
+        self._state = QueueState(journal=journal)
+        self._worker = Worker(self._state, engine, self.store, self._now,
+                              settings.job_max_attempts)
         self.metrics = memory_metrics(self._state, engine, settings.model_id,
                                       lambda: self._worker.alive)
 
@@ -117,8 +121,13 @@ class JobQueue:
             if len(state.waiting) + len(requests) > self.settings.queue_size:
                 raise QueueFull(self._retry_after_locked())
             jobs = build_batch(requests, client, self.clock(), tiny_decoder, kind)
+            if state.journal is not None:
+                try:
+                    state.journal.accepted(jobs)  # on disk before anyone hears "accepted"
+                except JournalError as exc:
+                    raise NotAccepting("journal_unavailable", str(exc), 30) from None
             for job in jobs:
-                state.waiting.append(job)
+                state.waiting.insert(self._place_locked(job), job)
                 state.jobs[job.id] = job
             self._prune_locked()
             state.wake.notify_all()
@@ -205,7 +214,10 @@ class JobQueue:
                     "failed": state.failed, "accepting": state.accepting,
                     "seconds_per_step": (round(state.seconds_per_step, 3)
                                          if state.seconds_per_step else None),
-                    "worker_error": worker_error}
+                    "worker_error": worker_error,
+                    "journal": (state.journal.status() if state.journal is not None else
+                                {"path": None, "error": self._journal_error}
+                                if self._journal_error else None)}
 
     def health(self) -> Health:
         """/health: the worker, the model's state and the queue (never raises)."""
@@ -233,13 +245,25 @@ class JobQueue:
         running = self._state.running
         return retry_after_seconds(self._eta_locked(running) if running else None)
 
+    def _place_locked(self, job: Job) -> int:
+        """Where a new job waits: its fair-share place (jobs.fairness), or last."""
+        waiting = self._state.waiting
+        if self.settings.fair_share == "off":
+            return len(waiting)
+        running = self._state.running
+        return fair_index([j.client for j in waiting], job.client,
+                          [running.client] if running else [])
+
     def _prune_locked(self) -> None:
         """Forget finished jobs beyond JOB_RETENTION_SECONDS and _COUNT (see jobs.retention)."""
         jobs = self._state.jobs
-        for job_id in expired_job_ids(jobs.values(), self.clock(),
-                                      self.settings.job_retention_seconds,
-                                      self.settings.job_retention_count):
+        expired = list(expired_job_ids(jobs.values(), self.clock(),
+                                       self.settings.job_retention_seconds,
+                                       self.settings.job_retention_count))
+        for job_id in expired:
             del jobs[job_id]
+        if expired and self._state.journal is not None:
+            self._state.journal.forget(expired)
 
 
 def not_accepting(accepting: bool, worker_error: str | None,

@@ -10,6 +10,9 @@ Layout (everything but RQ's own keys starts with `sd:`):
     sd:preview:<id>           the newest live preview PNG (rendered only when asked for)
     sd:preview-wanted:<id>    set by the web while someone polls the preview (short TTL)
     sd:cancel:<id>            "cancel" or "skip": the worker's step callback reads it
+    sd:checkpoint:<id>        the running job's newest checkpoint, to resume it elsewhere
+    sd:reap:<id>              a short lock: one process queues a dead worker's job again
+    sd:client:<id>            who queued the job: fair share orders the queue by it
     sd:recent                 sorted set of job ids by creation time, for GET /jobs
     sd:stats                  completed, failed, seconds_per_step
     sd:worker:<name>          a worker's heartbeat (JSON), TTL = HEARTBEAT_TTL_SECONDS:
@@ -56,6 +59,21 @@ def preview_wanted_key(job_id: str) -> str:
 def cancel_key(job_id: str) -> str:
     """Set to 'cancel' or 'skip' to stop a job at its next step."""
     return f"sd:cancel:{job_id}"
+
+
+def checkpoint_key(job_id: str) -> str:
+    """A running job's newest checkpoint (engine.resume's bytes), for a later attempt."""
+    return f"sd:checkpoint:{job_id}"
+
+
+def client_key(job_id: str) -> str:
+    """Who queued the job (for fair share and ownership)."""
+    return f"sd:client:{job_id}"
+
+
+def reap_lock_key(job_id: str) -> str:
+    """Held briefly by the one process that queues a dead worker's job again."""
+    return f"sd:reap:{job_id}"
 
 
 def heartbeat_key(worker_name: str) -> str:

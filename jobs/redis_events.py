@@ -2,10 +2,11 @@
 stream of any web process listens (RedisWatch); a finished job is counted for /metrics here too.
 
     sd:events:<id>     'started', 'step:<n>', 'preview:<n>' (a preview of step n is stored)
-                       and 'finished', published by the worker's recorder (and 'finished' by
-                       a web process that cancels a queued job or fails a dead worker's)
-    sd:events:queue    'started' and 'finished' of every job: the queue moved, so a waiting
-                       job's position may have changed
+                       and 'finished', published by the worker's recorder; 'finished' also
+                       by a web process that cancels a queued job, and 'requeued' or
+                       'finished' by the reaper of a dead worker's job (jobs/redis_reaper.py)
+    sd:events:queue    'started', 'requeued' and 'finished' of every job: the queue moved,
+                       so a waiting job's position may have changed
 
 Pub/sub only wakes a stream sooner: the stream re-reads the job from Redis whenever it wakes,
 and wakes at least every WAKE_SECONDS anyway, so a missed message costs a second, never an
@@ -24,6 +25,7 @@ from jobs.redis_metrics import RedisCounts
 log = logging.getLogger(__name__)
 
 QUEUE_CHANNEL = "sd:events:queue"
+QUEUE_MOVES = ("started", "requeued", "finished")
 
 
 def channel(job_id: str) -> str:
@@ -37,7 +39,7 @@ def announce(connection, job_id: str, what: str) -> None:
     try:
         with connection.pipeline(transaction=False) as pipe:
             pipe.publish(channel(job_id), what)
-            if what in ("started", "finished"):  # the queue moved: positions may change
+            if what in QUEUE_MOVES:  # waiting jobs' positions may have changed
                 pipe.publish(QUEUE_CHANNEL, what)
             pipe.execute()
     except Exception as exc:
@@ -46,13 +48,18 @@ def announce(connection, job_id: str, what: str) -> None:
 
 def announce_finished(connection, job_id: str, state: JobState,
                       figures: RunFigures | None = None) -> None:
-    """A job ended: count it for /metrics, then tell its streams and the waiting jobs'.
-    Never raises (the outcome is recorded already; a Redis error loses only this count)."""
+    """A job ended (its outcome is recorded): count it for /metrics, then tell its streams
+    and the waiting jobs'. Never raises."""
+    count_end(connection, job_id, state, figures)
+    announce(connection, job_id, "finished")
+
+
+def count_end(connection, job_id: str, state: JobState, figures: RunFigures | None) -> None:
+    """Count a job's end for /metrics. Never raises: a Redis error loses only this count."""
     try:
         count_finished(RedisCounts(connection), job_id, state.value, figures)
     except Exception as exc:
         log.warning("job %s: could not count its end: %s", job_id, type(exc).__name__)
-    announce(connection, job_id, "finished")
 
 
 def worker_figures(rq_job, engine: Any) -> RunFigures | None:

@@ -42,7 +42,8 @@ class RedisJobQueue:
         self.connection = connection or rc.connect(settings)
         self.rq = Queue(rc.QUEUE_NAME, connection=self.connection)
         self._engine = RemoteEngine(settings, self.connection)
-        self.records = JobRecords(self.connection, self.rq, settings.job_retention_seconds)
+        self.records = JobRecords(self.connection, self.rq, settings.job_retention_seconds,
+                                  settings.job_max_attempts)
         self._accepting = True
         self.metrics = redis_metrics(self.connection, self.rq, self._engine)
 
@@ -106,7 +107,8 @@ class RedisJobQueue:
             with self.connection.lock("sd:submit-lock", timeout=SUBMIT_LOCK_SECONDS):
                 if self.rq.count + len(requests) > self.settings.queue_size:
                     raise QueueFull(self._retry_after())
-                jobs = self.records.enqueue(requests, client, self.engine.has_tiny_decoder)
+                jobs = self.records.enqueue(requests, client, self.engine.has_tiny_decoder,
+                                           self.settings.fair_share == "on")
         except RedisError as exc:
             raise NotAccepting("unhealthy", rc.unreachable_message(self.settings, exc),
                                10) from None

@@ -24,7 +24,8 @@ from engine.status import GenerationResult
 from jobs import runner
 from jobs.backend import ImageEngine
 from jobs.job import Job, JobCancelled, JobState
-from jobs.redis_events import announce, announce_finished, worker_figures
+from jobs.redis_events import announce, count_end, worker_figures
+from jobs.redis_reaper import Reaper
 from jobs.store import OutputStore
 from params import GenerationRequest
 
@@ -83,11 +84,18 @@ def serve(settings: Settings, engine: ImageEngine, name: str | None = None,
 
 
 def _heartbeat(context: WorkerContext, stop: threading.Event) -> None:
-    """Publish this worker's state every HEARTBEAT_SECONDS until stopped; a Redis hiccup
-    only skips a beat."""
+    """Publish this worker's state every HEARTBEAT_SECONDS until stopped, and queue again
+    the jobs of workers that died (nobody need be watching them); a Redis hiccup only skips
+    a beat."""
+    from rq import Queue
+
+    settings = context.settings
+    reaper = Reaper(context.connection, Queue(rc.QUEUE_NAME, connection=context.connection),
+                    settings.job_retention_seconds, settings.job_max_attempts)
     while not stop.is_set():
         try:
             _publish(context)
+            reaper.sweep()
         except Exception as exc:  # Redis away: the worker itself will notice on dequeue
             log.warning("worker %s: heartbeat failed: %s", context.name, type(exc).__name__)
         stop.wait(rc.HEARTBEAT_SECONDS)
@@ -120,9 +128,12 @@ def run_job(request: GenerationRequest, seed: int) -> None:
     rq_job = get_current_job()
     conn = context.connection
     recorder = RedisRecorder(context, rq_job)
-    rq_job.meta.update(worker=context.name, started_at=rc.now(), step=0, step_marks=[])
+    meta = rq_job.meta
+    meta.update(worker=context.name, started_at=rc.now(), step=0, step_marks=[],
+                attempts=meta.get("attempts", 0) + 1, resumed_at_step=None,
+                workers=[*meta.get("workers", []), context.name])
     job = Job(request=request, seed=seed, id=rq_job.id, worker=context.name,
-              total_steps=rq_job.meta.get("total_steps", 0))
+              total_steps=meta.get("total_steps", 0), attempts=meta["attempts"])
     if conn.get(rc.cancel_key(rq_job.id)):  # cancelled while RQ handed it over
         recorder.ended(job, JobState.CANCELLED, "cancelled before it started")
         return
@@ -133,7 +144,7 @@ def run_job(request: GenerationRequest, seed: int) -> None:
         runner.run_job(job, context.engine, context.store, recorder)
     finally:
         context.current_job = None
-        conn.delete(rc.preview_wanted_key(rq_job.id))
+        conn.delete(rc.preview_wanted_key(rq_job.id), rc.checkpoint_key(rq_job.id))
 
 
 class RedisRecorder:
@@ -149,7 +160,7 @@ class RedisRecorder:
         """Publish progress; render a preview only while someone watches; stop on a cancel
         flag."""
         conn, meta = self.context.connection, self.rq_job.meta
-        meta.update(step=step, total_steps=total)
+        meta.update(step=step, total_steps=total, resumed_at_step=job.resumed_at_step)
         meta["step_marks"].append(rc.now())
         self.rq_job.save_meta()
         flag, wanted = conn.mget(rc.cancel_key(job.id), rc.preview_wanted_key(job.id))
@@ -179,11 +190,22 @@ class RedisRecorder:
         self.rq_job.meta["rejected"] = rejected
         self._finish(state, error)
 
+    def checkpoint(self, job: Job, data: bytes, step: int) -> None:
+        """Keep the newest checkpoint in Redis, for whichever worker runs the job next."""
+        self.context.connection.set(rc.checkpoint_key(job.id), data, ex=self.retention)
+        self.rq_job.meta["checkpoint_step"] = step
+
+    def resume_point(self, job: Job) -> bytes | None:
+        """The checkpoint an earlier attempt kept (its worker died), or None."""
+        return self.context.connection.get(rc.checkpoint_key(job.id))
+
     def _finish(self, state: JobState, error: str | None) -> None:
         """Record a job's outcome in its meta (RQ marks the job finished after we return)."""
         self.rq_job.meta.update(outcome=state.value, error=error, finished_at=rc.now())
+        # Counted before the outcome shows: once it does, nothing but the news is left to do.
+        count_end(self.context.connection, self.rq_job.id, state,
+                  worker_figures(self.rq_job, self.context.engine))
         self.rq_job.save_meta()
         if state == JobState.FAILED:
             self.rq_job.connection.hincrby(rc.STATS_KEY, "failed", 1)
-        announce_finished(self.context.connection, self.rq_job.id, state,
-                          worker_figures(self.rq_job, self.context.engine))
+        announce(self.context.connection, self.rq_job.id, "finished")

@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass, field
 
 from jobs.job import Job, JobState
+from jobs.journal import Journal
 from jobs.watch import JobSignals
 
 
@@ -24,6 +25,7 @@ class QueueState:
     seconds_per_step: float | None = None  # measured by the last run, for first-step ETAs
     completed: int = 0
     failed: int = 0
+    journal: Journal | None = None  # the accepted jobs on disk (JOURNAL_PATH), when on
     # Told of every start, step and finish: event streams wait on it, metrics count finishes.
     signals: JobSignals = field(default_factory=JobSignals)
 
@@ -46,5 +48,7 @@ class QueueState:
         job.latents = None
         if self.running is job:
             self.running = None
+        if self.journal is not None:
+            self.journal.finished(job)
         job.done.set()
         self.signals.finished(job)

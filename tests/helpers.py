@@ -61,6 +61,19 @@ def accepts_connections(port: int) -> bool:
     return True
 
 
+def stop_process(process, timeout: float = 30) -> None:
+    """Stop a child process if it still runs: SIGTERM, then SIGKILL after `timeout`."""
+    import subprocess
+
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
+
+
 class EventStream:
     """A Server-Sent Events client over a real HTTP connection (http.client, no browser):
     `next()` reads one event as (name, JSON data), a comment block as ('comment', text),

@@ -171,16 +171,18 @@ def test_a_restarted_web_process_finds_its_jobs(redis_app, two_workers):
     assert job_id in [j["id"] for j in second.get("/jobs").get_json()["jobs"]]
 
 
-def test_a_killed_worker_fails_its_job_and_the_other_goes_on(redis_app, two_workers):
+def test_a_killed_worker_leaves_and_the_other_goes_on(redis_app, two_workers):
+    """Its job is not lost (tests/test_redis_resume.py shows it resuming, byte for byte)."""
     client = redis_app().test_client()
     job_id = client.post("/jobs", json=LONG).get_json()["id"]
     job = poll_until(lambda: (lambda j: j if j["step"] >= 1 else None)(
         client.get(f"/jobs/{job_id}").get_json()), 60, "the job to run")
     victim = next(w for w in two_workers if job["worker"].endswith(f"-{w.pid}"))
     victim.kill(signal.SIGKILL)
-    done = wait_state(client, job_id, FINISHED, 30)
-    assert done["state"] == "failed" and "stopped while running" in done["error"]
-    assert job["worker"] in done["error"]
+    done = wait_state(client, job_id, FINISHED, 60)
+    assert done["state"] == "succeeded"
+    # Resumed on the other worker, unless it had finished before the kill landed.
+    assert done["attempts"] == 1 or not done["worker"].endswith(f"-{victim.pid}")
     after = client.post("/generate", json={"prompt": "still here"})
     assert after.status_code == 200
     poll_until(lambda: len(client.get("/health").get_json()["workers"]) == 1, 30,
