@@ -3,6 +3,7 @@ the `Job` the routes use (a job whose worker died is handed to jobs.redis_reaper
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from jobs import redis_common as rc
@@ -19,16 +20,18 @@ class JobRecords:
     """Writes batches as RQ jobs, reads RQ jobs into Jobs, refreshes them, and fails those
     whose worker died."""
 
-    def __init__(self, connection, rq_queue, retention_seconds: int, max_attempts: int):
+    def __init__(self, connection, retention_seconds: int, max_attempts: int):
         self.connection = connection
-        self.rq = rq_queue
         self.retention_seconds = retention_seconds
-        self.reaper = Reaper(connection, rq_queue, retention_seconds, max_attempts)
+        self.reaper = Reaper(connection, retention_seconds, max_attempts)
 
     def enqueue(self, requests: list[GenerationRequest], client: str, tiny_decoder: bool,
-                fair: bool = True) -> list[Job]:
-        """Create the batch's RQ jobs and the recent-jobs index entries in one pipeline,
-        then move them to their fair-share places (jobs.fairness) when `fair`."""
+                model: str, fair: bool = True) -> list[Job]:
+        """Create the batch's RQ jobs on `model`'s queue (each request names the model, so
+        a worker serving several switches to it) and the recent-jobs index entries in one
+        pipeline, then move them to their fair-share places (jobs.fairness) when `fair`."""
+        queue = rc.model_queue(self.connection, model)
+        requests = [replace(request, model=model) for request in requests]
         from jobs.redis_worker import run_job
 
         created, data, retention = rc.now(), [], self.retention_seconds
@@ -38,31 +41,31 @@ class JobRecords:
                     "batch_index": job.batch_index, "batch_size": job.batch_size,
                     "total_steps": job.total_steps}
             request = job.request
-            data.append(self.rq.prepare_data(
+            data.append(queue.prepare_data(
                 run_job, (request, job.seed), job_id=job.id, meta=meta, result_ttl=retention,
                 failure_ttl=retention, timeout=rc.JOB_TIMEOUT_SECONDS,
                 description=f"generate {request.width}x{request.height} {request.steps} steps"))
         with self.connection.pipeline() as pipe:
-            self.rq.enqueue_many(data, pipeline=pipe)
+            queue.enqueue_many(data, pipeline=pipe)
             pipe.zadd(rc.RECENT_KEY, {job.id: created for job in jobs})
             pipe.zremrangebyscore(rc.RECENT_KEY, "-inf", created - retention)
             for job in jobs:
                 pipe.set(rc.client_key(job.id), client, ex=retention)
             pipe.execute()
         if fair:
-            self._place_fairly([job.id for job in jobs], client)
+            self._place_fairly(queue, [job.id for job in jobs], client)
         return jobs
 
-    def _place_fairly(self, new_ids: list[str], client: str) -> None:
+    def _place_fairly(self, queue, new_ids: list[str], client: str) -> None:
         """Move the just-queued jobs from the end of the RQ list to their fair places, in
         one transaction that starts over if a worker takes a job meanwhile."""
         from redis.exceptions import WatchError
         from rq.registry import StartedJobRegistry
 
         running = [c.decode() for c in self.connection.mget(
-            [rc.client_key(i) for i in StartedJobRegistry(queue=self.rq).get_job_ids()] or
+            [rc.client_key(i) for i in StartedJobRegistry(queue=queue).get_job_ids()] or
             ["-"]) if c]
-        key = self.rq.key
+        key = queue.key
         with self.connection.pipeline() as pipe:
             while True:
                 try:
