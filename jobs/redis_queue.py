@@ -130,13 +130,10 @@ class RedisJobQueue:
 
     def current(self) -> Job | None:
         """A running job (the one started first when several workers run)."""
-        from rq.registry import StartedJobRegistry
-
-        for queue in rc.model_queues(self.connection):
-            for job_id in StartedJobRegistry(queue=queue).get_job_ids():
-                job = self.get(job_id)
-                if job is not None and job.state == JobState.RUNNING:
-                    return job
+        for job_id in self.records.running_ids():
+            job = self.get(job_id)
+            if job is not None and job.state == JobState.RUNNING:
+                return job
         return None
 
     def active(self) -> Job | None:
@@ -144,11 +141,8 @@ class RedisJobQueue:
         running = self.current()
         if running is not None:
             return running
-        for queue in rc.model_queues(self.connection):
-            waiting = queue.get_job_ids(0, 1)
-            if waiting:
-                return self.get(waiting[0])
-        return None
+        waiting = self.records.next_waiting_id()
+        return self.get(waiting) if waiting else None
 
     def cancel(self, job_id: str, skip: bool = False) -> Job | None:
         """A queued job leaves the queue now; a running one stops at its next step (its
@@ -159,13 +153,7 @@ class RedisJobQueue:
         retention = self.settings.job_retention_seconds
         self.connection.set(rc.cancel_key(job_id), "skip" if skip else "cancel", ex=retention)
         if job.state == JobState.QUEUED:
-            from rq.job import Job as RQJob
-
-            rq_job = RQJob.fetch(job_id, connection=self.connection)
-            rq_job.meta.update(outcome=JobState.CANCELLED.value, finished_at=rc.now(),
-                               error="cancelled before it started")
-            rq_job.save_meta()
-            rq_job.cancel()
+            self.records.cancel_queued(job_id)
         log.info("job %s cancel requested", job_id)
         self.refresh(job)
         return job

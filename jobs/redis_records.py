@@ -87,6 +87,31 @@ class JobRecords:
                 except WatchError:
                     continue
 
+    def running_ids(self) -> list[str]:
+        """The ids of the jobs RQ counts as started, over every model's queue."""
+        from rq.registry import StartedJobRegistry
+
+        return [job_id for queue in rc.model_queues(self.connection)
+                for job_id in StartedJobRegistry(queue=queue).get_job_ids()]
+
+    def next_waiting_id(self) -> str | None:
+        """The first waiting job of any model's queue, or None."""
+        for queue in rc.model_queues(self.connection):
+            waiting = queue.get_job_ids(0, 1)
+            if waiting:
+                return waiting[0]
+        return None
+
+    def cancel_queued(self, job_id: str) -> None:
+        """Take a queued job off its queue, recorded as cancelled before it started."""
+        from rq.job import Job as RQJob
+
+        rq_job = RQJob.fetch(job_id, connection=self.connection)
+        rq_job.meta.update(outcome=JobState.CANCELLED.value, finished_at=rc.now(),
+                           error="cancelled before it started")
+        rq_job.save_meta()
+        rq_job.cancel()
+
     def get(self, job_id: str) -> Job | None:
         """The job with this id, or None if unknown or expired."""
         from rq.exceptions import NoSuchJobError
