@@ -247,6 +247,10 @@ KNOBS: tuple[Knob, ...] = (
     Knob("REDIS_URL", "redis://127.0.0.1:6379/0", "The Redis server of QUEUE_BACKEND=redis "
          "(jobs, images, worker heartbeats, rate-limit counters); a password in it is never "
          "logged", _redis_url, "a redis://, rediss:// or unix:// URL"),
+    Knob("WORKER_MODELS", "", "QUEUE_BACKEND=redis: the models this `python worker.py` serves "
+         "(catalogue names, comma-separated; loaded one at a time as its jobs ask); empty = "
+         "MODEL_ID's. Each model has its own queue: a request for a model no live worker "
+         "serves is a 400 listing the served ones", _origins, "model names or empty"),
     Knob("MAX_BATCH", "4", "Most images one request may ask for (A1111 batch_size x n_iter, "
          "OpenAI n)", _int(1, 64), "an integer 1..64 and <= QUEUE_SIZE"),
     Knob("JOB_RETENTION_SECONDS", "3600", "How long finished jobs and their images are kept "

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from catalog.models import ModelEntry
+from catalog.models import ModelEntry, list_models
 from config import Settings
 from engine.cpu import PrecisionProbe, threads_for_next_job
 from engine.generation import Generation
@@ -100,6 +100,11 @@ class Engine:
     def has_tiny_decoder(self) -> bool:
         """Whether TAESD is loaded (else a request's vae_decoder 'tiny' runs the full VAE)."""
         return self.slot.taesd is not None
+
+    def available_models(self) -> list[ModelEntry]:
+        """The models a request may name: every loadable catalogue entry (one is loaded at
+        a time; a request for another switches to it)."""
+        return [entry for entry in list_models(self.settings) if not entry.problem]
 
     def preview_png(self, latents) -> bytes:
         """A small PNG of the given latents (safe from any thread: TAESD, when loaded, is

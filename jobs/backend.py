@@ -48,6 +48,9 @@ class EngineView(Protocol):
     def info(self) -> dict[str, Any]:
         """Model facts for /health and the compatibility APIs."""
 
+    def available_models(self) -> list[ModelEntry]:
+        """The models a request may name here (the catalogue, or what the workers serve)."""
+
 
 @runtime_checkable
 class ImageEngine(EngineView, Protocol):

@@ -70,7 +70,7 @@ JOBS_RUNNING = Metric("sd_jobs_running", "gauge", "Jobs running now")
 WORKERS = Metric("sd_workers", "gauge", "Live generation workers, by state (loading, ready, "
                  "failed)", ("state",))
 LOAD_SECONDS = Metric("sd_model_load_seconds", "gauge", "Seconds each live worker took to "
-                      "load its startup model", ("model", "worker"))
+                      "load its first model when it started", ("worker",))
 
 METRICS = (JOBS_SUBMITTED, JOBS_FINISHED, IMAGE_SECONDS, STEP_SECONDS, SWITCH_SECONDS,
            HTTP_REQUESTS, REFUSALS, QUEUE_DEPTH, JOBS_RUNNING, WORKERS, LOAD_SECONDS)
@@ -176,6 +176,13 @@ def count_finished(store: CountStore, job_id: str, outcome: str,
     store.add(counts)
 
 
+def model_label(engine: Any) -> str:
+    """A model as the metrics name it: its catalogue name, as requests and the Redis queues
+    name it (the served model's MODEL_ID before one is loaded)."""
+    entry = engine.model
+    return entry.name if entry is not None else engine.model_name
+
+
 def sampler_name(scheduler: str, default_sampler: str) -> str:
     """The sampler a job ran: its request's, or the model's own for 'default'."""
     return default_sampler if scheduler == "default" else scheduler
@@ -261,8 +268,7 @@ class _Families:
 
 # ---------------------------------------------------------------------- the memory backend
 
-def memory_metrics(state: Any, engine: Any, startup_model: str,
-                   worker_alive: Callable[[], bool]) -> JobMetrics:
+def memory_metrics(state: Any, engine: Any, worker_alive: Callable[[], bool]) -> JobMetrics:
     """The memory backend's metrics: counts in this process; finishes counted as the queue's
     state (a jobs.state.QueueState) signals them; gauges read from that state and the engine
     (a jobs.backend.ImageEngine) at scrape time."""
@@ -272,7 +278,7 @@ def memory_metrics(state: Any, engine: Any, startup_model: str,
         count_finished(store, job.id, job.state.value, _figures(job, engine))
 
     def gauges() -> list[GaugeValue]:
-        served, status = engine.model_name, engine.status
+        served, status = model_label(engine), engine.status
         with state.lock:
             waiting = [job.request.model or served for job in state.waiting]
             running = int(state.running is not None)
@@ -283,8 +289,7 @@ def memory_metrics(state: Any, engine: Any, startup_model: str,
         values += [GaugeValue(WORKERS, (s,), float(alive and status.state == s))
                    for s in WORKER_STATES]
         if alive and status.load_seconds is not None:
-            values.append(GaugeValue(LOAD_SECONDS, (startup_model, "in-process"),
-                                     status.load_seconds))
+            values.append(GaugeValue(LOAD_SECONDS, ("in-process",), status.load_seconds))
         return values
 
     state.signals.finish_listeners.append(finished)
@@ -295,7 +300,7 @@ def _figures(job: Job, engine: Any) -> RunFigures | None:
     """A memory job's figures (called as it finishes, on the worker's thread)."""
     if job.state != JobState.SUCCEEDED or job.started_at is None or job.finished_at is None:
         return None
-    model = job.request.model if job.kind == "switch_model" else engine.model_name
-    return RunFigures(job.kind, model or engine.model_name,
+    model = job.request.model if job.kind == "switch_model" else None
+    return RunFigures(job.kind, model or model_label(engine),
                       sampler_name(job.request.scheduler, engine.default_sampler),
                       job.finished_at - job.started_at, job.seconds_per_step)

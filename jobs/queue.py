@@ -16,14 +16,12 @@ from config import Settings
 from jobs.eta import eta_seconds, retry_after_seconds
 from engine.status import EngineStatus
 from jobs.backend import Health, ImageEngine
-from jobs.fairness import fair_index
 from jobs.health import memory_health
 from jobs.previews import latest_preview
 from jobs.batch import build_batch
 from jobs.job import Job, JobState, NotAccepting, QueueFull
 from jobs.journal import JournalError, open_journal
 from jobs.metrics import memory_metrics
-from jobs.retention import expired_job_ids
 from jobs.state import QueueState
 from jobs.store import OutputStore
 from jobs.watch import StateWatch
@@ -50,8 +48,7 @@ class JobQueue:
         self._state = QueueState(journal=journal)
         self._worker = Worker(self._state, engine, self.store, self._now,
                               settings.job_max_attempts)
-        self.metrics = memory_metrics(self._state, engine, settings.model_id,
-                                      lambda: self._worker.alive)
+        self.metrics = memory_metrics(self._state, engine, lambda: self._worker.alive)
 
     # ------------------------------------------------------------------ control
     def start(self) -> "JobQueue":
@@ -127,9 +124,9 @@ class JobQueue:
                 except JournalError as exc:
                     raise NotAccepting("journal_unavailable", str(exc), 30) from None
             for job in jobs:
-                state.waiting.insert(self._place_locked(job), job)
-                state.jobs[job.id] = job
-            self._prune_locked()
+                state.enqueue(job, fair=self.settings.fair_share == "on")
+            self._state.forget_expired(self.clock(), self.settings.job_retention_seconds,
+                                        self.settings.job_retention_count)
             state.wake.notify_all()
         for job in jobs:
             log.info("job %s queued (position %s)", job.id, self.queue_position(job))
@@ -150,13 +147,15 @@ class JobQueue:
     def get(self, job_id: str) -> Job | None:
         """The job with this id, or None if unknown or no longer retained."""
         with self._state.lock:
-            self._prune_locked()
+            self._state.forget_expired(self.clock(), self.settings.job_retention_seconds,
+                                        self.settings.job_retention_count)
             return self._state.jobs.get(job_id)
 
     def recent(self, limit: int | None = None) -> list[Job]:
         """Known jobs, newest first."""
         with self._state.lock:
-            self._prune_locked()
+            self._state.forget_expired(self.clock(), self.settings.job_retention_seconds,
+                                        self.settings.job_retention_count)
             jobs = list(reversed(self._state.jobs.values()))
         return jobs[:limit] if limit else jobs
 
@@ -244,26 +243,6 @@ class JobQueue:
         """A Retry-After estimate: the running job's remaining time, at least a few seconds."""
         running = self._state.running
         return retry_after_seconds(self._eta_locked(running) if running else None)
-
-    def _place_locked(self, job: Job) -> int:
-        """Where a new job waits: its fair-share place (jobs.fairness), or last."""
-        waiting = self._state.waiting
-        if self.settings.fair_share == "off":
-            return len(waiting)
-        running = self._state.running
-        return fair_index([j.client for j in waiting], job.client,
-                          [running.client] if running else [])
-
-    def _prune_locked(self) -> None:
-        """Forget finished jobs beyond JOB_RETENTION_SECONDS and _COUNT (see jobs.retention)."""
-        jobs = self._state.jobs
-        expired = list(expired_job_ids(jobs.values(), self.clock(),
-                                       self.settings.job_retention_seconds,
-                                       self.settings.job_retention_count))
-        for job_id in expired:
-            del jobs[job_id]
-        if expired and self._state.journal is not None:
-            self._state.journal.forget(expired)
 
 
 def not_accepting(accepting: bool, worker_error: str | None,

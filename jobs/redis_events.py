@@ -19,7 +19,7 @@ from typing import Any
 
 from jobs import redis_common as rc
 from jobs.job import JobState
-from jobs.metrics import RunFigures, count_finished, sampler_name
+from jobs.metrics import RunFigures, count_finished, model_label, sampler_name
 from jobs.redis_metrics import RedisCounts
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def worker_figures(rq_job, engine: Any) -> RunFigures | None:
     meta = rq_job.meta
     started, finished = meta.get("started_at"), meta.get("finished_at")
     request = rq_job.args[0]
-    return RunFigures("generate", engine.model_name,
+    return RunFigures("generate", model_label(engine),
                       sampler_name(request.scheduler, engine.default_sampler),
                       finished - started if started and finished else None,
                       meta.get("seconds_per_step"))

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 from jobs import redis_common as rc
 from jobs.metrics import (JOBS_RUNNING, LOAD_SECONDS, QUEUE_DEPTH, WORKER_STATES, WORKERS,
-                          GaugeValue, JobMetrics, Key)
+                          GaugeValue, JobMetrics, Key, model_label)
 
 log = logging.getLogger(__name__)
 
@@ -140,27 +140,24 @@ class _Flusher:
 _flusher = _Flusher()
 
 
-def redis_metrics(connection, rq_queue, engine: Any) -> JobMetrics:
+def redis_metrics(connection, engine: Any) -> JobMetrics:
     """The web process's metrics under QUEUE_BACKEND=redis (`engine` is its RemoteEngine)."""
     def gauges() -> list[GaugeValue]:
-        from rq.job import Job as RQJob
         from rq.registry import StartedJobRegistry
 
-        served = engine.model_name
-        jobs = RQJob.fetch_many(rq_queue.get_job_ids(), connection=connection)
-        waiting = [(job.args[0].model or served) for job in jobs if job is not None]
-        values = [GaugeValue(QUEUE_DEPTH, (model,), float(waiting.count(model)))
-                  for model in sorted({served, *waiting})]
+        queues = rc.model_queues(connection)  # one per model (jobs/redis_models.py)
+        depths = {queue.name[len(rc.QUEUE_PREFIX):]: queue.count for queue in queues}
+        values = [GaugeValue(QUEUE_DEPTH, (model,), float(depths.get(model, 0)))
+                  for model in sorted({model_label(engine), *depths})]
         values.append(GaugeValue(JOBS_RUNNING, (), float(
-            StartedJobRegistry(queue=rq_queue).count)))
+            sum(StartedJobRegistry(queue=queue).count for queue in queues))))
         beats = rc.alive_workers(connection)
         values += [GaugeValue(WORKERS, (state,), float(sum(b["state"] == state for b in beats)))
                    for state in WORKER_STATES]
         for beat in beats:
             seconds = (beat.get("info") or {}).get("load_seconds")
             if seconds is not None:
-                values.append(GaugeValue(LOAD_SECONDS, (beat["model_name"], beat["name"]),
-                                         float(seconds)))
+                values.append(GaugeValue(LOAD_SECONDS, (beat["name"],), float(seconds)))
         return values
 
     return JobMetrics(RedisCounts(connection, buffered=True), gauges)

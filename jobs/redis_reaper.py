@@ -25,9 +25,8 @@ REAP_LOCK_SECONDS = 10
 class Reaper:
     """Finds running jobs whose worker is gone and queues them again or fails them."""
 
-    def __init__(self, connection, rq_queue, retention_seconds: int, max_attempts: int):
+    def __init__(self, connection, retention_seconds: int, max_attempts: int):
         self.connection = connection
-        self.rq = rq_queue
         self.retention_seconds = retention_seconds
         self.max_attempts = max_attempts
 
@@ -42,11 +41,12 @@ class Reaper:
         from rq.registry import StartedJobRegistry
 
         reaped = 0
-        for job_id in StartedJobRegistry(queue=self.rq).get_job_ids():
-            rq_job = RQJob(job_id, connection=self.connection)
-            meta = rq_job.get_meta(refresh=True)
-            if not meta.get("outcome") and self.abandoned(rq_job, meta):
-                reaped += self.reap(job_id)
+        for queue in rc.model_queues(self.connection):
+            for job_id in StartedJobRegistry(queue=queue).get_job_ids():
+                rq_job = RQJob(job_id, connection=self.connection)
+                meta = rq_job.get_meta(refresh=True)
+                if not meta.get("outcome") and self.abandoned(rq_job, meta):
+                    reaped += self.reap(job_id)
         return reaped
 
     def reap(self, job_id: str) -> bool:
@@ -82,10 +82,11 @@ class Reaper:
         meta["requeued"] = meta.get("requeued", 0) + 1
         rq_job.meta = meta
         rq_job.save_meta()
+        queue = rc.origin_queue(rq_job)
         with self.connection.pipeline() as pipe:
-            StartedJobRegistry(queue=self.rq).remove_executions(rq_job, pipeline=pipe)
+            StartedJobRegistry(queue=queue).remove_executions(rq_job, pipeline=pipe)
             rq_job.set_status(JobStatus.QUEUED, pipeline=pipe)
-            self.rq.push_job_id(rq_job.id, pipeline=pipe, at_front=True)
+            queue.push_job_id(rq_job.id, pipeline=pipe, at_front=True)
             pipe.execute()
         announce(self.connection, rq_job.id, "requeued")
         log.warning("job %s: worker %s died at step %s; queued again (attempt %d of %d) to "
@@ -107,11 +108,12 @@ class Reaper:
             "workers' memory"))
         rq_job.meta = meta
         rq_job.save_meta()
+        queue = rc.origin_queue(rq_job)
         with self.connection.pipeline() as pipe:
             rq_job.set_status(JobStatus.FAILED, pipeline=pipe)
-            StartedJobRegistry(queue=self.rq).remove_executions(rq_job, pipeline=pipe)
-            FailedJobRegistry(queue=self.rq).add(rq_job, ttl=self.retention_seconds,
-                                                  pipeline=pipe)
+            StartedJobRegistry(queue=queue).remove_executions(rq_job, pipeline=pipe)
+            FailedJobRegistry(queue=queue).add(rq_job, ttl=self.retention_seconds,
+                                               pipeline=pipe)
             pipe.hincrby(rc.STATS_KEY, "failed", 1)
             pipe.execute()
         announce_finished(self.connection, rq_job.id, JobState.FAILED)

@@ -3,12 +3,14 @@ the `Job` the routes use (a job whose worker died is handed to jobs.redis_reaper
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from jobs import redis_common as rc
 from jobs.batch import build_batch
 from jobs.fairness import fair_index
 from jobs.job import Job, JobState
+from jobs.redis_events import announce_finished
 from jobs.redis_reaper import Reaper
 from params import GenerationRequest
 
@@ -19,16 +21,18 @@ class JobRecords:
     """Writes batches as RQ jobs, reads RQ jobs into Jobs, refreshes them, and fails those
     whose worker died."""
 
-    def __init__(self, connection, rq_queue, retention_seconds: int, max_attempts: int):
+    def __init__(self, connection, retention_seconds: int, max_attempts: int):
         self.connection = connection
-        self.rq = rq_queue
         self.retention_seconds = retention_seconds
-        self.reaper = Reaper(connection, rq_queue, retention_seconds, max_attempts)
+        self.reaper = Reaper(connection, retention_seconds, max_attempts)
 
     def enqueue(self, requests: list[GenerationRequest], client: str, tiny_decoder: bool,
-                fair: bool = True) -> list[Job]:
-        """Create the batch's RQ jobs and the recent-jobs index entries in one pipeline,
-        then move them to their fair-share places (jobs.fairness) when `fair`."""
+                model: str, fair: bool = True) -> list[Job]:
+        """Create the batch's RQ jobs on `model`'s queue (each request names the model, so
+        a worker serving several switches to it) and the recent-jobs index entries in one
+        pipeline, then move them to their fair-share places (jobs.fairness) when `fair`."""
+        queue = rc.model_queue(self.connection, model)
+        requests = [replace(request, model=model) for request in requests]
         from jobs.redis_worker import run_job
 
         created, data, retention = rc.now(), [], self.retention_seconds
@@ -38,31 +42,31 @@ class JobRecords:
                     "batch_index": job.batch_index, "batch_size": job.batch_size,
                     "total_steps": job.total_steps}
             request = job.request
-            data.append(self.rq.prepare_data(
+            data.append(queue.prepare_data(
                 run_job, (request, job.seed), job_id=job.id, meta=meta, result_ttl=retention,
                 failure_ttl=retention, timeout=rc.JOB_TIMEOUT_SECONDS,
                 description=f"generate {request.width}x{request.height} {request.steps} steps"))
         with self.connection.pipeline() as pipe:
-            self.rq.enqueue_many(data, pipeline=pipe)
+            queue.enqueue_many(data, pipeline=pipe)
             pipe.zadd(rc.RECENT_KEY, {job.id: created for job in jobs})
             pipe.zremrangebyscore(rc.RECENT_KEY, "-inf", created - retention)
             for job in jobs:
                 pipe.set(rc.client_key(job.id), client, ex=retention)
             pipe.execute()
         if fair:
-            self._place_fairly([job.id for job in jobs], client)
+            self._place_fairly(queue, [job.id for job in jobs], client)
         return jobs
 
-    def _place_fairly(self, new_ids: list[str], client: str) -> None:
+    def _place_fairly(self, queue, new_ids: list[str], client: str) -> None:
         """Move the just-queued jobs from the end of the RQ list to their fair places, in
         one transaction that starts over if a worker takes a job meanwhile."""
         from redis.exceptions import WatchError
         from rq.registry import StartedJobRegistry
 
         running = [c.decode() for c in self.connection.mget(
-            [rc.client_key(i) for i in StartedJobRegistry(queue=self.rq).get_job_ids()] or
+            [rc.client_key(i) for i in StartedJobRegistry(queue=queue).get_job_ids()] or
             ["-"]) if c]
-        key = self.rq.key
+        key = queue.key
         with self.connection.pipeline() as pipe:
             while True:
                 try:
@@ -83,6 +87,32 @@ class JobRecords:
                     return
                 except WatchError:
                     continue
+
+    def running_ids(self) -> list[str]:
+        """The ids of the jobs RQ counts as started, over every model's queue."""
+        from rq.registry import StartedJobRegistry
+
+        return [job_id for queue in rc.model_queues(self.connection)
+                for job_id in StartedJobRegistry(queue=queue).get_job_ids()]
+
+    def next_waiting_id(self) -> str | None:
+        """The first waiting job of any model's queue, or None."""
+        for queue in rc.model_queues(self.connection):
+            waiting = queue.get_job_ids(0, 1)
+            if waiting:
+                return waiting[0]
+        return None
+
+    def cancel_queued(self, job_id: str) -> None:
+        """Take a queued job off its queue, recorded as cancelled before it started."""
+        from rq.job import Job as RQJob
+
+        rq_job = RQJob.fetch(job_id, connection=self.connection)
+        rq_job.meta.update(outcome=JobState.CANCELLED.value, finished_at=rc.now(),
+                           error="cancelled before it started")
+        rq_job.save_meta()
+        rq_job.cancel()
+        announce_finished(self.connection, job_id, JobState.CANCELLED)
 
     def get(self, job_id: str) -> Job | None:
         """The job with this id, or None if unknown or expired."""

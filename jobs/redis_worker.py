@@ -15,10 +15,12 @@ import logging
 import os
 import socket
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from catalog.models import ModelEntry, find_model, list_models
 from config import Settings, redact_url
+from errors import ModelUnavailable, UnknownModel
 from jobs import redis_common as rc
 from engine.status import GenerationResult
 from jobs import runner
@@ -41,6 +43,7 @@ class WorkerContext:
     store: OutputStore
     connection: Any
     name: str
+    served: list[ModelEntry] = field(default_factory=list)  # the models it takes jobs for
     current_job: str | None = None
 
 
@@ -57,12 +60,13 @@ def serve(settings: Settings, engine: ImageEngine, name: str | None = None,
     """Load the model into `engine`, then serve the queue until SIGTERM/SIGINT (after the
     running job)."""
     global _context
-    from rq import Queue, SimpleWorker
+    from rq import SimpleWorker
 
     connection = rc.connect(settings)
     connection.ping()  # fail at once, with the URL redacted by the caller's message
     name = name or default_name()
-    _context = WorkerContext(settings, engine, OutputStore(settings), connection, name)
+    served = served_models(settings)
+    _context = WorkerContext(settings, engine, OutputStore(settings), connection, name, served)
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(_context, stop), daemon=True,
                             name="heartbeat")
@@ -73,8 +77,10 @@ def serve(settings: Settings, engine: ImageEngine, name: str | None = None,
     if engine.status.state != "ready":
         stop.set()
         raise SystemExit(f"worker {name}: the model failed to load: {engine.status.error}")
-    worker = SimpleWorker([Queue(rc.QUEUE_NAME, connection=connection)],
+    # One queue per served model: jobs for a model no worker here serves are never taken.
+    worker = SimpleWorker([rc.model_queue(connection, entry.name) for entry in served],
                           connection=connection, name=name)
+    log.info("worker %s: serving %s", name, ", ".join(entry.name for entry in served))
     _publish(_context)  # ready now: registered with RQ below, within the same second
     try:
         worker.work(burst=burst, with_scheduler=False, logging_level=settings.log_level.upper())
@@ -83,15 +89,27 @@ def serve(settings: Settings, engine: ImageEngine, name: str | None = None,
         connection.delete(rc.heartbeat_key(name))
 
 
+def served_models(settings: Settings) -> list[ModelEntry]:
+    """The catalogue entries this worker serves: WORKER_MODELS (loaded one at a time, as the
+    jobs ask), else MODEL_ID's; SystemExit naming one that is not in the catalogue."""
+    if not settings.worker_models:
+        return [list_models(settings)[0]]
+    entries = []
+    for wanted in settings.worker_models:
+        try:
+            entries.append(find_model(settings, wanted))
+        except (UnknownModel, ModelUnavailable) as exc:
+            raise SystemExit(f"WORKER_MODELS: {exc}") from None
+    return entries
+
+
 def _heartbeat(context: WorkerContext, stop: threading.Event) -> None:
     """Publish this worker's state every HEARTBEAT_SECONDS until stopped, and queue again
     the jobs of workers that died (nobody need be watching them); a Redis hiccup only skips
     a beat."""
-    from rq import Queue
-
     settings = context.settings
-    reaper = Reaper(context.connection, Queue(rc.QUEUE_NAME, connection=context.connection),
-                    settings.job_retention_seconds, settings.job_max_attempts)
+    reaper = Reaper(context.connection, settings.job_retention_seconds,
+                    settings.job_max_attempts)
     while not stop.is_set():
         try:
             _publish(context)
@@ -110,6 +128,7 @@ def _publish(context: WorkerContext) -> None:
             "model": asdict(engine.model) if engine.model is not None else None,
             "default_sampler": engine.default_sampler if status.state == "ready" else None,
             "taesd": engine.has_tiny_decoder, "info": engine.info(),
+            "models": [asdict(entry) for entry in context.served],
             "job": context.current_job, "at": rc.now()}
     context.connection.set(rc.heartbeat_key(context.name), json.dumps(beat),
                            ex=rc.HEARTBEAT_TTL_SECONDS)

@@ -6,8 +6,10 @@ import collections
 import threading
 from dataclasses import dataclass, field
 
+from jobs.fairness import fair_index
 from jobs.job import Job, JobState
 from jobs.journal import Journal
+from jobs.retention import expired_job_ids
 from jobs.watch import JobSignals
 
 
@@ -41,6 +43,25 @@ class QueueState:
             return self.waiting.index(job) + 1
         except ValueError:
             return None
+
+    def enqueue(self, job: Job, fair: bool) -> None:
+        """Add a new job to the waiting line: at its fair-share place (jobs.fairness), or
+        last; and to the known jobs."""
+        place = len(self.waiting)
+        if fair:
+            running = [self.running.client] if self.running else []
+            place = fair_index([j.client for j in self.waiting], job.client, running)
+        self.waiting.insert(place, job)
+        self.jobs[job.id] = job
+
+    def forget_expired(self, now: float, seconds: int, count: int) -> None:
+        """Forget finished jobs beyond JOB_RETENTION_SECONDS and _COUNT (jobs.retention),
+        in memory and in the journal."""
+        expired = list(expired_job_ids(self.jobs.values(), now, seconds, count))
+        for job_id in expired:
+            del self.jobs[job_id]
+        if expired and self.journal is not None:
+            self.journal.forget(expired)
 
     def finish(self, job: Job, state: JobState, error: str | None, now: float) -> None:
         """Move a job to a final state and wake whoever waits for it."""
