@@ -189,7 +189,6 @@ class _BandedUpsample:
         self.original = upsampler.forward
 
     def __call__(self, hidden_states, output_size=None, *args, **kwargs):
-        import torch
         import torch.nn.functional as F
 
         x = hidden_states
