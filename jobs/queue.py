@@ -124,7 +124,7 @@ class JobQueue:
                 except JournalError as exc:
                     raise NotAccepting("journal_unavailable", str(exc), 30) from None
             for job in jobs:
-                state.enqueue(job, fair=self.settings.fair_share == "on")
+                state.enqueue(job, fair=self.settings.fair_share)
             self._state.forget_expired(self.clock(), self.settings.job_retention_seconds,
                                         self.settings.job_retention_count)
             state.wake.notify_all()

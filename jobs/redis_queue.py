@@ -112,7 +112,7 @@ class RedisJobQueue:
                 if self._waiting() + len(requests) > self.settings.queue_size:
                     raise QueueFull(self._retry_after())
                 jobs = self.records.enqueue(requests, client, self.engine.has_tiny_decoder,
-                                           model, self.settings.fair_share == "on")
+                                           model, self.settings.fair_share)
         except RedisError as exc:
             raise NotAccepting("unhealthy", rc.unreachable_message(self.settings, exc),
                                10) from None
