@@ -110,7 +110,9 @@ class _Told:
                 self.step = step
                 events.append(("progress", {**ids, "step": step[0], "total_steps": step[1],
                                             "progress": job["progress"],
-                                            "eta_seconds": job["eta_seconds"]}))
+                                            "eta_seconds": job["eta_seconds"],
+                                            "attempts": job.get("attempts"),
+                                            "resumed_at_step": job.get("resumed_at_step")}))
             if preview_step > self.preview:
                 self.preview = preview_step
                 events.append(("preview", {**ids, "step": preview_step}))

@@ -394,7 +394,9 @@ function showProgress(job) {
       text.textContent = `Starting (${job.total_steps} steps)…`;
     } else {
       const eta = job.eta_seconds !== null ? ` · about ${formatSeconds(job.eta_seconds)} left` : "";
-      text.textContent = `Step ${job.step} of ${job.total_steps}${eta}`;
+      // A job whose worker or server died goes on from its checkpoint: say so.
+      const resumed = job.resumed_at_step ? ` · resumed at step ${job.resumed_at_step}` : "";
+      text.textContent = `Step ${job.step} of ${job.total_steps}${resumed}${eta}`;
     }
   }
 }
