@@ -113,7 +113,7 @@ def test_a_lora_of_the_wrong_shape_is_4xx_with_the_reason_and_the_server_goes_on
         make_app, lora_dir, tmp_path):
     shutil.copy(lora_dir / "style-peft.safetensors", tmp_path / "good.safetensors")
     tensors = load_file(str(lora_dir / "style-peft.safetensors"))
-    save_file({k: (torch.zeros(v.shape[0], v.shape[1] + 3) if ".lora_A." in k and "to_k" in k
+    save_file({k: (torch.zeros(v.shape[0], v.shape[1] + 3) if ".lora_A." in k and "to_q" in k
                    else v) for k, v in tensors.items()}, str(tmp_path / "wrong.safetensors"))
     client = make_app(LORA_DIR=str(tmp_path)).test_client()
     plain = pixels(generate(client))
