@@ -3,6 +3,7 @@ ValidationError naming the field (models and LoRAs checked against the catalogue
 and few-step LoRAs' recipes applied to the fields left out, images decoded and fitted)."""
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any, Collection, Mapping
 
@@ -164,6 +165,11 @@ def _with_images(values: dict[str, Any], images: dict[str, Any], body: Mapping,
     values["init_image"] = uploads.resize(uploads.rgb(init), width, height, mode)
     values["mask_image"] = mask
     request = GenerationRequest(**values)
+    if request.denoising_steps < 1 and body.get("steps") is None:
+        # A few-step recipe (SD-Turbo's 1 step) with a strength below 1: as SD-Turbo's model
+        # card says, steps x strength must reach 1, so take the fewest steps that do.
+        steps = min(math.ceil(1 / request.strength - 1e-9), settings.max_steps)
+        request = replace(request, steps=max(steps, request.steps))
     if request.denoising_steps < 1:
         raise ValidationError("strength", f"steps x strength = {request.steps} x "
                                           f"{request.strength:g} runs no step; raise 'strength'"

@@ -155,3 +155,15 @@ def test_an_sd1_lora_on_other_families_is_a_400_naming_the_reason(client):
 def test_few_step_lora_recipe_wins_over_the_model_card(client):
     request = job_request(client, model="onestep", prompt="a cat <lora:lcm-lora-tiny:1>")
     assert recipe_of(request) == {"scheduler": "LCM", "steps": 4, "guidance_scale": 1.0}
+
+
+def test_img2img_on_a_one_step_model_takes_the_fewest_steps_that_run(client):
+    """SD-Turbo's card: steps x strength must reach 1 (2 steps at strength 0.5)."""
+    image = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 120, 40)).save(image, format="PNG")
+    init = base64.b64encode(image.getvalue()).decode()
+    request = job_request(client, model="turbo", init_image=init, strength=0.5)
+    assert (request["steps"], request["strength"], request["guidance_scale"]) == (2, 0.5, 0.0)
+    r = client.post("/jobs", json={**BODY, "model": "turbo", "init_image": init,
+                                   "strength": 0.5, "steps": 1})
+    assert r.status_code == 400 and "runs no step" in r.json["message"]  # the client's own

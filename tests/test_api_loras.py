@@ -94,6 +94,10 @@ def test_a1111_lists_the_loras(lora_client):
     assert by_name["style-peft"]["metadata"] == {"ss_output_name": "Style"}
     assert by_name["detail-kohya"]["path"].endswith("sub/detail-kohya.safetensors")
     assert by_name["lcm-lora-tiny"]["lcm"] is True
+    assert by_name["lcm-lora-tiny"]["few_step"]["kind"] == "lcm"
+    assert by_name["lcm-lora-tiny"]["recipe"] == {"scheduler": "LCM", "steps": 4,
+                                                  "guidance_scale": 1.0}
+    assert by_name["style-peft"]["few_step"] is None and by_name["style-peft"]["recipe"] == {}
     assert lora_client.post("/sdapi/v1/refresh-loras").status_code == 200
 
 
