@@ -28,8 +28,9 @@ KNOBS: tuple[Knob, ...] = (
          "Hub model id, a local diffusers folder, or 'tiny-random' (a tiny random-weight "
          "model built offline: produces noise, for trying the server and for tests)",
          text, "a Hub id, a folder path or 'tiny-random'"),
-    Knob("MODELS_DIR", "models", "Folder of local models: diffusers folders and single-file "
-         "SD 1.x checkpoints (.safetensors; .ckpt pickles are refused), listed by the model "
+    Knob("MODELS_DIR", "models", "Folder of local models: diffusers folders (SD 1.x, SD 2.x, "
+         "SD-Turbo, SDXS) and single-file SD 1.x/2.x checkpoints (.safetensors; .ckpt "
+         "pickles are refused), each with an optional <name>.json card, listed by the model "
          "APIs and the page; MODEL_ID may name one of them", text, "a folder path"),
     Knob("LORA_DIR", "models/lora", "Folder of LoRAs (.safetensors, kohya/A1111 or "
          "diffusers/peft format) for <lora:name:weight> prompts", text, "a folder path"),

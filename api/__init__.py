@@ -8,14 +8,16 @@ dialect's renderer by blueprint, so a client never sees an HTML page.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Collection
 
 from flask import Response, current_app, jsonify, request
 
+from catalog.models import ModelEntry
 from config import Settings
 from jobs import JobState, NotAccepting, QueueFull
 from jobs.backend import EngineView, QueueBackend
 from jobs.streams import StreamSlots
+from params import GenerationRequest, model_card, parse_generation_request
 
 
 @dataclass
@@ -32,6 +34,42 @@ class Services:
 def services() -> Services:
     """The current app's settings, engine and job queue."""
     return current_app.extensions["sd_server"]
+
+
+def parse_request(body: Any, explicit: Collection[str] | None = None) -> GenerationRequest:
+    """A native body validated for the model being served now (its recipe fills the fields
+    left out; see params.parse_generation_request); ValidationError for the dialect to
+    render."""
+    svc = services()
+    return parse_generation_request(body, svc.settings, served=svc.engine.model,
+                                    explicit=explicit)
+
+
+def listed_models() -> list[ModelEntry]:
+    """The models a request may name (the catalogue's loadable ones, or what the Redis
+    workers serve), the served one as the engine loaded it (with the family it found in the
+    loaded configs)."""
+    engine = services().engine
+    served = engine.model
+    return [served if served is not None and e.source == served.source else e
+            for e in engine.available_models()]
+
+
+# model_facts' keys, for the OpenAPI document of every model list.
+MODEL_FACTS_SCHEMA = {
+    "family": {"type": "string", "description": "sd1, sd2, sd-turbo, sdxs or unknown"},
+    "family_label": {"type": "string", "description": "the family as the page shows it"},
+    "defaults": {"type": "object", "description": "what a request that sets none of "
+                 "scheduler, steps, guidance_scale, width, height, eta gets (the model's card, "
+                 "built in for SD-Turbo and SDXS); negative_prompt: whether one does anything"}}
+
+def model_facts(entry: ModelEntry | None) -> dict[str, Any]:
+    """What the model lists and the page show beside a model's name: its family and the
+    recipe a request that sets none of those fields gets (params.model_card)."""
+    if entry is None:
+        return {"family": "unknown", "family_label": "unknown until loaded", "defaults": {}}
+    return {"family": entry.family.id, "family_label": entry.family.label,
+            "defaults": model_card(entry)}
 
 
 class ApiError(Exception):

@@ -5,10 +5,12 @@ Worker thread only: the pipeline is not thread-safe.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import statistics
 import time
+from dataclasses import replace
 
 from catalog.loras import find_lora
 from config import Settings
@@ -20,8 +22,10 @@ from engine.slot import ModelSlot, release_freed_memory
 from engine.resume import Checkpoint, FastForward, aligned_with_deep_cache, capture
 from engine.speedups import DeepCache, cfg_cutoff_step, cut_guidance
 from engine.status import CheckpointSink, GenerationResult, StepCallback
+from errors import LoraError, UnsupportedRequest
 from params import GenerationRequest
 from params.infotext import write_infotext
+from params.recipes import deep_cache_problem, lora_problem
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +77,15 @@ class CheckpointPolicy:
         self.sink(checkpoint.to_bytes(), step)
         self.last_step = step
         self.spent += time.perf_counter() - began
+
+
+def without_unused_eta(pipe, request: GenerationRequest) -> GenerationRequest:
+    """The request without `eta` when its sampler's step takes none (Euler a, PNDM...), so the
+    PNG does not claim one: diffusers passes eta only to a step that accepts it
+    (`prepare_extra_step_kwargs`), A1111 clients send one with every request."""
+    if request.eta is None or "eta" in inspect.signature(pipe.scheduler.step).parameters:
+        return request
+    return replace(request, eta=None)
 
 
 class StepHooks:
@@ -172,6 +185,7 @@ class Generation:
         started = time.perf_counter()  # the thread check below is part of this image's time
         # 2. pick the pipeline view and threads
         pipe = self.pipeline_for(request.mode, request.scheduler)
+        request = without_unused_eta(pipe, request)
         self.use_free_cores()
         generator = torch.Generator("cpu").manual_seed(seed)
         # 3. activate LoRAs
@@ -196,7 +210,8 @@ class Generation:
     def resolve(self, request: GenerationRequest) -> GenerationRequest:
         """The request as it will run: on its model (switched to first: the job waited its
         turn), with the full VAE where TAESD is missing; UnsupportedRequest when the UNet
-        backend cannot run it."""
+        backend or the model's family cannot run it (validation refused it already for the
+        model it expected; the served one may have changed since)."""
         if self.slot.pipe is None:
             raise RuntimeError("the model is not loaded")
         if request.model is not None:
@@ -207,6 +222,10 @@ class Generation:
             log.warning("vae_decoder 'tiny' asked for but TAESD is not loaded (TAESD_MODEL): "
                         "decoding with the full VAE")
         self.slot.backend.check_request(effective)
+        if effective.deep_cache > 1 and self.slot.model is not None:
+            problem = deep_cache_problem(self.slot.model.family, self.slot.model_name)
+            if problem:
+                raise UnsupportedRequest(problem)
         return effective
 
     def pipeline_for(self, mode: str, scheduler_name: str):
@@ -230,6 +249,11 @@ class Generation:
         their file hashes for the infotext; LoraError when one does not fit this model."""
         entries = [(find_lora(self.settings, name), te, unet)
                    for name, te, unet in request.loras]
+        model = self.slot.model
+        for entry, _te, _unet in entries if model is not None else ():
+            problem = lora_problem(entry, model.family, self.slot.model_name)
+            if problem:
+                raise LoraError(problem)
         loras = self.slot.loras
         loras.activate(self.slot.pipe, [
             (entry, te if te == unet else {"unet": unet, "text_encoder": te})
@@ -272,6 +296,7 @@ class Generation:
                         guidance_scale=request.guidance_scale, generator=generator,
                         output_type="latent", callback_on_step_end=hooks,
                         callback_on_step_end_tensor_inputs=TENSOR_INPUTS[request.mode],
+                        **({} if request.eta is None else {"eta": request.eta}),
                         **mode_arguments(request)).images
 
     def decode(self, pipe, request: GenerationRequest, latents, generator):

@@ -61,7 +61,7 @@ class RemoteEngine:
         from catalog.models import ModelEntry
 
         beat = self._speaker()
-        return ModelEntry(**beat["model"]) if beat and beat.get("model") else None
+        return ModelEntry.from_dict(beat["model"]) if beat and beat.get("model") else None
 
     @property
     def model_name(self) -> str:

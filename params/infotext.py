@@ -39,6 +39,7 @@ def write_infotext(request: GenerationRequest, seed: int, model: str,
     if r.negative_prompt:
         lines.append(f"{NEGATIVE} {r.negative_prompt}")
     speed = "".join(f", {label}: {value}" for label, value in (
+        ("Eta", f"{r.eta:g}" if r.eta is not None else None),
         ("CFG cutoff", f"{r.cfg_cutoff:g}" if r.cfg_cutoff < 1 else None),
         ("DeepCache", r.deep_cache if r.deep_cache > 1 else None),
         ("VAE", "TAESD" if r.vae_decoder == "tiny" else None),
@@ -95,6 +96,7 @@ def request_from_infotext(text: str) -> tuple[GenerationRequest, int]:
             guidance_scale=float(values["CFG scale"]),
             width=int(values["Size-1"]), height=int(values["Size-2"]),
             scheduler=sampler if sampler in SCHEDULERS else DEFAULT_SCHEDULER,
+            eta=float(values["Eta"]) if "Eta" in values else None,
             cfg_cutoff=float(values.get("CFG cutoff", 1)),
             deep_cache=int(values.get("DeepCache", 1)),
             vae_decoder="tiny" if values.get("VAE") == "TAESD" else "full",

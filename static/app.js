@@ -6,6 +6,7 @@ import { CredentialPanel, PAGE_HEADER, authorization } from "./auth.js";
 import { readEvents } from "./events.js";
 import { HEALTH_SOON_MS, readHealth } from "./health.js";
 import { InputImage } from "./input-image.js";
+import { Recipes } from "./recipes.js";
 
 const POLL_MS = 1000;            // job progress and preview refresh, where streams fail
 const RECONNECT_MS = 1000;       // a dropped event stream is opened again after this
@@ -122,6 +123,7 @@ async function pollHealth() {
     const body = await response.json();
     showServerHint(body.hint);
     const health = readHealth(body);
+    if (recipes.noteServed(body) && $("model").value === "") applyModelRecipe();
     setServerStatus(health.state, health.status);
     setReady(health.ready, health.why);
     delay = health.delay;
@@ -142,19 +144,23 @@ function showServerHint(text) {
 // ------------------------------------------------------------------ speed presets
 
 const PRESETS = JSON.parse(document.body.dataset.presets || "{}");
+const recipes = new Recipes(limits, PRESETS, JSON.parse(document.body.dataset.models || "{}"),
+                            JSON.parse(document.body.dataset.loraRecipes || "{}"));
 const PRESET_WORDS = {
   cfg_cutoff: (v) => `guidance stops after ${Math.round(v * 100)} % of the steps`,
   deep_cache: (v) => `DeepCache every ${v} steps`,
   vae_decoder: (v) => (v === "tiny" ? "fast TAESD decode (softer detail)" : "full decode"),
 };
 
-/** Show what a preset changes and put its steps and sampler into the form. */
+/** Show what a preset changes and put its steps and sampler into the form (the model's
+ * recipe, when it has one, wins: a one-step model stays at one step). */
 function applyPreset(fill) {
   const name = $("speed_preset").value;
   const preset = PRESETS[name] || {};
   if (fill) {
-    $("steps").value = preset.steps || limits.default_steps;
-    setSelect("scheduler", preset.scheduler || "default");
+    const values = recipes.values($("model").value, name);
+    $("steps").value = values.steps;
+    setSelect("scheduler", values.scheduler);
   }
   const parts = Object.entries(preset)
     .filter(([key]) => key in PRESET_WORDS)
@@ -162,6 +168,29 @@ function applyPreset(fill) {
   $("preset-hint").textContent = parts.length ?
     `${preset.steps} steps, ${preset.scheduler}; ${parts.join(", ")}. Changes the picture.` :
     "The model's full quality; the slowest.";
+}
+
+/** Put the chosen model's recipe (steps, sampler, guidance, size) into the form and say
+ * whether its negative prompt does anything. */
+function applyModelRecipe() {
+  const choice = $("model").value;
+  const values = recipes.values(choice, $("speed_preset").value);
+  $("steps").value = values.steps;
+  setSelect("scheduler", values.scheduler);
+  $("guidance_scale").value = values.guidance_scale;
+  if (!inputImage.size().width) {  // an input image decides the size itself
+    setSelect("width", values.width);
+    setSelect("height", values.height);
+  }
+  showNegativeHint(values.negativeUsed);
+  $("model-recipe").textContent = recipes.describe(choice);
+}
+
+function showNegativeHint(used) {
+  const hint = $("negative-hint");
+  hint.hidden = used;
+  hint.textContent = used ? "" : "This model runs without classifier-free guidance " +
+    "(guidance 1 or less), so a negative prompt changes nothing.";
 }
 
 function setReady(ready, why) {
@@ -625,13 +654,22 @@ async function useResultAsInput() {
   $("init-image-zone").focus();
 }
 
-/** Append the chosen LoRA to the prompt as A1111's <lora:name:weight> tag. */
+/** Append the chosen LoRA to the prompt as A1111's <lora:name:weight> tag; a few-step
+ * LoRA's recipe (steps, sampler, guidance) goes into the form too. */
 function addLoraToPrompt() {
   const prompt = $("prompt");
-  const tag = `<lora:${$("lora").value}:1>`;
-  if (!prompt.value.includes(`<lora:${$("lora").value}:`)) {
+  const name = $("lora").value;
+  const tag = `<lora:${name}:1>`;
+  if (!prompt.value.includes(`<lora:${name}:`)) {
     prompt.value = `${prompt.value.trimEnd()} ${tag}`.trimStart();
     updateCounter();
+  }
+  const recipe = recipes.lora(name);
+  if (recipe.steps !== undefined) $("steps").value = recipe.steps;
+  if (recipe.scheduler) setSelect("scheduler", recipe.scheduler);
+  if (recipe.guidance_scale !== undefined) {
+    $("guidance_scale").value = recipe.guidance_scale;
+    showNegativeHint(recipe.guidance_scale > 1);
   }
   prompt.focus();
 }
@@ -640,6 +678,7 @@ function init() {
   $("result-title").tabIndex = -1;  // focus target after picking a history item
   $("form").addEventListener("submit", submitForm);
   $("speed_preset").addEventListener("change", () => applyPreset(true));
+  $("model").addEventListener("change", applyModelRecipe);
   applyPreset(limits.default_preset !== "quality");
   $("prompt").addEventListener("input", updateCounter);
   $("seed-random").addEventListener("change", () => {

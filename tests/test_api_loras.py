@@ -94,6 +94,10 @@ def test_a1111_lists_the_loras(lora_client):
     assert by_name["style-peft"]["metadata"] == {"ss_output_name": "Style"}
     assert by_name["detail-kohya"]["path"].endswith("sub/detail-kohya.safetensors")
     assert by_name["lcm-lora-tiny"]["lcm"] is True
+    assert by_name["lcm-lora-tiny"]["few_step"]["kind"] == "lcm"
+    assert by_name["lcm-lora-tiny"]["recipe"] == {"scheduler": "LCM", "steps": 4,
+                                                  "guidance_scale": 1.0}
+    assert by_name["style-peft"]["few_step"] is None and by_name["style-peft"]["recipe"] == {}
     assert lora_client.post("/sdapi/v1/refresh-loras").status_code == 200
 
 
@@ -113,7 +117,7 @@ def test_a_lora_of_the_wrong_shape_is_4xx_with_the_reason_and_the_server_goes_on
         make_app, lora_dir, tmp_path):
     shutil.copy(lora_dir / "style-peft.safetensors", tmp_path / "good.safetensors")
     tensors = load_file(str(lora_dir / "style-peft.safetensors"))
-    save_file({k: (torch.zeros(v.shape[0], v.shape[1] + 3) if ".lora_A." in k and "to_k" in k
+    save_file({k: (torch.zeros(v.shape[0], v.shape[1] + 3) if ".lora_A." in k and "to_q" in k
                    else v) for k, v in tensors.items()}, str(tmp_path / "wrong.safetensors"))
     client = make_app(LORA_DIR=str(tmp_path)).test_client()
     plain = pixels(generate(client))

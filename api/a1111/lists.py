@@ -63,14 +63,21 @@ LORAS_RESPONSE = {"type": "array", "items": {"type": "object", "properties": {
 
 @bp.get("/loras")
 @doc("AUTOMATIC1111 LoRA list: the .safetensors LoRAs in LORA_DIR (kohya/A1111 or "
-     "diffusers/peft format), for <lora:name:weight> prompts. `lcm` marks an LCM-LoRA.",
+     "diffusers/peft format), for <lora:name:weight> prompts. `few_step` names a few-step "
+     "LoRA's kind (lcm, hyper-sd, tcd, pcm) and `recipe` the settings a request using it "
+     "gets for what it leaves out; `lcm` marks an LCM-LoRA.",
      responses={200: LORAS_RESPONSE}, errors=(401,), **A1111_DOC)
 def loras():
     """The LoRAs a prompt may name, in A1111's shape (name, alias, path, metadata)."""
+    from dataclasses import asdict
+
     from catalog.loras import list_loras
+    from params import lora_recipe
 
     return jsonify([{"name": e.name, "alias": e.alias, "path": str(e.path),
-                     "metadata": e.metadata, "format": e.format, "lcm": e.lcm}
+                     "metadata": e.metadata, "format": e.format, "lcm": e.lcm,
+                     "few_step": asdict(e.few_step) if e.few_step else None,
+                     "recipe": lora_recipe(e)}
                     for e in list_loras(services().settings)])
 
 
