@@ -100,7 +100,7 @@ class RemoteEngine:
         found: dict[str, ModelEntry] = {}
         for beat in beats:
             for entry in beat.get("models") or []:
-                found.setdefault(entry["name"], ModelEntry(**entry))
+                found.setdefault(entry["name"], ModelEntry.from_dict(entry))
         return list(found.values())
 
     @property
