@@ -1,0 +1,145 @@
+"""catalog.embeddings and engine.embeddings: the EMBEDDINGS_DIR listing (torch-free) and
+textual inversions loaded into the real tiny pipeline, in each format users bring (random
+ones made by tests.random_embedding), compared with diffusers' own load_textual_inversion."""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from catalog.embeddings import list_embeddings, used_embeddings
+from engine.embeddings import TextualInversions
+from tests.random_embedding import FORMATS, build_random_embedding
+
+
+@pytest.fixture(scope="module")
+def embeddings_dir(tmp_path_factory):
+    """Every format, a 48-wide one (SD 2.x-like, not the tiny model's 32), and bad files."""
+    folder = tmp_path_factory.mktemp("embeddings")
+    for seed, (name, layout) in enumerate(FORMATS):
+        build_random_embedding(folder / name, layout, vectors=1 + seed % 2, seed=seed)
+    build_random_embedding(folder / "sub" / "wide.safetensors", "diffusers", width=48)
+    (folder / "broken.pt").write_bytes(b"not a zip")
+    with zipfile.ZipFile(folder / "evil.pt", "w") as archive:  # runs os.system if unpickled
+        archive.writestr("evil/data.pkl", pickle.dumps(_Evil()))
+    return folder
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/evil-embedding-ran",))
+
+
+@pytest.fixture(scope="module")
+def settings(embeddings_dir, tiny_model_dir):
+    from config import Settings
+
+    return Settings.from_env({"MODEL_ID": str(tiny_model_dir),
+                              "EMBEDDINGS_DIR": str(embeddings_dir)})
+
+
+def new_pipe(model_dir):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(model_dir, safety_checker=None,
+                                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_model_dir):
+    return new_pipe(tiny_model_dir)
+
+
+def image(pipe, prompt: str, negative: str | None = None) -> np.ndarray:
+    """One 64 px image, 2 steps, fixed seed."""
+    return pipe(prompt, negative_prompt=negative, num_inference_steps=2, width=64, height=64,
+                output_type="np", generator=torch.Generator().manual_seed(7)).images[0]
+
+
+def test_lists_every_format_with_its_shape_torch_free_and_bad_files_with_why(settings):
+    entries = {e.name: e for e in list_embeddings(settings)}
+    assert set(entries) == {"ti-a1111-pt", "ti-a1111-st", "ti-diffusers-bin",
+                            "ti-diffusers-st", "wide", "broken", "evil"}
+    pt = entries["ti-a1111-pt"]
+    assert (pt.layout, pt.vectors, pt.width, pt.step, pt.sd_checkpoint_name) == (
+        "a1111", 1, 32, 1500, "v1-5-pruned-emaonly")
+    assert (entries["ti-a1111-st"].layout, entries["ti-a1111-st"].vectors) == ("a1111", 2)
+    assert entries["ti-diffusers-bin"].layout == "diffusers"
+    assert entries["wide"].width == 48
+    assert "zip" in entries["broken"].problem
+    assert "posix.system is not allowed" in entries["evil"].problem \
+        or "os.system is not allowed" in entries["evil"].problem
+    assert not os.path.exists("/tmp/evil-embedding-ran")
+
+
+def test_a_name_is_used_as_a_word_in_any_case():
+    from catalog.embeddings import EmbeddingEntry
+    from pathlib import Path
+
+    entry = EmbeddingEntry(name="EasyNeg", path=Path("EasyNeg.pt"))
+    assert used_embeddings([entry], "a cat", "(easyneg:1.2), blurry") == [entry]
+    assert used_embeddings([entry], "easynegative, a cat") == []
+
+
+@pytest.mark.parametrize("name,layout", FORMATS)
+def test_each_format_changes_the_image_and_equals_diffusers_own_loader(
+        pipe, settings, tiny_model_dir, embeddings_dir, name, layout):
+    stem = name.rsplit(".", 1)[0]
+    entry = next(e for e in list_embeddings(settings) if e.name == stem)
+    prompt = f"a {stem} cat"
+    plain = image(pipe, prompt)
+    inversions = TextualInversions()
+    assert inversions.activate(pipe, [entry], None) == {}
+    ours = image(pipe, inversions.rewrite(prompt, [entry]))
+    assert np.abs(ours - plain).mean() > 1e-3
+
+    reference = new_pipe(tiny_model_dir)
+    # A1111's .safetensors keeps its vectors under "emb_params": name the token, as A1111 does
+    reference.load_textual_inversion(str(embeddings_dir / name), weight_name=name, token=stem)
+    assert np.array_equal(ours, image(reference, prompt))
+
+    inversions.clear(pipe)
+    assert np.array_equal(image(pipe, prompt), plain)  # unloaded: the word is plain text
+
+
+def test_negative_prompt_uses_it_and_a_loaded_one_leaves_other_prompts_alone(pipe, settings):
+    entries = {e.name: e for e in list_embeddings(settings)}
+    entry = entries["ti-a1111-st"]
+    plain_negative = image(pipe, "a cat", "ti-a1111-st")
+    other = image(pipe, "a ti-a1111-stx cat")
+    inversions = TextualInversions()
+    inversions.activate(pipe, [entry], None)
+    try:
+        assert not np.array_equal(
+            image(pipe, "a cat", inversions.rewrite("ti-a1111-st", [entry])), plain_negative)
+        assert np.array_equal(image(pipe, "a ti-a1111-stx cat"), other)
+    finally:
+        inversions.clear(pipe)
+
+
+def test_wrong_width_and_unreadable_ones_are_skipped_with_the_reason(pipe, settings):
+    entries = {e.name: e for e in list_embeddings(settings)}
+    inversions = TextualInversions()
+    skipped = inversions.activate(pipe, [entries["wide"], entries["evil"]], None)
+    assert "48 wide" in skipped["wide"] and "32-wide" in skipped["wide"]
+    assert "not allowed" in skipped["evil"]
+    assert inversions.loaded == {}
+    assert inversions.rewrite("a wide cat", [entries["wide"]]) == "a wide cat"
+
+
+def test_loading_is_bounded_and_evicts_the_least_recently_used(pipe, settings):
+    entries = {e.name: e for e in list_embeddings(settings)}
+    vocabulary = len(pipe.tokenizer)
+    inversions = TextualInversions(capacity=1)
+    inversions.activate(pipe, [entries["ti-a1111-pt"]], None)
+    inversions.activate(pipe, [entries["ti-diffusers-st"]], None)
+    assert list(inversions.loaded) == ["ti-diffusers-st"]
+    assert len(pipe.tokenizer) == vocabulary + 2  # its two vectors; the other one's gone
+    inversions.clear(pipe)
+    assert len(pipe.tokenizer) == vocabulary
