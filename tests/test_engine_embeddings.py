@@ -56,6 +56,12 @@ def pipe(tiny_model_dir):
     return new_pipe(tiny_model_dir)
 
 
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir):
+    """A second pipeline, for diffusers' own loader."""
+    return new_pipe(tiny_model_dir)
+
+
 def image(pipe, prompt: str, negative: str | None = None) -> np.ndarray:
     """One 64 px image, 2 steps, fixed seed."""
     return pipe(prompt, negative_prompt=negative, num_inference_steps=2, width=64, height=64,
@@ -89,7 +95,7 @@ def test_a_name_is_used_as_a_word_in_any_case():
 
 @pytest.mark.parametrize("name,layout", FORMATS)
 def test_each_format_changes_the_image_and_equals_diffusers_own_loader(
-        pipe, settings, tiny_model_dir, embeddings_dir, name, layout):
+        pipe, reference, settings, embeddings_dir, name, layout):
     stem = name.rsplit(".", 1)[0]
     entry = next(e for e in list_embeddings(settings) if e.name == stem)
     prompt = f"a {stem} cat"
@@ -99,10 +105,12 @@ def test_each_format_changes_the_image_and_equals_diffusers_own_loader(
     ours = image(pipe, inversions.rewrite(prompt, [entry]))
     assert np.abs(ours - plain).mean() > 1e-3
 
-    reference = new_pipe(tiny_model_dir)
     # A1111's .safetensors keeps its vectors under "emb_params": name the token, as A1111 does
     reference.load_textual_inversion(str(embeddings_dir / name), weight_name=name, token=stem)
-    assert np.array_equal(ours, image(reference, prompt))
+    try:
+        assert np.array_equal(ours, image(reference, prompt))
+    finally:
+        reference.unload_textual_inversion()
 
     inversions.clear(pipe)
     assert np.array_equal(image(pipe, prompt), plain)  # unloaded: the word is plain text
