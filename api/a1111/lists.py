@@ -62,9 +62,9 @@ LORAS_RESPONSE = {"type": "array", "items": {"type": "object", "properties": {
 
 
 @bp.get("/loras")
-@doc("AUTOMATIC1111 LoRA list: the .safetensors LoRAs in LORA_DIR (kohya/A1111 or "
-     "diffusers/peft format), for <lora:name:weight> prompts. `few_step` names a few-step "
-     "LoRA's kind (lcm, hyper-sd, tcd, pcm) and `recipe` the settings a request using it "
+@doc("AUTOMATIC1111 LoRA list: the .safetensors LoRAs in LORA_DIR, for <lora:name:weight> "
+     "prompts; `format` is kohya (A1111), locon, loha, lokr (LyCORIS) or peft (diffusers). "
+     "`few_step` names a few-step LoRA's kind (lcm, hyper-sd, tcd, pcm) and `recipe` the settings a request using it "
      "gets for what it leaves out; `lcm` marks an LCM-LoRA.",
      responses={200: LORAS_RESPONSE}, errors=(401,), **A1111_DOC)
 def loras():
