@@ -9,10 +9,10 @@ import zipfile
 
 import numpy as np
 import pytest
-import torch
 
 from catalog.embeddings import list_embeddings, used_embeddings
 from engine.embeddings import TextualInversions
+from tests.helpers import image_64, plain_pipeline
 from tests.random_embedding import FORMATS, build_random_embedding
 
 
@@ -42,30 +42,19 @@ def settings(embeddings_dir, tiny_model_dir):
                               "EMBEDDINGS_DIR": str(embeddings_dir)})
 
 
-def new_pipe(model_dir):
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(model_dir, safety_checker=None,
-                                                   requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.fixture(scope="module")
 def pipe(tiny_model_dir):
-    return new_pipe(tiny_model_dir)
+    return plain_pipeline(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")
 def reference(tiny_model_dir):
     """A second pipeline, for diffusers' own loader."""
-    return new_pipe(tiny_model_dir)
+    return plain_pipeline(tiny_model_dir)
 
 
-def image(pipe, prompt: str, negative: str | None = None) -> np.ndarray:
-    """One 64 px image, 2 steps, fixed seed."""
-    return pipe(prompt, negative_prompt=negative, num_inference_steps=2, width=64, height=64,
-                output_type="np", generator=torch.Generator().manual_seed(7)).images[0]
 
 
 def test_lists_every_format_with_its_shape_torch_free_and_bad_files_with_why(settings):
@@ -85,8 +74,9 @@ def test_lists_every_format_with_its_shape_torch_free_and_bad_files_with_why(set
 
 
 def test_a_name_is_used_as_a_word_in_any_case():
-    from catalog.embeddings import EmbeddingEntry
     from pathlib import Path
+
+    from catalog.embeddings import EmbeddingEntry
 
     entry = EmbeddingEntry(name="EasyNeg", path=Path("EasyNeg.pt"))
     assert used_embeddings([entry], "a cat", "(easyneg:1.2), blurry") == [entry]
@@ -99,34 +89,34 @@ def test_each_format_changes_the_image_and_equals_diffusers_own_loader(
     stem = name.rsplit(".", 1)[0]
     entry = next(e for e in list_embeddings(settings) if e.name == stem)
     prompt = f"a {stem} cat"
-    plain = image(pipe, prompt)
+    plain = image_64(pipe, prompt)
     inversions = TextualInversions()
     assert inversions.activate(pipe, [entry], None) == {}
-    ours = image(pipe, inversions.rewrite(prompt, [entry]))
+    ours = image_64(pipe, inversions.rewrite(prompt, [entry]))
     assert np.abs(ours - plain).mean() > 1e-3
 
     # A1111's .safetensors keeps its vectors under "emb_params": name the token, as A1111 does
     reference.load_textual_inversion(str(embeddings_dir / name), weight_name=name, token=stem)
     try:
-        assert np.array_equal(ours, image(reference, prompt))
+        assert np.array_equal(ours, image_64(reference, prompt))
     finally:
         reference.unload_textual_inversion()
 
     inversions.clear(pipe)
-    assert np.array_equal(image(pipe, prompt), plain)  # unloaded: the word is plain text
+    assert np.array_equal(image_64(pipe, prompt), plain)  # unloaded: the word is plain text
 
 
 def test_negative_prompt_uses_it_and_a_loaded_one_leaves_other_prompts_alone(pipe, settings):
     entries = {e.name: e for e in list_embeddings(settings)}
     entry = entries["ti-a1111-st"]
-    plain_negative = image(pipe, "a cat", "ti-a1111-st")
-    other = image(pipe, "a ti-a1111-stx cat")
+    plain_negative = image_64(pipe, "a cat", "ti-a1111-st")
+    other = image_64(pipe, "a ti-a1111-stx cat")
     inversions = TextualInversions()
     inversions.activate(pipe, [entry], None)
     try:
         assert not np.array_equal(
-            image(pipe, "a cat", inversions.rewrite("ti-a1111-st", [entry])), plain_negative)
-        assert np.array_equal(image(pipe, "a ti-a1111-stx cat"), other)
+            image_64(pipe, "a cat", inversions.rewrite("ti-a1111-st", [entry])), plain_negative)
+        assert np.array_equal(image_64(pipe, "a ti-a1111-stx cat"), other)
     finally:
         inversions.clear(pipe)
 

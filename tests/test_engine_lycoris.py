@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from catalog.loras import list_loras
 from engine.loras import LoraAdapters
 from errors import LoraError
+from tests.helpers import image_64, plain_pipeline
 from tests.random_lora import LCM_TARGETS, build_random_lora, build_random_lycoris
 
 
@@ -34,24 +35,13 @@ def entries(lycoris_dir, tiny_model_dir):
     return {e.name: e for e in list_loras(settings)}
 
 
-def new_pipe(model_dir):
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(model_dir, safety_checker=None,
-                                                   requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.fixture(scope="module")
 def pipe(tiny_model_dir):
-    return new_pipe(tiny_model_dir)
+    return plain_pipeline(tiny_model_dir)
 
 
-def image(pipe) -> np.ndarray:
-    """One 64 px image, 2 steps, fixed seed."""
-    return pipe("a cat", num_inference_steps=2, width=64, height=64, output_type="np",
-                generator=torch.Generator().manual_seed(7)).images[0]
 
 
 def test_the_catalogue_knows_each_format(entries):
@@ -64,16 +54,16 @@ def test_the_catalogue_knows_each_format(entries):
 def test_applied_changes_the_image_weight_zero_does_not_and_nothing_leaks(pipe, entries,
                                                                           name):
     adapters = LoraAdapters()
-    base = image(pipe)
+    base = image_64(pipe)
     weights = pipe.unet.down_blocks[0].resnets[0].conv1.weight.detach().clone()
     try:
         adapters.activate(pipe, [(entries[name], 0.0)])
-        assert np.allclose(image(pipe), base, atol=1e-6)
+        assert np.allclose(image_64(pipe), base, atol=1e-6)
         adapters.activate(pipe, [(entries[name], 1.0)])
-        assert np.abs(image(pipe) - base).mean() > 1e-3
+        assert np.abs(image_64(pipe) - base).mean() > 1e-3
         assert torch.equal(pipe.unet.down_blocks[0].resnets[0].conv1.weight, weights)
         adapters.deactivate(pipe)
-        assert np.array_equal(image(pipe), base)  # the next job: the bare model
+        assert np.array_equal(image_64(pipe), base)  # the next job: the bare model
     finally:
         adapters.clear(pipe)
 
@@ -98,10 +88,10 @@ def test_hooks_give_what_the_weights_with_the_change_added_give(pipe, entries, t
     adapters = LoraAdapters()
     try:
         adapters.activate(pipe, [(entries[name], 0.7)])
-        hooked = image(pipe)
+        hooked = image_64(pipe)
     finally:
         adapters.clear(pipe)
-    fused = new_pipe(tiny_model_dir)
+    fused = plain_pipeline(tiny_model_dir)
     tensors = load_file(str(entries[name].path))
     modules = {"lora_unet_" + n.replace(".", "_"): m for n, m in fused.unet.named_modules()}
     modules.update({"lora_te_text_model_" + n.replace(".", "_"): m
@@ -110,7 +100,7 @@ def test_hooks_give_what_the_weights_with_the_change_added_give(pipe, entries, t
         for layer in {k.split(".", 1)[0] for k in tensors}:
             weight = modules[layer].weight
             weight += 0.7 * _fused_delta(tensors, layer, weight.shape)
-    assert np.allclose(hooked, image(fused), atol=1e-4)
+    assert np.allclose(hooked, image_64(fused), atol=1e-4)
 
 
 def test_a_tucker_core_is_refused_naming_the_format_and_nothing_stays(pipe, entries):
@@ -121,16 +111,16 @@ def test_a_tucker_core_is_refused_naming_the_format_and_nothing_stays(pipe, entr
 
 
 def test_lycoris_and_peft_adapters_together_and_evicted_when_over_capacity(pipe, entries):
-    base = image(pipe)
+    base = image_64(pipe)
     adapters = LoraAdapters(capacity=1)
     try:
         adapters.activate(pipe, [(entries["hada"], 1.0), (entries["locon"], 1.0)])
-        both = image(pipe)
+        both = image_64(pipe)
         assert np.abs(both - base).mean() > 1e-3
         adapters.activate(pipe, [(entries["kron"], 1.0)])
         assert list(adapters.loaded) == [adapters.adapter_name(entries["kron"])]
         assert not adapters.lycoris.get(adapters.adapter_name(entries["hada"]))
         adapters.deactivate(pipe)
-        assert np.array_equal(image(pipe), base)
+        assert np.array_equal(image_64(pipe), base)
     finally:
         adapters.clear(pipe)
