@@ -17,7 +17,7 @@ import pickle
 import re
 import zipfile
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -197,13 +197,22 @@ def _text(value: Any) -> str | None:
 
 def list_embeddings(settings: Settings) -> list[EmbeddingEntry]:
     """Every file under EMBEDDINGS_DIR (subfolders too) with an embedding's extension,
-    sorted by name, the unreadable ones with their `problem`."""
+    sorted by name, the unreadable ones (and a second file of the same name) with their
+    `problem`."""
     folder = settings.path(settings.embeddings_dir)
     if not folder.is_dir():
         return []
-    entries = [read_embedding(path) for path in folder.rglob("*")
-               if path.suffix in EXTENSIONS and path.is_file()]
-    return sorted(entries, key=lambda e: e.name.lower())
+    entries = sorted((read_embedding(path) for path in folder.rglob("*")
+                      if path.suffix in EXTENSIONS and path.is_file()),
+                     key=lambda e: (e.name.lower(), len(e.path.parts), str(e.path)))
+    # One name, one embedding (a prompt's word is read in any case): as A1111 walks the
+    # folder, the shallowest path wins.
+    first: dict[str, EmbeddingEntry] = {}
+    for index, entry in enumerate(entries):
+        kept = first.setdefault(entry.name.lower(), entry)
+        if kept is not entry and not entry.problem:
+            entries[index] = replace(entry, problem=f"{kept.path} has the same name")
+    return entries
 
 
 def embedding_problem(entry: EmbeddingEntry, family: ModelFamily | None,
@@ -222,6 +231,10 @@ def embedding_problem(entry: EmbeddingEntry, family: ModelFamily | None,
 
 
 def used_embeddings(entries: Iterable[EmbeddingEntry], *texts: str) -> list[EmbeddingEntry]:
-    """The embeddings whose name one of these texts writes as a word."""
+    """The embeddings whose name one of these texts writes as a word (one per name)."""
     texts = [t for t in texts if t]
-    return [e for e in entries if any(e.pattern.search(text) for text in texts)]
+    used: dict[str, EmbeddingEntry] = {}
+    for entry in entries:
+        if any(entry.pattern.search(text) for text in texts):
+            used.setdefault(entry.name.lower(), entry)
+    return list(used.values())

@@ -23,6 +23,7 @@ def embeddings_dir(tmp_path_factory):
     for seed, (name, layout) in enumerate(FORMATS):
         build_random_embedding(folder / name, layout, vectors=1 + seed % 2, seed=seed)
     build_random_embedding(folder / "sub" / "wide.safetensors", "diffusers", width=48)
+    build_random_embedding(folder / "sub" / "TI-A1111-PT.safetensors", "diffusers", seed=9)
     (folder / "broken.pt").write_bytes(b"not a zip")
     with zipfile.ZipFile(folder / "evil.pt", "w") as archive:  # runs os.system if unpickled
         archive.writestr("evil/data.pkl", pickle.dumps(_Evil()))
@@ -58,9 +59,12 @@ def reference(tiny_model_dir):
 
 
 def test_lists_every_format_with_its_shape_torch_free_and_bad_files_with_why(settings):
-    entries = {e.name: e for e in list_embeddings(settings)}
+    listed = list_embeddings(settings)
+    entries = {e.name: e for e in listed}
     assert set(entries) == {"ti-a1111-pt", "ti-a1111-st", "ti-diffusers-bin",
-                            "ti-diffusers-st", "wide", "broken", "evil"}
+                            "ti-diffusers-st", "wide", "broken", "evil", "TI-A1111-PT"}
+    assert "has the same name" in entries["TI-A1111-PT"].problem  # the shallowest wins
+    assert used_embeddings(listed, "a Ti-A1111-pt") == [entries["ti-a1111-pt"]]
     pt = entries["ti-a1111-pt"]
     assert (pt.layout, pt.vectors, pt.width, pt.step, pt.sd_checkpoint_name) == (
         "a1111", 1, 32, 1500, "v1-5-pruned-emaonly")
