@@ -1,13 +1,15 @@
 """LyCORIS LoHa and LoKr LoRAs, applied as forward hooks (diffusers' `load_lora_weights` reads
 kohya LoRAs and LoCon, not these).
 
-Each adapted layer's weight change is rebuilt once when the file is loaded (LoHa: the
-Hadamard product (w1_a @ w1_b) * (w2_a @ w2_b); LoKr: the Kronecker product of w1 and w2,
-each whole or as a product of two factors; both times alpha / rank), kept beside the layer,
-and added to the layer's output by a forward hook only while a job uses it: the base
-weights are never changed, so they stay memory-mapped, and removing the hooks after the job
-leaves the model exactly as it was. Formats with a Tucker core (`hada_t1`, `lokr_t2`) are
-refused with their name. Worker thread only.
+Each adapted layer keeps only the file's small factors; while a job uses the file, a forward
+hook rebuilds the layer's weight change from them (LoHa: the Hadamard product
+(w1_a @ w1_b) * (w2_a @ w2_b); LoKr: the Kronecker product of w1 and w2, each whole or as a
+product of two factors; both times alpha / rank) and adds it, applied to the layer's input,
+to the layer's output. Rebuilding costs about rank / tokens of the layer's own work, and keeps
+no full-size copy of any layer: a LoHa over the whole UNet would otherwise hold a second
+UNet in anonymous memory. The base weights are never changed, so they stay memory-mapped, and
+removing the hooks after the job leaves the model exactly as it was. Formats with a Tucker
+core (`hada_t1`, `lokr_t2`) are refused with their name. Worker thread only.
 """
 from __future__ import annotations
 
@@ -30,35 +32,38 @@ class LycorisLayers:
     that apply them while it is active."""
 
     name: str
-    deltas: dict[str, list[tuple[object, object]]]  # component -> [(module, delta)]
+    # component -> [(module, the layer's factors, its delta's builder)]
+    deltas: dict[str, list[tuple[object, dict, object]]]
     hooks: list = field(default_factory=list)
 
     @classmethod
     def load(cls, pipe, path, fmt: str, name: str) -> "LycorisLayers":
-        """Read the file and rebuild each layer's change for this pipeline; LoraError naming
-        the format when a layer is missing, has another shape, or uses a Tucker core."""
+        """Read the file's factors and check each layer's change against this pipeline;
+        LoraError naming the format when a layer is missing, has another shape, or uses a
+        Tucker core."""
         from safetensors.torch import load_file
 
         tensors = load_file(str(path), device="cpu")
         modules = [(component, _kohya_modules(getattr(pipe, component, None), prefix))
                    for prefix, component in PREFIXES]
+        # LyCORIS names its tensors "<layer>.hada_w1_a", "<layer>.alpha" (no ".weight")
+        by_layer: dict[str, dict] = {}
+        for key, value in tensors.items():
+            layer, _, part = key.partition(".")
+            by_layer.setdefault(layer, {})[part.removesuffix(".weight")] = value.float()
         deltas: dict[str, list] = {}
-        for layer in sorted({key.split(".", 1)[0] for key in tensors}):
+        for layer, weights in sorted(by_layer.items()):
             found = next(((component, table[layer]) for component, table in modules
                           if layer in table), None)
             if found is None:
                 raise LoraError(f"{fmt} layer '{layer}' is not in this model")
             component, module = found
-            # LyCORIS names its tensors "<layer>.hada_w1_a", "<layer>.alpha" (no ".weight")
-            weights = {key.split(".", 1)[1].removesuffix(".weight"): value
-                       for key, value in tensors.items() if key.split(".", 1)[0] == layer}
-            delta = (_loha_delta if fmt == "loha" else _lokr_delta)(weights, layer)
-            target = module.weight
-            if delta.numel() != target.numel():
-                raise LoraError(f"{fmt} layer '{layer}' has {delta.numel()} weights; the "
-                                f"model's has {target.numel()}")
-            deltas.setdefault(component, []).append(
-                (module, delta.reshape(target.shape).to(target.dtype).contiguous()))
+            build = _loha_delta if fmt == "loha" else _lokr_delta
+            size = build(weights, layer).numel()  # checked once, then rebuilt per use
+            if size != module.weight.numel():
+                raise LoraError(f"{fmt} layer '{layer}' has {size} weights; the model's "
+                                f"has {module.weight.numel()}")
+            deltas.setdefault(component, []).append((module, weights, build))
         if not deltas:
             raise LoraError(f"no {fmt} layers found")
         return cls(name=name, deltas=deltas)
@@ -70,8 +75,9 @@ class LycorisLayers:
             scale = weight.get(component, 1.0) if isinstance(weight, dict) else weight
             if scale == 0:
                 continue
-            for module, delta in layers:
-                self.hooks.append(module.register_forward_hook(_adder(delta, scale)))
+            for module, weights, build in layers:
+                self.hooks.append(module.register_forward_hook(
+                    _adder(weights, build, scale)))
 
     def deactivate(self) -> None:
         """Remove the hooks: the layers compute what the base weights alone give."""
@@ -138,12 +144,15 @@ def _lokr_delta(weights: dict, layer: str):
     return torch.kron(w1, w2) * _scale(weights, rank)
 
 
-def _adder(delta, scale: float):
-    """A forward hook adding `scale` x the layer's change applied to the layer's input."""
+def _adder(weights: dict, build, scale: float):
+    """A forward hook adding `scale` x the layer's change (rebuilt from its factors) applied
+    to the layer's input."""
     import torch.nn.functional as F
 
     def hook(module, inputs, output):
         x = inputs[0]
+        target = module.weight
+        delta = build(weights, "").reshape(target.shape).to(target.dtype)
         if delta.dim() == 4:
             extra = F.conv2d(x, delta, None, module.stride, module.padding, module.dilation,
                              module.groups)

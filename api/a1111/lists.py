@@ -64,8 +64,8 @@ LORAS_RESPONSE = {"type": "array", "items": {"type": "object", "properties": {
 @bp.get("/loras")
 @doc("AUTOMATIC1111 LoRA list: the .safetensors LoRAs in LORA_DIR, for <lora:name:weight> "
      "prompts; `format` is kohya (A1111), locon, loha, lokr (LyCORIS) or peft (diffusers). "
-     "`few_step` names a few-step LoRA's kind (lcm, hyper-sd, tcd, pcm) and `recipe` the settings a request using it "
-     "gets for what it leaves out; `lcm` marks an LCM-LoRA.",
+     "`few_step` names a few-step LoRA's kind (lcm, hyper-sd, tcd, pcm) and `recipe` the "
+     "settings a request using it gets for what it leaves out; `lcm` marks an LCM-LoRA.",
      responses={200: LORAS_RESPONSE}, errors=(401,), **A1111_DOC)
 def loras():
     """The LoRAs a prompt may name, in A1111's shape (name, alias, path, metadata)."""
@@ -154,7 +154,8 @@ def cmd_flags():
         "cors_allow_origins": ",".join(settings.cors_origins) or None,
         "data_dir": str(PROJECT_DIR), "models_dir": settings.models_dir,
         "ckpt_dir": settings.models_dir, "lora_dir": settings.lora_dir,
-        "embeddings_dir": settings.embeddings_dir, "hypernetwork_dir": None, "ckpt": settings.model_source,
+        "embeddings_dir": settings.embeddings_dir, "hypernetwork_dir": None,
+        "ckpt": settings.model_source,
         "use_cpu": ["all"], "skip_torch_cuda_test": True, "lowvram": False,
         "medvram": False, "xformers": False, "no_half": full, "no_half_vae": full,
         "precision": "full" if full else "autocast", "device_id": None,
