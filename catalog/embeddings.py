@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from catalog.families import ModelFamily
+from catalog.families import TEXT_ENCODER_OF_WIDTH, ModelFamily
 from catalog.loras import read_header
 from config import Settings
 from errors import LoraError
@@ -225,8 +225,9 @@ def embedding_problem(entry: EmbeddingEntry, family: ModelFamily | None,
     expected = width or (family.cross_attention_dim if family is not None else None)
     if expected and entry.width != expected:
         label = f" ({family.label})" if family is not None else ""
-        return (f"its vectors are {entry.width} wide; the model's text encoder{label} takes "
-                f"{expected}-wide ones")
+        made = TEXT_ENCODER_OF_WIDTH.get(entry.width)
+        return (f"its vectors are {entry.width} wide{f' ({made})' if made else ''}; the "
+                f"model's text encoder{label} takes {expected}-wide ones")
     return ""
 
 

@@ -87,6 +87,22 @@ def test_a_name_is_used_as_a_word_in_any_case():
     assert used_embeddings([entry], "easynegative, a cat") == []
 
 
+def test_sd1_and_sd2_embeddings_fit_their_own_family_only(tmp_path):
+    from catalog.embeddings import embedding_problem, read_embedding
+    from catalog.families import ModelFamily
+
+    sd1, sd2 = ModelFamily("sd1", cross_attention_dim=768), ModelFamily(
+        "sd2", openclip=True, cross_attention_dim=1024)
+    for width in (768, 1024):
+        build_random_embedding(tmp_path / f"w{width}.pt", "a1111", width=width)
+    v1, v2 = read_embedding(tmp_path / "w768.pt"), read_embedding(tmp_path / "w1024.pt")
+    assert embedding_problem(v1, sd1) == embedding_problem(v2, sd2) == ""
+    assert embedding_problem(v2, sd1) == (
+        "its vectors are 1024 wide (OpenCLIP ViT-H/14 (SD 2.x)); the model's text encoder "
+        "(SD 1.x) takes 768-wide ones")
+    assert "768 wide (CLIP ViT-L/14 (SD 1.x))" in embedding_problem(v1, sd2)
+
+
 @pytest.mark.parametrize("name,layout", FORMATS)
 def test_each_format_changes_the_image_and_equals_diffusers_own_loader(
         pipe, reference, settings, embeddings_dir, name, layout):
