@@ -32,8 +32,12 @@ KNOBS: tuple[Knob, ...] = (
          "SD-Turbo, SDXS) and single-file SD 1.x/2.x checkpoints (.safetensors; .ckpt "
          "pickles are refused), each with an optional <name>.json card, listed by the model "
          "APIs and the page; MODEL_ID may name one of them", text, "a folder path"),
-    Knob("LORA_DIR", "models/lora", "Folder of LoRAs (.safetensors, kohya/A1111 or "
-         "diffusers/peft format) for <lora:name:weight> prompts", text, "a folder path"),
+    Knob("LORA_DIR", "models/lora", "Folder of LoRAs (.safetensors: kohya/A1111, LyCORIS "
+         "LoCon/LoHa/LoKr or diffusers/peft format) for <lora:name:weight> prompts", text,
+         "a folder path"),
+    Knob("EMBEDDINGS_DIR", "models/embeddings", "Folder of textual-inversion embeddings "
+         "(.safetensors, .pt, .bin; A1111's or diffusers' format): a prompt or negative prompt "
+         "that writes an embedding's file name uses it, as in A1111", text, "a folder path"),
     Knob("HF_TOKEN", "", "Hugging Face token for gated models (HF_AUTH_TOKEN is read too); "
          "v1-4 needs none. Never logged", text, "any string"),
     Knob("HOST", "127.0.0.1", "Address to listen on; 0.0.0.0 to serve the LAN or inside a "

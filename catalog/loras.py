@@ -36,6 +36,8 @@ FEW_STEP_NAMES = (("hyper-sd", re.compile(r"hyper[-_ ]?sd", re.IGNORECASE)),
                   ("lcm", _LCM_NAME))
 FEW_STEP_KINDS = tuple(kind for kind, _ in FEW_STEP_NAMES)
 _STEPS = re.compile(r"(\d+)[-_ ]?steps?(?![a-z])", re.IGNORECASE)
+# A kohya layer that is a convolution (LoCon adapts the ResNet and sampler convolutions).
+_CONV = re.compile(r"^lora_unet_.*_(conv1|conv2|conv_shortcut|conv|conv_in|conv_out)\.")
 _CFG = re.compile(r"(^|[^a-z])(cfg|normalcfg)([^a-z]|$)", re.IGNORECASE)
 
 
@@ -58,7 +60,7 @@ class LoraEntry:
 
     name: str
     path: Path
-    format: str  # "kohya" (A1111's lora_unet_/lora_te_ keys) or "peft" (diffusers)
+    format: str  # "kohya" (A1111's lora_unet_/lora_te_ keys), "locon", "loha", "lokr", "peft"
     metadata: dict[str, str] = field(default_factory=dict, compare=False)
     few_step: FewStep | None = None
     size: int = 0
@@ -105,9 +107,16 @@ def read_header(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
 
 
 def lora_format(keys: list[str]) -> str:
-    """'kohya' or 'peft' from a LoRA's tensor names, or LoraError for anything else."""
+    """The LoRA's format from its tensor names: 'kohya' (A1111's), 'locon' (kohya with conv
+    layers), LyCORIS' 'loha' (`hada_w1_a`...) or 'lokr' (`lokr_w1`...), or 'peft'
+    (diffusers'); LoraError for anything else."""
+    if any(".hada_w1_a" in k or ".hada_w2_a" in k for k in keys):
+        return "loha"
+    if any(".lokr_w1" in k or ".lokr_w2" in k for k in keys):
+        return "lokr"
     if any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_")) for k in keys):
-        return "kohya"
+        return "locon" if any(_CONV.search(k) and ".lora_down." in k for k in keys) \
+            else "kohya"
     if any(".lora_A." in k or ".lora_B." in k or ".lora.down." in k or "_lora.down." in k
            or ".lora_linear_layer." in k for k in keys):
         return "peft"
@@ -143,7 +152,7 @@ def made_for(header: dict[str, Any]) -> tuple[int | None, bool]:
     width = None
     for key, info in header.items():
         down = any(part in key for part in ("lora_A", "lora_down", "lora.down",
-                                            "lora_linear_layer.down"))
+                                            "lora_linear_layer.down", "hada_w1_b"))
         if down and "attn2" in key and "to_k" in key:
             width = (info.get("shape") or [None])[-1]
             break

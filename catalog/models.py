@@ -150,7 +150,8 @@ def _scan(settings: Settings) -> list[ModelEntry]:
     root = settings.path(settings.models_dir)
     if not root.is_dir():
         return []
-    skip = {settings.path(settings.lora_dir).resolve(), settings.path(settings.bf16_cache_dir).resolve()}
+    skip = {settings.path(folder).resolve() for folder in (
+        settings.lora_dir, settings.embeddings_dir, settings.bf16_cache_dir)}
     entries = []
     for item in root.iterdir():
         if item.name.startswith(".") or PARTIAL in item.name or item.resolve() in skip:

@@ -21,6 +21,7 @@ from engine.decoders import load_tiny_decoder
 from engine.load_errors import explain_load_error
 from engine.loading import (apply_card_prediction, attention_slicing_enabled, load_pipeline,
                             pipeline_family)
+from engine.embeddings import TextualInversions
 from engine.loras import LoraAdapters
 from engine.status import EngineStatus
 from engine.unet_backend import UNetBackend
@@ -67,6 +68,7 @@ class ModelSlot:
         self.pipe = None
         self.taesd = None  # TAESD, when its weights could be had: previews, VAE_DECODER=tiny
         self.loras = LoraAdapters()  # peft adapters loaded into self.pipe, never fused
+        self.embeddings = TextualInversions()  # textual inversions in self.pipe's tokenizer
         self.model: ModelEntry | None = None  # the catalogue entry being served
         self.default_scheduler_config: dict | None = None  # the served model's own scheduler
         self._bf16 = False  # the precision chosen at the first load, kept across switches
@@ -222,6 +224,7 @@ class ModelSlot:
         """Drop the pipeline (and its adapters) so its memory comes back before the next load."""
         if self.pipe is not None:
             self.loras.clear(self.pipe)
+            self.embeddings.clear(self.pipe)
         self.pipe = None
         gc.collect()
         release_freed_memory()

@@ -26,9 +26,11 @@ NEGATIVE = "Negative prompt:"
 
 def write_infotext(request: GenerationRequest, seed: int, model: str,
                    default_sampler: str = "PNDM",
-                   lora_hashes: Mapping[str, str] | None = None) -> str:
+                   lora_hashes: Mapping[str, str] | None = None,
+                   ti_hashes: Mapping[str, str] | None = None) -> str:
     """A1111's `parameters` text: prompt (with every LoRA as a <lora:...> tag), negative
-    prompt, then the settings line (with A1111's `Lora hashes`, name: sha256[:12])."""
+    prompt, then the settings line (with A1111's `Lora hashes` and `TI hashes`, each
+    name: sha256[:12])."""
     r = request
     sampler = default_sampler if r.scheduler == DEFAULT_SCHEDULER else r.scheduler
     tagged = {name for name, *_ in lora_tags(r.prompt)[1]} if "<lora:" in r.prompt else set()
@@ -45,12 +47,18 @@ def write_infotext(request: GenerationRequest, seed: int, model: str,
         ("VAE", "TAESD" if r.vae_decoder == "tiny" else None),
         ("Denoising strength", f"{r.strength:g}" if r.init_image is not None else None),
         ("Mask blur", r.mask_blur if r.mask_image is not None else None),
-        ("Lora hashes", '"' + ", ".join(f"{n}: {h[:12]}" for n, h in lora_hashes.items())
-         + '"' if lora_hashes else None))
+        ("Lora hashes", _hashes(lora_hashes)), ("TI hashes", _hashes(ti_hashes)))
         if value is not None)
     lines.append(f"Steps: {r.steps}, Sampler: {sampler}, CFG scale: {r.guidance_scale:g}, "
                  f"Seed: {seed}, Size: {r.width}x{r.height}{speed}, Model: {model}")
     return "\n".join(lines)
+
+
+def _hashes(hashes: Mapping[str, str] | None) -> str | None:
+    """A1111's quoted "name: sha256[:12], ..." list, or None for none."""
+    if not hashes:
+        return None
+    return '"' + ", ".join(f"{name}: {sha[:12]}" for name, sha in hashes.items()) + '"'
 
 
 def parse_parameters(text: str) -> dict[str, Any]:

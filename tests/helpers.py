@@ -145,3 +145,22 @@ def metric_samples(text: str) -> dict:
 def metric(samples: dict, name: str, **labels: str) -> float:
     """The value of one sample (0 when it is absent: a counter never incremented)."""
     return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def plain_pipeline(model_dir):
+    """A diffusers StableDiffusionPipeline of a saved model, without the safety checker and
+    the progress bar: the pipeline tests drive directly, beside the engine's."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(model_dir, safety_checker=None,
+                                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def image_64(pipe, prompt: str = "a cat", negative: str | None = None):
+    """One 64 px image as a float array: 2 steps, seed 7."""
+    import torch
+
+    return pipe(prompt, negative_prompt=negative, num_inference_steps=2, width=64, height=64,
+                output_type="np", generator=torch.Generator().manual_seed(7)).images[0]

@@ -126,3 +126,24 @@ def test_a_lora_of_the_wrong_shape_is_4xx_with_the_reason_and_the_server_goes_on
     assert "does not fit this model" in r.json["message"]
     assert np.array_equal(pixels(generate(client)), plain)
     assert not np.array_equal(pixels(generate(client, prompt="a cat <lora:good>")), plain)
+
+
+def test_lycoris_files_show_their_format_apply_and_one_we_cannot_apply_is_400(
+        make_app, tiny_model_dir, tmp_path):
+    from tests.random_lora import LCM_TARGETS, build_random_lora, build_random_lycoris
+
+    build_random_lycoris(tiny_model_dir, tmp_path / "hada.safetensors", "loha", scale=0.5)
+    build_random_lycoris(tiny_model_dir, tmp_path / "kron.safetensors", "lokr")
+    build_random_lycoris(tiny_model_dir, tmp_path / "tucker.safetensors", "loha", tucker=True)
+    build_random_lora(tiny_model_dir, tmp_path / "locon.safetensors", "kohya",
+                      targets=LCM_TARGETS, scale=5)
+    client = make_app(LORA_DIR=str(tmp_path)).test_client()
+    formats = {item["name"]: item["format"] for item in client.get("/sdapi/v1/loras").json}
+    assert formats == {"hada": "loha", "kron": "lokr", "tucker": "loha", "locon": "locon"}
+    plain = pixels(generate(client))
+    for name in ("hada", "kron", "locon"):
+        assert not np.array_equal(pixels(generate(client, prompt=f"a cat <lora:{name}>")),
+                                  plain)
+    r = client.post("/sdapi/v1/txt2img", json={**BODY, "prompt": "a cat <lora:tucker>"})
+    assert r.status_code == 400 and "loha format" in r.json["detail"]
+    assert np.array_equal(pixels(generate(client)), plain)  # nothing left switched on
