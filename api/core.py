@@ -18,7 +18,12 @@ bp = Blueprint("core", __name__)
 HEALTH_SCHEMA = {"type": "object", "required": ["status"], "properties": {
     "status": {"type": "string", "enum": ["loading", "healthy", "unhealthy", "shutting_down",
                                              "no_workers"]},
-    "device": {"type": "string"}, "model": {"type": "string"}, "dtype": {"type": "string"},
+    "device": {"type": "string"},
+    "model": {"type": "string", "description": "the served model's name (a folder's name, a "
+              "file's stem, a Hub id; never a path)"},
+    "model_hash": {"type": "string", "nullable": True, "description": "A1111's short hash "
+                   "(sha256[:10]) of a one-file model; null for a folder or Hub model"},
+    "dtype": {"type": "string"},
     "optimizations": {"type": "array", "items": {"type": "string"}},
     "phase": {"type": "string", "description": "what the load is doing now"},
     "progress": {"type": "object", "nullable": True, "description": "bytes_done, bytes_total "

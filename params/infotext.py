@@ -26,9 +26,11 @@ NEGATIVE = "Negative prompt:"
 
 def write_infotext(request: GenerationRequest, seed: int, model: str,
                    default_sampler: str = "PNDM",
-                   lora_hashes: Mapping[str, str] | None = None) -> str:
+                   lora_hashes: Mapping[str, str] | None = None,
+                   model_hash: str | None = None) -> str:
     """A1111's `parameters` text: prompt (with every LoRA as a <lora:...> tag), negative
-    prompt, then the settings line (with A1111's `Lora hashes`, name: sha256[:12])."""
+    prompt, then the settings line (with A1111's `Lora hashes`, name: sha256[:12], and its
+    `Model hash`, sha256[:10], for a model that is one file)."""
     r = request
     sampler = default_sampler if r.scheduler == DEFAULT_SCHEDULER else r.scheduler
     tagged = {name for name, *_ in lora_tags(r.prompt)[1]} if "<lora:" in r.prompt else set()
@@ -49,7 +51,8 @@ def write_infotext(request: GenerationRequest, seed: int, model: str,
          + '"' if lora_hashes else None))
         if value is not None)
     lines.append(f"Steps: {r.steps}, Sampler: {sampler}, CFG scale: {r.guidance_scale:g}, "
-                 f"Seed: {seed}, Size: {r.width}x{r.height}{speed}, Model: {model}")
+                 f"Seed: {seed}, Size: {r.width}x{r.height}{speed}"
+                 + (f", Model hash: {model_hash[:10]}" if model_hash else "") + f", Model: {model}")
     return "\n".join(lines)
 
 
