@@ -9,6 +9,7 @@ own place (the memory queue under its lock, the Redis backend in PACE_KEY).
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Mapping
 
 from engine.status import GenerationResult
@@ -16,8 +17,8 @@ from params import PRESETS, GenerationRequest
 
 # A faster choice is named only when the expected time is over this many seconds.
 SLOW_SECONDS = 60
-# A measured figure older than this many images of its kind counts half as much as a new one
-# (a moving average: the first image of a kind, which warms caches, fades out).
+# Each new image's weight in its kind's figures (a moving average: the first image of a kind,
+# which may warm caches, fades out; a changed machine load shows within a few images).
 NEW_WEIGHT = 0.5
 
 
@@ -63,9 +64,9 @@ def estimate(request: GenerationRequest, model: str, book: Mapping[str, Mapping[
              one_step_models: list[str] = ()) -> dict[str, Any]:
     """The expected seconds for `request` on `model` (None: not measured yet) and, over
     SLOW_SECONDS, the faster choices: the other presets, and a 1-step model if installed
-    (each with its expected seconds, None when that kind was not measured yet)."""
-    from dataclasses import replace
-
+    (each with its expected seconds, None when that kind was not measured yet). A preset not
+    measured yet is given the plain pace for its fewer steps: about, as its cheaper
+    steps (CFG cutoff, DeepCache) only make it faster."""
     seconds = expected_seconds(book.get(pace_kind(request, model)), request.steps)
     answer: dict[str, Any] = {"seconds": seconds, "measured": seconds is not None,
                               "kind": pace_kind(request, model), "faster": []}
