@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, Response, current_app, jsonify, render_template, send_from_directory
+from flask import (Blueprint, Response, current_app, jsonify, render_template, request,
+                   send_from_directory)
 
 from api import (ApiError, failed_job_error, json_body, listed_models, model_facts,
                  parse_request, services, submit, wait_for)
@@ -11,14 +12,20 @@ from api.openapi import doc
 from api.security import auth_kind
 from catalog.loras import list_loras
 from errors import ValidationError
-from params import DEFAULT_SCHEDULER, IMAGE_FIELDS, PRESETS, SCHEDULERS, lora_recipe
+from jobs.pace import estimate as pace_estimate
+from params import DEFAULT_SCHEDULER, IMAGE_FIELDS, PRESETS, SCHEDULERS, lora_recipe, model_card
 
 bp = Blueprint("core", __name__)
 
 HEALTH_SCHEMA = {"type": "object", "required": ["status"], "properties": {
     "status": {"type": "string", "enum": ["loading", "healthy", "unhealthy", "shutting_down",
                                              "no_workers"]},
-    "device": {"type": "string"}, "model": {"type": "string"}, "dtype": {"type": "string"},
+    "device": {"type": "string"},
+    "model": {"type": "string", "description": "the served model's name (a folder's name, a "
+              "file's stem, a Hub id; never a path)"},
+    "model_hash": {"type": "string", "nullable": True, "description": "A1111's short hash "
+                   "(sha256[:10]) of a one-file model; null for a folder or Hub model"},
+    "dtype": {"type": "string"},
     "optimizations": {"type": "array", "items": {"type": "string"}},
     "phase": {"type": "string", "description": "what the load is doing now"},
     "progress": {"type": "object", "nullable": True, "description": "bytes_done, bytes_total "
@@ -137,3 +144,37 @@ def generate():
     response.headers["Content-Disposition"] = f'inline; filename="{job.id}-{job.seed}.png"'
     current_app.logger.debug("served job %s", job.id)
     return response
+
+
+ESTIMATE_SCHEMA = {"type": "object", "properties": {
+    "seconds": {"type": "number", "nullable": True, "description": "expected seconds for one "
+                "image of these settings here; null until one image of this kind was made"},
+    "measured": {"type": "boolean"},
+    "model": {"type": "string", "description": "the model it would run on"},
+    "kind": {"type": "string", "description": "model|size|sampler|mode|cfg|speed options: "
+             "what the pace was measured for"},
+    "faster": {"type": "array", "description": "over a minute: the faster choices (a preset, "
+               "or a 1-step model) and their expected seconds (null: not measured yet)",
+               "items": {"type": "object"}}}}
+
+
+@bp.post("/estimate")
+@doc("Expected seconds for one image of these settings on this machine (the generation body, "
+     "without images; ?mode=img2img or inpaint for an input image), from the measured pace "
+     "per model and kind of image; over a minute, the faster choices.",
+     request="generation", query={"mode": {"type": "string",
+                                           "enum": ["txt2img", "img2img", "inpaint"]}},
+     responses={200: ESTIMATE_SCHEMA}, errors=(400, 401, 415), tags=("native",))
+def estimate():
+    """Estimate from the queue's pace book (nothing is queued)."""
+    from dataclasses import replace
+
+    req = parse_or_400(json_body())
+    mode = request.args.get("mode", "txt2img")
+    if mode in ("img2img", "inpaint"):  # the kind needs only which mode, not the pixels
+        req = replace(req, init_image=mode, mask_image=mode if mode == "inpaint" else None)
+    svc = services()
+    model = req.model or svc.engine.model_name
+    one_step = [e.name for e in listed_models() if model_card(e).get("steps") == 1]
+    return jsonify({**pace_estimate(req, model, svc.queue.pace_book(), one_step),
+                    "model": model})

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app, jsonify, render_template
 
 from api import services
 from params import request_fields
@@ -110,3 +110,11 @@ def build_spec(app) -> dict[str, Any]:
 def openapi_json():
     """Serve the generated OpenAPI document."""
     return jsonify(build_spec(current_app))
+
+
+@bp.get("/docs")
+@doc("This document for people: Swagger UI (vendored under static/vendor/swagger-ui).",
+     responses={200: "text/html"}, errors=())
+def docs():
+    """Serve the API reference page, which renders /openapi.json in the browser."""
+    return render_template("docs.html")

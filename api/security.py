@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 GENERATING_ENDPOINTS = {"core.generate", "jobs.create_job", "a1111.txt2img", "a1111.img2img",
                         "openai_images.generations", "openai_images.edits"}
 OPEN_ENDPOINTS = {"core.index", "core.health", "core.favicon", "static",
-                  "openapi.openapi_json"}
+                  "openapi.openapi_json", "openapi.docs"}
 # Open too with METRICS_PUBLIC=1, for a Prometheus that holds no API key.
 METRICS_ENDPOINTS = {"metrics.metrics"}
 # Sent on every response. The page is one HTML file, one script module and one stylesheet
@@ -38,6 +38,11 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
 }
+# /docs (the vendored Swagger UI) draws its icons as data: SVG images from its stylesheet;
+# an image cannot run script, so only img-src widens there, and script stays 'self' only.
+DOCS_HEADERS = {**SECURITY_HEADERS, "Content-Security-Policy":
+                "default-src 'self'; img-src 'self' blob: data:; frame-ancestors 'none'"}
+ENDPOINT_HEADERS = {"openapi.docs": DOCS_HEADERS}
 # Methods that change state: a page on another site must not be able to send them.
 STATE_CHANGING = {"POST", "PUT", "DELETE", "PATCH"}
 REALM = "sd-cpu-server"
@@ -56,7 +61,7 @@ def install(app: Flask, settings: Settings) -> None:
     @app.after_request
     def add_security_headers(response: Response) -> Response:
         # after_request also runs on the responses of error handlers, so errors carry them.
-        response.headers.update(SECURITY_HEADERS)
+        response.headers.update(ENDPOINT_HEADERS.get(request.endpoint, SECURITY_HEADERS))
         return response
 
     if settings.cors_origins:

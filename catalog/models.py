@@ -93,7 +93,9 @@ def find_model(settings: Settings, wanted: str) -> ModelEntry:
     Raises UnknownModel (listing the names we have) or ModelUnavailable (its problem)."""
     wanted = (wanted or "").strip()
     entries = list_models(settings)
-    entry = _match(entries, wanted) or _match(entries, _HASH_SUFFIX.sub("", wanted))
+    # MODEL_ID as spelled (a path, say) names the startup model, whatever it is called now.
+    entry = entries[0] if wanted == settings.model_id else (
+        _match(entries, wanted) or _match(entries, _HASH_SUFFIX.sub("", wanted)))
     if entry is None:
         names = ", ".join(e.name for e in entries)
         raise UnknownModel(f"unknown model {wanted!r}; the models are: {names}")
@@ -210,6 +212,23 @@ def _title(file_name: str, digest: str | None) -> str:
     return f"{file_name} [{digest[:10]}]" if digest else file_name
 
 
+def is_model_path(model_id: str) -> bool:
+    """Whether MODEL_ID names a folder or file on disk rather than a catalogue name or Hub id."""
+    return model_id.startswith(("/", ".", "~")) or Path(model_id).expanduser().exists()
+
+
+def model_id_name(model_id: str) -> str:
+    """How clients see a MODEL_ID: a path as its folder name or file stem (as the catalogue
+    names it; never the path itself), anything else as given."""
+    if model_id == TINY_MODEL_ID or not is_model_path(model_id):
+        return model_id
+    path = Path(model_id).expanduser()
+    if not path.name or path.name in (".", ".."):  # "." or "..": the folder's own name
+        path = path.resolve()
+    is_file = path.suffix.lower() in (".safetensors", ".ckpt") and not path.is_dir()
+    return (path.stem if is_file else path.name) or model_id
+
+
 def _startup_entry(settings: Settings, local: list[ModelEntry]) -> ModelEntry:
     """The MODEL_ID model: tiny-random, a folder or file path, a catalogue name, or a Hub id."""
     model_id = settings.model_id
@@ -217,13 +236,14 @@ def _startup_entry(settings: Settings, local: list[ModelEntry]) -> ModelEntry:
         folder = settings.path(settings.tiny_model_dir)
         return replace(_folder_entry(folder, TINY_MODEL_ID), problem="")  # built on load
     path = Path(model_id).expanduser()
-    if model_id.startswith(("/", ".", "~")) or path.exists():
+    if is_model_path(model_id):
+        name = model_id_name(model_id)
         if path.suffix.lower() in (".safetensors", ".ckpt") and not path.is_dir():
             if not path.is_file():
-                return ModelEntry(model_id, model_id, "single_file", model_id, model_id,
+                return ModelEntry(name, path.name, "single_file", model_id, model_id,
                                   problem=f"{path} does not exist")
             return _file_entry(path, settings)
-        return _folder_entry(path)
+        return _folder_entry(path, name)
     found = _match(local, model_id) or _match(local, _HASH_SUFFIX.sub("", model_id))
     if found:
         return found

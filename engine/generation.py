@@ -337,8 +337,10 @@ class Generation:
                    lora_hashes: dict[str, str], timings: dict[str, float],
                    ti_hashes: dict[str, str] | None = None) -> GenerationResult:
         """The PNG, its A1111 infotext embedded, and how it was made."""
+        model = self.slot.model
         parameters = write_infotext(request, seed, self.slot.model_name,
-                                    self.slot.default_sampler, lora_hashes, ti_hashes)
+                                    self.slot.default_sampler, lora_hashes, ti_hashes,
+                                    model.sha256 if model is not None else None)
         return GenerationResult(png=encode_png(image, parameters), seed=seed, width=image.width,
                                 height=image.height, steps=request.steps, nsfw=nsfw,
                                 parameters=parameters,

@@ -14,7 +14,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from catalog.models import ModelEntry, find_model, list_models, with_hash
+from catalog.models import ModelEntry, find_model, list_models, model_id_name, with_hash
 from config import Settings
 from engine.cpu import PrecisionProbe, probe_precision, threads_for_next_job
 from engine.decoders import load_tiny_decoder
@@ -170,11 +170,11 @@ class ModelSlot:
     # --------------------------------------------------------------- switching
     @property
     def model_name(self) -> str:
-        """The served model as clients name it: MODEL_ID for the startup model, else its
-        catalogue name."""
-        # Read on every /health and image: the startup source is kept, never re-scanned.
-        if self.model is None or self.model.source == self._startup_source:
-            return self.settings.model_id
+        """The served model as clients name it: its catalogue name (a folder's name, a file's
+        stem, a Hub id), never a filesystem path; MODEL_ID so named until it has loaded."""
+        # Read on every /health and image: the loaded entry is kept, never re-scanned.
+        if self.model is None:
+            return model_id_name(self.settings.model_id)
         return self.model.name
 
     def switch(self, wanted: str) -> bool:
@@ -239,7 +239,10 @@ class ModelSlot:
         """Model facts for /health and the compatibility APIs, from one status snapshot."""
         st = self.status
         family = self.model.family if self.model is not None else None
-        return {"model": self.model_name, "device": "cpu", "dtype": st.dtype,
+        # A1111 shows a one-file model's short hash beside its name; a folder has none.
+        short_hash = self.model.short_hash if self.model is not None else None
+        return {"model": self.model_name, "model_hash": short_hash, "device": "cpu",
+                "dtype": st.dtype,
                 "family": family.as_dict() if family is not None else None,
                 "defaults": model_card(self.model),
                 "optimizations": list(st.optimizations), "torch_threads": st.torch_threads,

@@ -138,6 +138,9 @@ class QueueBackend(Protocol):
     def mark_delivered(self, job: Job) -> None:
         """Record that a client received the job's image."""
 
+    def pace_book(self) -> dict[str, dict[str, float]]:
+        """The measured pace per kind of image (jobs.pace: seconds per step, fixed seconds)."""
+
     def queue_position(self, job: Job) -> int | None:
         """1 for the next job to run, 0 while running, None once finished."""
 

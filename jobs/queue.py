@@ -151,6 +151,11 @@ class JobQueue:
                                         self.settings.job_retention_count)
             return self._state.jobs.get(job_id)
 
+    def pace_book(self) -> dict[str, dict[str, float]]:
+        """The measured pace per kind of image, as the worker folded it in."""
+        with self._state.lock:
+            return {kind: dict(figures) for kind, figures in self._state.pace.items()}
+
     def recent(self, limit: int | None = None) -> list[Job]:
         """Known jobs, newest first."""
         with self._state.lock:

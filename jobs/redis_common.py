@@ -15,6 +15,7 @@ Layout (everything but RQ's own keys starts with `sd:`):
     sd:client:<id>            who queued the job: fair share orders the queue by it
     sd:recent                 sorted set of job ids by creation time, for GET /jobs
     sd:stats                  completed, failed, seconds_per_step
+    sd:pace                   kind of image -> its pace (JSON, jobs.pace), for estimates
     sd:default-model          the model A1111's options switched requests without one to
     sd:worker:<name>          a worker's heartbeat (JSON), TTL = HEARTBEAT_TTL_SECONDS:
                               gone = the worker is dead (its running job then fails)
@@ -42,7 +43,7 @@ JOB_TIMEOUT_SECONDS = 24 * 3600
 # How long the web's "someone is watching the preview" flag lives without a new poll.
 PREVIEW_WANTED_SECONDS = 5
 # How long a cancel flag is kept (it only matters until the job ends).
-RECENT_KEY, STATS_KEY = "sd:recent", "sd:stats"
+RECENT_KEY, STATS_KEY, PACE_KEY = "sd:recent", "sd:stats", "sd:pace"
 
 
 def png_key(job_id: str) -> str:

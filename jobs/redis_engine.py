@@ -65,9 +65,11 @@ class RemoteEngine:
 
     @property
     def model_name(self) -> str:
-        """The served model as clients name it (MODEL_ID until a worker says otherwise)."""
+        """The served model as clients name it (MODEL_ID's name until a worker says)."""
+        from catalog.models import model_id_name
+
         beat = self._speaker()
-        return beat["model_name"] if beat else self.settings.model_id
+        return beat["model_name"] if beat else model_id_name(self.settings.model_id)
 
     @property
     def default_sampler(self) -> str:

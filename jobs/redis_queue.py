@@ -124,6 +124,13 @@ class RedisJobQueue:
         """The job with this id, or None if unknown or expired."""
         return self.records.get(job_id)
 
+    def pace_book(self) -> dict[str, dict[str, float]]:
+        """The measured pace per kind of image, as every worker folded it into Redis."""
+        import json
+
+        return {kind.decode(): json.loads(figures)
+                for kind, figures in self.connection.hgetall(rc.PACE_KEY).items()}
+
     def recent(self, limit: int | None = None) -> list[Job]:
         """Known jobs, newest first."""
         oldest = rc.now() - self.settings.job_retention_seconds

@@ -26,6 +26,7 @@ from engine.status import GenerationResult
 from jobs import runner
 from jobs.backend import ImageEngine
 from jobs.job import Job, JobCancelled, JobState
+from jobs.pace import merged
 from jobs.redis_events import announce, count_end, worker_figures
 from jobs.redis_reaper import Reaper
 from jobs.store import OutputStore
@@ -208,6 +209,14 @@ class RedisRecorder:
         """Record a cancel or a failure as the job's outcome."""
         self.rq_job.meta["rejected"] = rejected
         self._finish(state, error)
+
+    def paced(self, kind: str, figures: dict[str, float]) -> None:
+        """Fold the figures into the kind's in Redis (workers of one model rarely finish the
+        same kind at once; then one image's figures are lost, not the book)."""
+        conn = self.context.connection
+        old = conn.hget(rc.PACE_KEY, kind)
+        conn.hset(rc.PACE_KEY, kind, json.dumps(merged(json.loads(old) if old else None,
+                                                       figures)))
 
     def checkpoint(self, job: Job, data: bytes, step: int) -> None:
         """Keep the newest checkpoint in Redis, for whichever worker runs the job next."""

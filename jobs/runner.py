@@ -11,12 +11,14 @@ it is comparable with a plain job's.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Protocol
 
 from engine.status import GenerationResult
 from errors import UnsupportedRequest
 from jobs.backend import ImageEngine
 from jobs.job import Job, JobCancelled, JobState, explain_generation_error
+from jobs.pace import measured_pace, pace_kind
 from jobs.store import OutputStore
 from params import GenerationRequest
 
@@ -37,6 +39,9 @@ class JobRecorder(Protocol):
 
     def ended(self, job: Job, state: JobState, error: str, rejected: bool = False) -> None:
         """Record a job that did not succeed (`rejected`: the request was at fault, 4xx)."""
+
+    def paced(self, kind: str, figures: dict[str, float]) -> None:
+        """Fold one image's pace figures (jobs.pace) into its kind's, for estimates."""
 
     def checkpoint(self, job: Job, data: bytes, step: int) -> None:
         """Keep the job's newest checkpoint (taken after `step`), where a later attempt finds
@@ -75,6 +80,7 @@ def run_job(job: Job, engine: ImageEngine, store: OutputStore, recorder: JobReco
 
     # 1. generate, reporting every step and keeping checkpoints (from one, when resuming)
     request = job.request
+    started = time.monotonic()
     try:
         result = engine.generate(request, job.seed, on_step, resume_from,
                                  lambda data, step: recorder.checkpoint(job, data, step))
@@ -90,6 +96,10 @@ def run_job(job: Job, engine: ImageEngine, store: OutputStore, recorder: JobReco
         return
     # 2. save the image before anyone can see 'succeeded', then record the outcome
     saved = store.save(job, result.png)
+    if resume_from is None:  # a resumed run skipped steps: its pace would mislead
+        # before 'succeeded': whoever sees the image may ask for the next estimate at once
+        recorder.paced(pace_kind(request, engine.model_name),
+                       measured_pace(request, result, time.monotonic() - started))
     recorder.succeeded(job, result, saved, comparable_pace(request, result))
     log.info("generated job=%s worker=%s prompt_chars=%d steps=%d size=%dx%d seconds=%.2f "
              "s_per_step=%.3f decode_s=%.2f seed=%d preset=%s cfg_cutoff=%g deep_cache=%d "

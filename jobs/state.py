@@ -25,6 +25,7 @@ class QueueState:
     accepting: bool = True  # False once shutdown has begun
     stopping: bool = False  # True when the worker should end
     seconds_per_step: float | None = None  # measured by the last run, for first-step ETAs
+    pace: dict[str, dict] = field(default_factory=dict)  # jobs.pace: figures per kind
     completed: int = 0
     failed: int = 0
     journal: Journal | None = None  # the accepted jobs on disk (JOURNAL_PATH), when on

@@ -18,6 +18,7 @@ from engine.status import GenerationResult
 from jobs.backend import ImageEngine
 from jobs.job import Job, JobCancelled, JobState
 from jobs.journal import Recovered
+from jobs.pace import merged
 from jobs.runner import run_job
 from jobs.state import QueueState
 from jobs.store import OutputStore
@@ -211,6 +212,11 @@ class StateRecorder:
                     self.state.seconds_per_step = pace
                 self.state.completed += 1
             self.state.finish(job, JobState.SUCCEEDED, None, self.clock())
+
+    def paced(self, kind: str, figures: dict[str, float]) -> None:
+        """Fold the figures into the kind's, under the queue's lock."""
+        with self.state.lock:
+            self.state.pace[kind] = merged(self.state.pace.get(kind), figures)
 
     def checkpoint(self, job: Job, data: bytes, step: int) -> None:
         """Keep the checkpoint in the journal, for the run after a restart (none without)."""

@@ -27,10 +27,11 @@ NEGATIVE = "Negative prompt:"
 def write_infotext(request: GenerationRequest, seed: int, model: str,
                    default_sampler: str = "PNDM",
                    lora_hashes: Mapping[str, str] | None = None,
-                   ti_hashes: Mapping[str, str] | None = None) -> str:
+                   ti_hashes: Mapping[str, str] | None = None,
+                   model_hash: str | None = None) -> str:
     """A1111's `parameters` text: prompt (with every LoRA as a <lora:...> tag), negative
     prompt, then the settings line (with A1111's `Lora hashes` and `TI hashes`, each
-    name: sha256[:12])."""
+    name: sha256[:12], and its `Model hash`, sha256[:10], for a model that is one file)."""
     r = request
     sampler = default_sampler if r.scheduler == DEFAULT_SCHEDULER else r.scheduler
     tagged = {name for name, *_ in lora_tags(r.prompt)[1]} if "<lora:" in r.prompt else set()
@@ -49,8 +50,9 @@ def write_infotext(request: GenerationRequest, seed: int, model: str,
         ("Mask blur", r.mask_blur if r.mask_image is not None else None),
         ("Lora hashes", _hashes(lora_hashes)), ("TI hashes", _hashes(ti_hashes)))
         if value is not None)
+    model_part = (f"Model hash: {model_hash[:10]}, " if model_hash else "") + f"Model: {model}"
     lines.append(f"Steps: {r.steps}, Sampler: {sampler}, CFG scale: {r.guidance_scale:g}, "
-                 f"Seed: {seed}, Size: {r.width}x{r.height}{speed}, Model: {model}")
+                 f"Seed: {seed}, Size: {r.width}x{r.height}{speed}, {model_part}")
     return "\n".join(lines)
 
 

@@ -5,6 +5,7 @@
 import { CredentialPanel, PAGE_HEADER, authorization } from "./auth.js";
 import { readEvents } from "./events.js";
 import { HEALTH_SOON_MS, readHealth } from "./health.js";
+import { Estimate } from "./estimate.js";
 import { InputImage } from "./input-image.js";
 import { Recipes } from "./recipes.js";
 
@@ -25,6 +26,7 @@ const credentials = new CredentialPanel(limits, () => {
   loadHistory();
 });
 const inputImage = new InputImage(limits, showFormError);
+const estimate = new Estimate($("estimate"), apiJson, document.body.dataset.estimateUrl);
 
 const state = {
   ready: false,
@@ -194,8 +196,15 @@ function showNegativeHint(used) {
 }
 
 function setReady(ready, why) {
+  const becameReady = ready && !state.ready;
   state.ready = ready;
   updateGenerateButton(why);
+  if (becameReady) refreshEstimate();
+}
+
+/** Ask for the expected time of the form's current settings (once the server is ready). */
+function refreshEstimate() {
+  if (state.ready) estimate.update(requestFromForm());
 }
 
 function updateGenerateButton(why) {
@@ -389,6 +398,7 @@ async function finishFollowing(job) {
   await showResult(job);
   $("result-panel").scrollIntoView({ block: "nearest" });
   loadHistory();
+  refreshEstimate();  // that image measured its kind's pace
 }
 
 function stopFollowing() {
@@ -679,6 +689,9 @@ function init() {
   $("form").addEventListener("submit", submitForm);
   $("speed_preset").addEventListener("change", () => applyPreset(true));
   $("model").addEventListener("change", applyModelRecipe);
+  // After the listeners above (they fill the form from a preset or a model's recipe).
+  $("form").addEventListener("change", refreshEstimate);
+  $("form").addEventListener("input", refreshEstimate);
   applyPreset(limits.default_preset !== "quality");
   $("prompt").addEventListener("input", updateCounter);
   $("seed-random").addEventListener("change", () => {

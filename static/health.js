@@ -19,7 +19,7 @@ export function readHealth(body) {
       const q = body.queue || {};
       return { state: "ready", ready: true, delay: HEALTH_LATER_MS, why: "",
                status: body.switching ? `Switching to ${body.switching.to}…` :
-                 `Ready · ${body.model} · ${body.dtype || ""} · ${q.waiting || 0} waiting` };
+                 `Ready · ${modelLabel(body)} · ${body.dtype || ""} · ${q.waiting || 0} waiting` };
     }
     case "loading":
       return { ...soon, state: "loading", status: loadingText(body),
@@ -47,6 +47,11 @@ export function readHealth(body) {
       return { ...soon, state: "error", status: "The server is not ready.",
                why: body.error || body.message || `The server reports "${body.status}".` };
   }
+}
+
+/** The served model as A1111 shows it: its name, and its short hash when it is one file. */
+function modelLabel(body) {
+  return body.model_hash ? `${body.model} [${body.model_hash}]` : body.model;
 }
 
 /** No worker has a loaded model: none started, some still loading, or all failed. */

@@ -56,7 +56,7 @@ def generate(client, **fields) -> np.ndarray:
 
 def test_every_dialect_lists_the_models(client, tiny_model_dir):
     ids = [m["id"] for m in client.get("/v1/models").json["data"]]
-    assert ids == [str(tiny_model_dir), "broken", "second", "tinyck"]
+    assert ids == ["tiny", "broken", "second", "tinyck"]  # names, never MODEL_ID's path
     models = client.get("/sdapi/v1/sd-models").json
     assert [m["model_name"] for m in models] == ["tiny", "broken", "second", "tinyck"]
     assert all(m["title"] and m["hash"] and m["filename"] for m in models)  # .ckpt left out
@@ -69,8 +69,9 @@ def test_the_model_field_switches_and_switching_back_gives_the_same_image(client
     assert client.get("/health").json["model"] == "second"
     assert not np.array_equal(first, other)
     assert np.array_equal(generate(client), other)  # the switched model stays loaded
+    # MODEL_ID as spelled (a path) still names the startup model, which shows as its name.
     assert np.array_equal(generate(client, model=str(tiny_model_dir)), first)
-    assert client.get("/health").json["model"] == str(tiny_model_dir)
+    assert client.get("/health").json["model"] == "tiny"
 
 
 def test_a_single_file_checkpoint_loads_and_makes_the_startup_models_image(client,
@@ -121,7 +122,7 @@ def test_a_model_that_fails_to_load_leaves_the_previous_one_serving(client, tiny
     assert r.status_code == 400 and r.json["error"] == "unsupported_request"
     assert "broken" in r.json["message"] and "still serving" in r.json["message"]
     health = client.get("/health")
-    assert health.status_code == 200 and health.json["model"] == str(tiny_model_dir)
+    assert health.status_code == 200 and health.json["model"] == "tiny"
     assert np.array_equal(generate(client), first)
 
 
@@ -171,3 +172,45 @@ def test_health_and_progress_show_the_switch_while_it_runs(client, monkeypatch):
     assert answers[0].status_code == 200
     assert "switching" not in client.get("/health").json
     assert client.get("/sdapi/v1/progress").json["state"]["job_count"] == 0
+
+
+def infotext_of(client, png: bytes) -> dict:
+    """The PNG's infotext as /sdapi/v1/png-info parses it."""
+    import base64
+
+    r = client.post("/sdapi/v1/png-info", json={"image": base64.b64encode(png).decode()})
+    assert r.status_code == 200
+    return r.json["parameters"]
+
+
+def test_a_model_given_as_a_folder_path_shows_as_its_name(client, tiny_model_dir):
+    health = client.get("/health").json
+    assert (health["model"], health["model_hash"]) == ("tiny", None)  # a folder: no one hash
+    r = client.post("/generate", json=BODY)
+    assert infotext_of(client, r.data)["Model"] == "tiny"
+    assert "Model hash" not in infotext_of(client, r.data)
+    assert client.get("/sdapi/v1/options").json["sd_model_checkpoint"].startswith("tiny [")
+    page = client.get("/").get_data(as_text=True)
+    assert str(tiny_model_dir) not in page and '<option value="tiny">' in page
+    assert client.get("/v1/models").json["data"][0]["id"] == "tiny"
+    first = client.get("/sdapi/v1/sd-models").json[0]  # (its `filename` is a path, as A1111's)
+    assert first["model_name"] == "tiny" and first["title"].startswith("tiny [")
+    # A1111 clients that send the old spellings still mean the served model: no switch.
+    for old in (str(tiny_model_dir), "tiny"):
+        r = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": old})
+        assert r.status_code == 200
+        assert client.get("/health").json["model"] == "tiny"
+    assert [j["kind"] for j in client.get("/jobs").json["jobs"]] == ["generate"]
+
+
+def test_a_checkpoint_given_by_path_shows_its_stem_and_short_hash(make_app, model_shelf):
+    path = str(model_shelf / "tinyck.safetensors")
+    client = make_app(MODEL_ID=path, MODELS_DIR=str(model_shelf)).test_client()
+    health = client.get("/health").json
+    sd_models = {m["model_name"]: m for m in client.get("/sdapi/v1/sd-models").json}
+    assert health["model"] == "tinyck" and health["model_hash"] == sd_models["tinyck"]["hash"]
+    assert list(sd_models).count("tinyck") == 1  # MODEL_ID and MODELS_DIR's file: one entry
+    info = infotext_of(client, client.post("/generate", json=BODY).data)
+    assert (info["Model"], info["Model hash"]) == ("tinyck", health["model_hash"])
+    r = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": path})
+    assert r.status_code == 200 and client.get("/health").json["model"] == "tinyck"

@@ -56,3 +56,17 @@ def test_each_dialect_documents_its_error_shape(app):
     assert native_error == {"$ref": "#/components/schemas/Error"}
     progress = paths["/sdapi/v1/progress"]["get"]
     assert progress["parameters"][0]["name"] == "skip_current_image"
+
+
+def test_docs_page_is_open_and_loads_only_this_servers_scripts(make_app):
+    client = make_app(API_KEY="sekret").test_client()
+    r = client.get("/docs")
+    assert r.status_code == 200 and r.mimetype == "text/html"
+    html = r.get_data(as_text=True)
+    assert "/static/vendor/swagger-ui/swagger-ui-bundle.js" in html
+    assert "/static/docs.js" in html and "/openapi.json" in html
+    assert "<script>" not in html and "http" not in html.split("<body>")[0]  # no CDN
+    csp = r.headers["Content-Security-Policy"]
+    assert "default-src 'self'" in csp and "unsafe" not in csp and "script-src" not in csp
+    # The vendored files carry their licence.
+    assert client.get("/static/vendor/swagger-ui/LICENSE").status_code == 200

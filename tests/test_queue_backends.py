@@ -18,6 +18,7 @@ import pytest
 
 from jobs import JobState, NotAccepting, QueueFull
 from jobs.backend import QueueBackend
+from jobs.pace import pace_kind
 from params import GenerationRequest
 from tests.conftest import BASE_ENV, StepGate
 from tests.helpers import poll_until
@@ -170,6 +171,9 @@ def test_a_job_runs_and_its_image_and_figures_are_kept(backend):
     assert "worker" in snap and snap["request"]["prompt"] == QUICK.prompt
     assert job.id in [j.id for j in queue.recent(10)]
     assert queue.stats()["completed"] >= 1
+    # Its kind's pace is in the book (in Redis for the workers' backend), for estimates.
+    figures = queue.pace_book()[pace_kind(QUICK, queue.engine.model_name)]
+    assert figures["seconds_per_step"] > 0 and figures["images"] >= 1
 
 
 def test_a_batch_shares_its_id_has_consecutive_indexes_and_runs_in_order(backend):

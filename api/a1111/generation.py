@@ -24,6 +24,7 @@ from flask import Response, jsonify
 from api import ApiError, failed_job_error, parse_request, services
 from api.a1111.speed_options import with_speed_defaults
 from api.batches import run_batch
+from catalog.models import model_id_name
 from jobs import JobState
 from errors import ValidationError
 from params import (DEFAULT_SCHEDULER, SCHEDULERS, SPEED_OPTIONS, GenerationRequest,
@@ -177,7 +178,7 @@ def model_title(entry=None) -> str:
     name and short hash, as GET /sdapi/v1/sd-models lists it."""
     entry = entry or services().engine.model
     if entry is None:
-        return f"{services().settings.model_id} [{model_hash()[:10]}]"
+        return f"{model_id_name(services().settings.model_id)} [{model_hash()[:10]}]"
     return entry.title if entry.sha256 else f"{entry.name} [{model_hash(entry)[:10]}]"
 
 

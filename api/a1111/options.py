@@ -25,6 +25,7 @@ from api.a1111.blueprint import A1111_DOC, bp
 from api.a1111.generation import INVALID, model_hash, model_title
 from api.a1111.speed_options import store
 from api.openapi import doc
+from catalog.models import model_id_name
 from jobs import JobState
 from jobs.options import OptionsFull
 from errors import ValidationError
@@ -52,6 +53,9 @@ def model_names() -> set[str]:
     settings, engine = services().settings, services().engine
     title, sha = model_title(), model_hash()
     names = {title, engine.model_name, title.rsplit(" [", 1)[0], sha, sha[:10]}
+    # MODEL_ID as the operator spelled it (a path, say) stays an alias of the startup model.
+    if engine.model is None or engine.model.name == model_id_name(settings.model_id):
+        names.add(settings.model_id)
     if engine.model is not None:
         names |= {engine.model.name, engine.model.filename, engine.model.source}
     else:
