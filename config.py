@@ -231,6 +231,10 @@ KNOBS: tuple[Knob, ...] = (
     Knob("REDIS_URL", "redis://127.0.0.1:6379/0", "The Redis server of QUEUE_BACKEND=redis "
          "(jobs, images, worker heartbeats, rate-limit counters); a password in it is never "
          "logged", _redis_url, "a redis://, rediss:// or unix:// URL"),
+    Knob("WORKER_MODELS", "", "QUEUE_BACKEND=redis: the models this `python worker.py` serves "
+         "(catalogue names, comma-separated; loaded one at a time as its jobs ask); empty = "
+         "MODEL_ID's. Each model has its own queue: a request for a model no live worker "
+         "serves is a 400 listing the served ones", _origins, "model names or empty"),
     Knob("MAX_BATCH", "4", "Most images one request may ask for (A1111 batch_size x n_iter, "
          "OpenAI n)", _int(1, 64), "an integer 1..64 and <= QUEUE_SIZE"),
     Knob("JOB_RETENTION_SECONDS", "3600", "How long finished jobs and their images are kept "
@@ -271,6 +275,24 @@ KNOBS: tuple[Knob, ...] = (
     Knob("MAX_INPUT_PIXELS", "16777216", "Most pixels (width x height) an uploaded image may "
          "have before it is resized; bigger gets 400 (a decompression bomb never gets decoded)",
          _int(4096, 256 * 1024 * 1024), "an integer 4096..268435456"),
+    Knob("FAIR_SHARE", "on", "on = queued jobs are taken round-robin across clients (the "
+         "Basic user, the API key, or the address), so one client's batch does not hold up "
+         "everyone else's single image; off = first come, first served",
+         _choice("on", "off"), "on or off"),
+    Knob("JOURNAL_PATH", "state/jobs.sqlite", "QUEUE_BACKEND=memory: every accepted job is "
+         "kept in this SQLite file, so after a crash or restart queued jobs run in their "
+         "order, the running one resumes from its checkpoint and every job id answers; "
+         "empty = jobs live in memory only", _text, "a file path or empty",
+         empty_means_off=True),
+    Knob("CHECKPOINT_STEPS", "5", "A running job keeps a checkpoint every N steps (in Redis, "
+         "or on disk beside JOURNAL_PATH), so a crashed or killed worker's job resumes from "
+         "there with the same pixels; 0 = off", _int(0, 500), "an integer 0..500"),
+    Knob("CHECKPOINT_MAX_COST", "0.02", "Checkpoints are skipped while they have cost more "
+         "than this fraction of the steps' own time (measured per job)", _fraction,
+         "a number 0 < x <= 1"),
+    Knob("JOB_MAX_ATTEMPTS", "2", "How many times a job may run: one whose worker died is run "
+         "again (from its checkpoint) until this many attempts, then fails naming the workers",
+         _int(1, 10), "an integer 1..10"),
     Knob("SHUTDOWN_GRACE_SECONDS", "30", "On SIGTERM/SIGINT, how long the running job may "
          "finish before it is cancelled", _int(0, 3600), "an integer 0..3600"),
 )

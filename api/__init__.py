@@ -115,8 +115,23 @@ def _nesting_depth(value: Any) -> int:
 
 
 def client_id() -> str:
-    """Who sent the request, for logs and job ownership (address, never credentials)."""
-    return request.remote_addr or ""
+    """Who sent the request, for fair share, job ownership and logs: the Basic user or the
+    API key's holders when credentials are asked for, else the address (never a secret)."""
+    from flask import g
+
+    return g.get("sd_identity") or request.remote_addr or ""
+
+
+def owners_apart(settings: Settings) -> bool:
+    """Whether jobs belong to who made them: the credentials name several users (API_AUTH's
+    users, and the API key as one more); one shared key behaves as an open server."""
+    return len(settings.api_auth) + bool(settings.api_key) >= 2
+
+
+def may_see(job) -> bool:
+    """Whether this request may see the job: always, unless the credentials name several
+    users (owners_apart): then only the one who made it."""
+    return not owners_apart(services().settings) or job.client == client_id()
 
 
 def submit_switch(model: str) -> Any:

@@ -9,7 +9,6 @@ from api import ApiError, failed_job_error, json_body, services, submit, wait_fo
 from api.openapi import doc
 from api.security import auth_kind
 from catalog.loras import list_loras
-from catalog.models import list_models
 from errors import ValidationError
 from params import (DEFAULT_SCHEDULER, IMAGE_FIELDS, PRESETS, SCHEDULERS,
                     parse_generation_request)
@@ -55,8 +54,8 @@ def parse_or_400(body) -> object:
 def index():
     """Serve the browser form."""
     s = services().settings
-    return render_template("index.html", models=[e.name for e in list_models(s)
-                                                 if not e.problem],
+    return render_template("index.html", models=[e.name for e in
+                                                 services().engine.available_models()],
                            loras=list_loras(s), limits={
         **request_limits(s), "default_guidance": s.default_guidance,
         # "auth": which credential the page asks for (none, bearer, basic or either).

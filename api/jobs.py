@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
-from api import ApiError, json_body, services, submit
+from api import ApiError, json_body, may_see, services, submit
 from api.core import parse_or_400
 from api.openapi import doc
 from params import IMAGE_FIELDS
@@ -24,7 +24,7 @@ JOB_SCHEMA = {"type": "object", "properties": {
 def job_or_404(job_id: str):
     """The job, or 404 JSON if unknown or no longer retained."""
     job = services().queue.get(job_id)
-    if job is None:
+    if job is None or not may_see(job):  # another user's job: as if it did not exist
         raise ApiError(404, "not_found", f"no job {job_id!r}: it never existed or was "
                        "forgotten after JOB_RETENTION_SECONDS / JOB_RETENTION_COUNT")
     return job
@@ -66,8 +66,8 @@ def list_jobs():
         limit = 0
     if limit is not None and limit < 1:
         raise ApiError(400, "invalid_field", f"'limit' must be a positive integer (got {raw!r})")
-    return jsonify({"jobs": [job_json(j) for j in services().queue.recent(limit)
-                             if j.kind == "generate"]})  # model switches make no image
+    jobs = [j for j in services().queue.recent() if j.kind == "generate" and may_see(j)]
+    return jsonify({"jobs": [job_json(j) for j in jobs[:limit]]})  # switches make no image
 
 
 @bp.get("/jobs/<job_id>")

@@ -338,12 +338,10 @@ def images_response(req: Any, n: int, response_format: str, ignored: list[str],
      responses={200: MODELS_RESPONSE}, errors=(401,), **OPENAI_DOC)
 def models():
     """List the models, as OpenAI's GET /v1/models does (the served one first)."""
-    from catalog.models import list_models
-
     engine = services().engine
     served = engine.model.source if engine.model is not None else None
-    names = [engine.model_name] + [e.name for e in list_models(services().settings)
-                                   if not e.problem and e.source != served]
+    names = [engine.model_name] + [e.name for e in engine.available_models()
+                                   if e.source != served]
     if served is None:
         names = names[:1] + names[2:]  # still loading: MODEL_ID's entry is the first
     return jsonify({"object": "list", "data": [

@@ -13,7 +13,7 @@ import logging
 from typing import Iterable
 from urllib.parse import urlsplit
 
-from flask import Flask, Response, request
+from flask import Flask, Response, g, request
 
 from api import ApiError
 from config import Settings
@@ -93,6 +93,7 @@ def install(app: Flask, settings: Settings) -> None:
             given = request.headers.get("Authorization", "")
             if not authorized(given, settings.api_key, settings.api_auth):
                 raise unauthorized(settings, request.headers.get(PAGE_HEADER) == PAGE_VALUE)
+            g.sd_identity = identity(given, settings.api_auth)
             return None
 
     if settings.rate_limit:
@@ -147,6 +148,16 @@ def authorized(header: str, api_key: str, api_auth: Iterable[tuple[str, str]]) -
                 wanted = want_user.encode("utf-8"), want_password.encode("utf-8")
             ok |= hmac.compare_digest(user, wanted[0]) & hmac.compare_digest(password, wanted[1])
     return ok
+
+
+def identity(header: str, api_auth: Iterable[tuple[str, str]]) -> str:
+    """Who an authorized request is: 'user:<name>' for a Basic user, 'key' for the API key
+    (everyone who holds the one key is one client). Call only once `authorized` said yes."""
+    user = basic_credentials(header)[0]
+    for name, _password in api_auth:
+        if user and user in (name.encode("utf-8"), name.encode("latin-1", "replace")):
+            return f"user:{name}"
+    return "key"
 
 
 def basic_credentials(header: str) -> tuple[bytes, bytes]:

@@ -3,7 +3,10 @@
     pipeline        Engine, the facade the job worker and the routes use
     slot            ModelSlot: the one model in memory (load, switch, unload), its status
                     snapshot for /health, the precision chosen at start
-    generation      Generation: one image as numbered steps; StepHooks, the step callback
+    generation      Generation: one image as numbered steps; StepHooks, the step callback;
+                    CheckpointPolicy (when a running job keeps a checkpoint)
+    resume          checkpoints of a running generation, and FastForward to resume one to
+                    the same bytes
     unet_backend    what runs the UNet, chosen once from ENGINE: TorchBackend, OpenVinoBackend
     openvino_engine ENGINE=openvino: the UNet exported to OpenVINO IR and compiled per shape
     status          what the engine reports, torch-free: EngineStatus, GenerationResult

@@ -17,8 +17,9 @@ from engine.decoders import decode_image
 from engine.images import encode_png
 from engine.img2img import TENSOR_INPUTS, mode_arguments, paste_over_input, pipeline_view
 from engine.slot import ModelSlot, release_freed_memory
+from engine.resume import Checkpoint, FastForward, aligned_with_deep_cache, capture
 from engine.speedups import DeepCache, cfg_cutoff_step, cut_guidance
-from engine.status import GenerationResult, StepCallback
+from engine.status import CheckpointSink, GenerationResult, StepCallback
 from params import GenerationRequest
 from params.infotext import write_infotext
 
@@ -42,27 +43,81 @@ def seconds_per_step(started: float, step_times: list[float]) -> float:
     return statistics.median(durations[1:] if len(durations) > 1 else durations)
 
 
+class CheckpointPolicy:
+    """When to keep a checkpoint: `every` of the user's steps after the last one (never after
+    the last step), only while checkpoints have cost at most `max_cost` of the steps' own
+    time, and only where DeepCache needs no cached features (else at the next step where it
+    needs none); `sink` keeps the bytes."""
+
+    def __init__(self, every: int, max_cost: float, sink: CheckpointSink, generator,
+                 deep_cache: DeepCache):
+        self.every, self.max_cost, self.sink = every, max_cost, sink
+        self.generator, self.deep_cache = generator, deep_cache
+        self.started = time.perf_counter()
+        self.spent = 0.0  # seconds spent taking and keeping checkpoints
+        self.last_step = 0
+
+    def due(self, step_index: int, pipeline_steps: int, step: int) -> bool:
+        """Whether the step just finished should be kept."""
+        steps_seconds = time.perf_counter() - self.started - self.spent
+        return (self.every > 0 and step - self.last_step >= self.every
+                and step_index + 1 < pipeline_steps
+                and self.spent <= self.max_cost * steps_seconds
+                and aligned_with_deep_cache(self.deep_cache))
+
+    def keep(self, pipeline, step_index: int, step: int, latents) -> None:
+        """Take the checkpoint and hand it to the sink, counting what it cost."""
+        began = time.perf_counter()
+        checkpoint = capture(pipeline, step_index, step, latents, self.generator,
+                             self.deep_cache)
+        self.sink(checkpoint.to_bytes(), step)
+        self.last_step = step
+        self.spent += time.perf_counter() - began
+
+
 class StepHooks:
     """diffusers' `callback_on_step_end` for one image; each method does one job.
 
     Heun/DPM2 run ~2 UNet calls per step and PNDM one extra: the hooks count in the
-    pipeline's own calls, and tell `on_step` the user's steps.
+    pipeline's own calls, and tell `on_step` the user's steps. While a resumed run replays
+    the steps before its checkpoint (`fast_forward`), only the CFG cutoff runs.
     """
 
-    def __init__(self, request: GenerationRequest, on_step: StepCallback | None):
+    def __init__(self, request: GenerationRequest, on_step: StepCallback | None,
+                 checkpoints: CheckpointPolicy | None = None,
+                 fast_forward: FastForward | None = None):
         self.asked = request.denoising_steps
         self.cfg_cutoff = request.cfg_cutoff
         self.on_step = on_step
+        self.checkpoints = checkpoints
+        self.fast_forward = fast_forward
         self.step_times: list[float] = []  # when each step ended, for seconds_per_step
 
     def __call__(self, pipeline, step_index: int, _timestep, callback_kwargs: dict) -> dict:
         """Run after every pipeline step; returns the (maybe cut) tensors to go on with."""
-        self.record_time()
         pipeline_steps = getattr(pipeline, "num_timesteps", None) or self.asked
+        replaying = self.fast_forward is not None and not self.fast_forward.done
+        if replaying and not self.fast_forward.restore_at(pipeline, step_index,
+                                                          callback_kwargs):
+            self.cut_guidance_at_cutoff(pipeline, step_index, pipeline_steps, callback_kwargs)
+            return callback_kwargs  # a replayed step: its work is the checkpoint's
+        if not replaying:
+            self.record_time()
         self.cut_guidance_at_cutoff(pipeline, step_index, pipeline_steps, callback_kwargs)
         self.release_memory_after_last(step_index, pipeline_steps)
+        if not replaying:
+            self.keep_checkpoint(pipeline, step_index, pipeline_steps, callback_kwargs)
         self.report(step_index, pipeline_steps, callback_kwargs["latents"])
         return callback_kwargs
+
+    def keep_checkpoint(self, pipeline, step_index: int, pipeline_steps: int,
+                        callback_kwargs: dict) -> None:
+        """Hand a checkpoint of this step to the job's keeper, when one is due."""
+        if self.checkpoints is None:
+            return
+        step = user_step(step_index + 1, pipeline_steps, self.asked)
+        if self.checkpoints.due(step_index, pipeline_steps, step):
+            self.checkpoints.keep(pipeline, step_index, step, callback_kwargs["latents"])
 
     def record_time(self) -> None:
         """Note when this step ended."""
@@ -98,9 +153,12 @@ class Generation:
         self.slot = slot
 
     def generate(self, request: GenerationRequest, seed: int,
-                 on_step: StepCallback | None = None) -> GenerationResult:
+                 on_step: StepCallback | None = None, resume_from: bytes | None = None,
+                 on_checkpoint: CheckpointSink | None = None) -> GenerationResult:
         """Make one image; `on_step(step, total, latents)` runs after every step and may raise
-        (`latents` is the receiver's own copy, to keep for a preview).
+        (`latents` is the receiver's own copy, to keep for a preview). `on_checkpoint(bytes,
+        step)` receives checkpoints (CHECKPOINT_STEPS); `resume_from` one of them: the run then
+        goes on from its step, and its image is byte-identical to an uninterrupted one.
 
         The mode follows the request: txt2img, img2img (`init_image`) or inpainting (and
         `mask_image`). `step`/`total` count the denoising steps the user asked for (steps x
@@ -116,12 +174,14 @@ class Generation:
         pipe = self.pipeline_for(request.mode, request.scheduler)
         self.use_free_cores()
         generator = torch.Generator("cpu").manual_seed(seed)
-        hooks = StepHooks(request, on_step)
         # 3. activate LoRAs
         lora_hashes = self.activate_loras(request)
-        # 4. denoise
+        # 4. denoise (from a checkpoint, when resuming)
+        deep_cache = DeepCache(pipe.unet, request.deep_cache)
+        hooks = self.step_hooks(request, on_step, resume_from, on_checkpoint, pipe, generator,
+                                deep_cache)
         try:
-            latents = self.denoise(pipe, request, generator, hooks)
+            latents = self.denoise(pipe, request, generator, hooks, deep_cache)
         finally:
             self.slot.loras.deactivate(self.slot.pipe)  # the next job starts from the bare model
         # 5. decode and paste
@@ -176,12 +236,36 @@ class Generation:
             for entry, te, unet in entries])
         return {entry.name: loras.sha256(entry) for entry, _te, _unet in entries}
 
+    def step_hooks(self, request: GenerationRequest, on_step: StepCallback | None,
+                   resume_from: bytes | None, on_checkpoint: CheckpointSink | None, pipe,
+                   generator, deep_cache: DeepCache) -> StepHooks:
+        """The step callback of this run: progress, and checkpoints kept or resumed from (a
+        checkpoint that cannot be read is logged and the job starts over)."""
+        policy = fast_forward = None
+        if on_checkpoint is not None and self.settings.checkpoint_steps:
+            policy = CheckpointPolicy(self.settings.checkpoint_steps,
+                                      self.settings.checkpoint_max_cost, on_checkpoint,
+                                      generator, deep_cache)
+        if resume_from is not None:
+            try:
+                checkpoint = Checkpoint.from_bytes(resume_from)
+            except ValueError as exc:
+                log.warning("cannot resume from the checkpoint (%s): starting over", exc)
+            else:
+                fast_forward = FastForward(checkpoint, pipe.unet, generator, deep_cache)
+        return StepHooks(request, on_step, policy, fast_forward)
+
     @staticmethod
-    def denoise(pipe, request: GenerationRequest, generator, hooks: StepHooks):
-        """The denoised latents (DeepCache around the UNet when the request asks for it)."""
+    def denoise(pipe, request: GenerationRequest, generator, hooks: StepHooks,
+                deep_cache: DeepCache):
+        """The denoised latents (DeepCache around the UNet when the request asks for it;
+        a resumed run replays the steps before its checkpoint without the UNet)."""
+        import contextlib
+
         import torch
 
-        with torch.inference_mode(), DeepCache(pipe.unet, request.deep_cache):
+        replay = hooks.fast_forward or contextlib.nullcontext()
+        with torch.inference_mode(), deep_cache, replay:
             return pipe(prompt=request.clip_prompt,
                         negative_prompt=request.negative_prompt or None,
                         num_inference_steps=request.steps,

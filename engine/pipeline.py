@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from catalog.models import ModelEntry
+from catalog.models import ModelEntry, list_models
 from config import Settings
 from engine.cpu import PrecisionProbe, threads_for_next_job
 from engine.generation import Generation
@@ -25,7 +25,7 @@ from engine.loading import attention_slicing_enabled
 from engine.loras import LoraAdapters
 from engine.preview import latent_preview_png
 from engine.slot import ModelSlot, choose_bf16
-from engine.status import EngineStatus, GenerationResult, StepCallback
+from engine.status import CheckpointSink, EngineStatus, GenerationResult, StepCallback
 from engine.unet_backend import unet_backend
 from params import GenerationRequest
 
@@ -49,10 +49,11 @@ class Engine:
         return self.slot.switch(wanted)
 
     def generate(self, request: GenerationRequest, seed: int,
-                 on_step: StepCallback | None = None) -> GenerationResult:
-        """Make one image; `on_step(step, total, latents)` runs after every step and may raise
-        (see Generation.generate)."""
-        return self._generation.generate(request, seed, on_step)
+                 on_step: StepCallback | None = None, resume_from: bytes | None = None,
+                 on_checkpoint: CheckpointSink | None = None) -> GenerationResult:
+        """Make one image; `on_step(step, total, latents)` runs after every step and may raise;
+        `on_checkpoint` keeps checkpoints, `resume_from` one of them (see Generation.generate)."""
+        return self._generation.generate(request, seed, on_step, resume_from, on_checkpoint)
 
     def _pipeline_for(self, mode: str, scheduler_name: str):
         """The pipeline view a job of this mode and scheduler runs (tests, benchmarks)."""
@@ -99,6 +100,11 @@ class Engine:
     def has_tiny_decoder(self) -> bool:
         """Whether TAESD is loaded (else a request's vae_decoder 'tiny' runs the full VAE)."""
         return self.slot.taesd is not None
+
+    def available_models(self) -> list[ModelEntry]:
+        """The models a request may name: every loadable catalogue entry (one is loaded at
+        a time; a request for another switches to it)."""
+        return [entry for entry in list_models(self.settings) if not entry.problem]
 
     def preview_png(self, latents) -> bytes:
         """A small PNG of the given latents (safe from any thread: TAESD, when loaded, is

@@ -59,6 +59,11 @@ class DeepCache:
         self._cache: dict[int, Any] = {}
         self._originals: list[tuple[Any, Any]] = []
 
+    @property
+    def active(self) -> bool:
+        """Whether it caches at all (an interval of 1 runs every call in full)."""
+        return self.interval > 1
+
     def _skippable(self) -> list:
         """Every module whose output is reused on a cached call, shallow to deep."""
         unet = self.unet

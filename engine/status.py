@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 StepCallback = Callable[[int, int, Any], None]  # (step, total, latents tensor)
+# (checkpoint bytes, the user's step it was taken after): keep it to resume the job from
+CheckpointSink = Callable[[bytes, int], None]
 
 
 @dataclass

@@ -13,6 +13,8 @@ through the one job runner (runner.py).
     queue          JobQueue, the memory backend's public face
     worker         the one thread that owns the engine; StateRecorder
     state          QueueState: what the queue and the worker share, and its lock
+    journal        the memory backend's accepted jobs and checkpoints on disk (SQLite)
+    fairness       fair share: the round-robin place of a new job in the waiting line
     health         the memory backend's /health
     previews       live previews rendered on demand, once per step
     eta            the pure ETA and Retry-After arithmetic
@@ -23,7 +25,9 @@ through the one job runner (runner.py).
     options        OptionsStore: the A1111 options clients POST, behind their own lock
     redis_common   the Redis key layout, heartbeats and the state mapping both sides share
     redis_queue    RedisJobQueue, the Redis backend's public face
-    redis_records  RQ jobs <-> Jobs, and failing the job of a worker that died
+    redis_records  RQ jobs <-> Jobs: enqueue (per model, fairly), read, refresh
+    redis_reaper   a dead worker's job queued again to resume, or failed for good
+    redis_models   which model's queue a request goes to (the models workers serve)
     redis_health   the Redis backend's /health
     redis_engine   RemoteEngine: the workers' engine as their heartbeats describe it
     redis_worker   `python worker.py`'s loop: load once, serve RQ jobs; RedisRecorder

@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from catalog.models import ModelEntry
 from config import Settings
-from engine.status import EngineStatus, GenerationResult, StepCallback
+from engine.status import CheckpointSink, EngineStatus, GenerationResult, StepCallback
 from jobs.job import Job
 from params import GenerationRequest
 
@@ -46,6 +46,9 @@ class EngineView(Protocol):
     def info(self) -> dict[str, Any]:
         """Model facts for /health and the compatibility APIs."""
 
+    def available_models(self) -> list[ModelEntry]:
+        """The models a request may name here (the catalogue, or what the workers serve)."""
+
 
 @runtime_checkable
 class ImageEngine(EngineView, Protocol):
@@ -56,9 +59,11 @@ class ImageEngine(EngineView, Protocol):
         """Load the model; on failure set status 'failed', never raise."""
 
     def generate(self, request: GenerationRequest, seed: int,
-                 on_step: StepCallback | None = None) -> GenerationResult:
+                 on_step: StepCallback | None = None, resume_from: bytes | None = None,
+                 on_checkpoint: CheckpointSink | None = None) -> GenerationResult:
         """Make one image; `on_step(step, total, latents)` after every step may raise to
-        stop it (`latents` is the receiver's own copy)."""
+        stop it (`latents` is the receiver's own copy); `on_checkpoint(bytes, step)` keeps
+        checkpoints and `resume_from` goes on from one, to the same bytes."""
 
     def switch_model(self, wanted: str) -> bool:
         """Serve the catalogue model `wanted` instead; False when it already is."""

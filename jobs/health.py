@@ -22,6 +22,8 @@ def memory_health(engine: EngineView, queue: dict[str, Any]) -> Health:
         return Health(503, {**body, "status": "shutting_down"})
     if status.state == "ready":
         body.update(status="healthy", **engine.info())
+        if (queue.get("journal") or {}).get("error"):  # serving, but restarts may lose jobs
+            body["warning"] = queue["journal"]["error"]
         if status.switching:  # serving stays up: the switch is a job, the rest wait behind it
             body.update(switching=status.switching, phase=status.phase,
                         progress=status.progress)

@@ -81,6 +81,8 @@ class Job:
     saved_path: str | None = None
     client: str = ""
     worker: str | None = None  # the Redis worker that runs it (None: this process)
+    attempts: int = 0  # runs started: a job whose worker died runs again, from its checkpoint
+    resumed_at_step: int | None = None  # the step the latest attempt went on from
     delivered: bool = False  # the image reached a client; until then count-pruning spares it
     cancel_requested: bool = False
     rejected: bool = False  # failed because the model cannot run this request (API: 4xx)
@@ -115,6 +117,7 @@ class Job:
             "seconds": (round(self.finished_at - self.started_at, 2)
                         if self.finished_at and self.started_at else None),
             "nsfw": self.nsfw, "kind": self.kind, "worker": self.worker,
+            "attempts": self.attempts, "resumed_at_step": self.resumed_at_step,
             "request": self.request.to_dict(),
         }
 

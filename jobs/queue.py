@@ -20,7 +20,7 @@ from jobs.health import memory_health
 from jobs.previews import latest_preview
 from jobs.batch import build_batch
 from jobs.job import Job, JobState, NotAccepting, QueueFull
-from jobs.retention import expired_job_ids
+from jobs.journal import JournalError, open_journal
 from jobs.state import QueueState
 from jobs.store import OutputStore
 from jobs.worker import Worker
@@ -42,8 +42,10 @@ class JobQueue:
         self.clock = clock
         # Both read the clock through the queue, so a clock a test sets here reaches them.
         self.store = store or OutputStore(settings, clock=self._now)
-        self._state = QueueState()
-        self._worker = Worker(self._state, engine, self.store, self._now)
+        journal, self._journal_error = open_journal(settings)
+        self._state = QueueState(journal=journal)
+        self._worker = Worker(self._state, engine, self.store, self._now,
+                              settings.job_max_attempts)
 
     # ------------------------------------------------------------------ control
     def start(self) -> "JobQueue":
@@ -113,10 +115,15 @@ class JobQueue:
             if len(state.waiting) + len(requests) > self.settings.queue_size:
                 raise QueueFull(self._retry_after_locked())
             jobs = build_batch(requests, client, self.clock(), tiny_decoder, kind)
+            if state.journal is not None:
+                try:
+                    state.journal.accepted(jobs)  # on disk before anyone hears "accepted"
+                except JournalError as exc:
+                    raise NotAccepting("journal_unavailable", str(exc), 30) from None
             for job in jobs:
-                state.waiting.append(job)
-                state.jobs[job.id] = job
-            self._prune_locked()
+                state.enqueue(job, fair=self.settings.fair_share == "on")
+            self._state.forget_expired(self.clock(), self.settings.job_retention_seconds,
+                                        self.settings.job_retention_count)
             state.wake.notify_all()
         for job in jobs:
             log.info("job %s queued (position %s)", job.id, self.queue_position(job))
@@ -137,13 +144,15 @@ class JobQueue:
     def get(self, job_id: str) -> Job | None:
         """The job with this id, or None if unknown or no longer retained."""
         with self._state.lock:
-            self._prune_locked()
+            self._state.forget_expired(self.clock(), self.settings.job_retention_seconds,
+                                        self.settings.job_retention_count)
             return self._state.jobs.get(job_id)
 
     def recent(self, limit: int | None = None) -> list[Job]:
         """Known jobs, newest first."""
         with self._state.lock:
-            self._prune_locked()
+            self._state.forget_expired(self.clock(), self.settings.job_retention_seconds,
+                                        self.settings.job_retention_count)
             jobs = list(reversed(self._state.jobs.values()))
         return jobs[:limit] if limit else jobs
 
@@ -197,7 +206,10 @@ class JobQueue:
                     "failed": state.failed, "accepting": state.accepting,
                     "seconds_per_step": (round(state.seconds_per_step, 3)
                                          if state.seconds_per_step else None),
-                    "worker_error": worker_error}
+                    "worker_error": worker_error,
+                    "journal": (state.journal.status() if state.journal is not None else
+                                {"path": None, "error": self._journal_error}
+                                if self._journal_error else None)}
 
     def health(self) -> Health:
         """/health: the worker, the model's state and the queue (never raises)."""
@@ -224,14 +236,6 @@ class JobQueue:
         """A Retry-After estimate: the running job's remaining time, at least a few seconds."""
         running = self._state.running
         return retry_after_seconds(self._eta_locked(running) if running else None)
-
-    def _prune_locked(self) -> None:
-        """Forget finished jobs beyond JOB_RETENTION_SECONDS and _COUNT (see jobs.retention)."""
-        jobs = self._state.jobs
-        for job_id in expired_job_ids(jobs.values(), self.clock(),
-                                      self.settings.job_retention_seconds,
-                                      self.settings.job_retention_count):
-            del jobs[job_id]
 
 
 def not_accepting(accepting: bool, worker_error: str | None,

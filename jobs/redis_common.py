@@ -3,15 +3,19 @@ the queue's name, the key layout, the heartbeat format and the job-state mapping
 
 Layout (everything but RQ's own keys starts with `sd:`):
 
-    rq:queue:sd-generate      RQ's queue; each job is an RQ job whose args are
+    rq:queue:sd-generate:<model>  RQ's queue of one model; each job is an RQ job whose args are
                               (GenerationRequest, seed) and whose meta holds the progress
                               (microblog's shape: the worker writes, the web reads)
     sd:png:<id>               the finished PNG, TTL = JOB_RETENTION_SECONDS
     sd:preview:<id>           the newest live preview PNG (rendered only when asked for)
     sd:preview-wanted:<id>    set by the web while someone polls the preview (short TTL)
     sd:cancel:<id>            "cancel" or "skip": the worker's step callback reads it
+    sd:checkpoint:<id>        the running job's newest checkpoint, to resume it elsewhere
+    sd:reap:<id>              a short lock: one process queues a dead worker's job again
+    sd:client:<id>            who queued the job: fair share orders the queue by it
     sd:recent                 sorted set of job ids by creation time, for GET /jobs
     sd:stats                  completed, failed, seconds_per_step
+    sd:default-model          the model A1111's options switched requests without one to
     sd:worker:<name>          a worker's heartbeat (JSON), TTL = HEARTBEAT_TTL_SECONDS:
                               gone = the worker is dead (its running job then fails)
 """
@@ -24,7 +28,10 @@ from typing import Any
 from config import Settings, redact_url
 from jobs.job import JobState
 
-QUEUE_NAME = "sd-generate"
+# One RQ queue per model: a worker takes jobs only from the queues of the models it serves.
+QUEUE_PREFIX = "sd-generate:"
+# The model A1111's options chose for requests that name none (as A1111's global option).
+DEFAULT_MODEL_KEY = "sd:default-model"
 # A worker refreshes its heartbeat this often, and is taken for dead when it has not for
 # HEARTBEAT_TTL_SECONDS: short enough that a killed worker's job fails within seconds,
 # long enough that a busy CPU (the UNet holds both cores) never misses one.
@@ -58,9 +65,50 @@ def cancel_key(job_id: str) -> str:
     return f"sd:cancel:{job_id}"
 
 
+def checkpoint_key(job_id: str) -> str:
+    """A running job's newest checkpoint (engine.resume's bytes), for a later attempt."""
+    return f"sd:checkpoint:{job_id}"
+
+
+def client_key(job_id: str) -> str:
+    """Who queued the job (for fair share and ownership)."""
+    return f"sd:client:{job_id}"
+
+
+def reap_lock_key(job_id: str) -> str:
+    """Held briefly by the one process that queues a dead worker's job again."""
+    return f"sd:reap:{job_id}"
+
+
 def heartbeat_key(worker_name: str) -> str:
     """A worker's heartbeat: present while it lives."""
     return f"sd:worker:{worker_name}"
+
+
+def queue_name(model: str) -> str:
+    """The RQ queue of one model's jobs."""
+    return QUEUE_PREFIX + model
+
+
+def model_queue(connection, model: str):
+    """The RQ Queue of one model's jobs."""
+    from rq import Queue
+
+    return Queue(queue_name(model), connection=connection)
+
+
+def model_queues(connection) -> list:
+    """Every model's RQ Queue that exists in Redis (RQ keeps the set of queues)."""
+    from rq import Queue
+
+    return [q for q in Queue.all(connection=connection) if q.name.startswith(QUEUE_PREFIX)]
+
+
+def origin_queue(rq_job):
+    """The RQ Queue a job was queued on (its model's)."""
+    from rq import Queue
+
+    return Queue(rq_job.origin, connection=rq_job.connection)
 
 
 def connect(settings: Settings):

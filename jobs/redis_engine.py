@@ -75,6 +75,34 @@ class RemoteEngine:
         beat = self._speaker()
         return (beat or {}).get("default_sampler") or "default"
 
+    def served(self) -> dict[str, int]:
+        """Each model the ready workers serve, with how many serve it (any may be loaded
+        now: a worker serving several switches as its jobs ask)."""
+        try:
+            beats = self.workers()
+        except Exception:  # Redis away: nothing is served
+            return {}
+        counts: dict[str, int] = {}
+        for beat in beats:
+            if beat["state"] == "ready":
+                for entry in beat.get("models") or []:
+                    counts[entry["name"]] = counts.get(entry["name"], 0) + 1
+        return counts
+
+    def available_models(self) -> list:
+        """The catalogue entries the live workers serve (the loaded one as it is now)."""
+        from catalog.models import ModelEntry
+
+        try:
+            beats = self.workers()
+        except Exception:
+            return []
+        found: dict[str, ModelEntry] = {}
+        for beat in beats:
+            for entry in beat.get("models") or []:
+                found.setdefault(entry["name"], ModelEntry(**entry))
+        return list(found.values())
+
     @property
     def has_tiny_decoder(self) -> bool:
         """Whether the workers have TAESD loaded (as their heartbeat says)."""

@@ -15,14 +15,18 @@ WORKER_ADVICE = ("start one with `python worker.py` (same .env, same REDIS_URL);
 WORKER_FIELDS = ("name", "host", "pid", "state", "phase", "job")
 
 
-def queue_figures(settings: Settings, connection, rq_queue, accepting: bool) -> dict[str, Any]:
-    """Queue figures for /health (raises redis errors: `health` reports them)."""
+def queue_figures(settings: Settings, connection, accepting: bool) -> dict[str, Any]:
+    """Queue figures for /health, over every model's queue and per model (raises redis
+    errors: `health` reports them)."""
     from rq.registry import StartedJobRegistry
 
     figures = connection.hgetall(rc.STATS_KEY)
     sps = figures.get(b"seconds_per_step")
-    return {"backend": "redis", "waiting": rq_queue.count,
-            "running": StartedJobRegistry(queue=rq_queue).count,
+    per_model = {queue.name[len(rc.QUEUE_PREFIX):]: {
+        "waiting": queue.count, "running": StartedJobRegistry(queue=queue).count}
+        for queue in rc.model_queues(connection)}
+    return {"backend": "redis", "waiting": sum(m["waiting"] for m in per_model.values()),
+            "running": sum(m["running"] for m in per_model.values()), "models": per_model,
             "capacity": settings.queue_size,
             "completed": int(figures.get(b"completed", 0)),
             "failed": int(figures.get(b"failed", 0)), "accepting": accepting,
@@ -30,14 +34,22 @@ def queue_figures(settings: Settings, connection, rq_queue, accepting: bool) -> 
             "worker_error": None}
 
 
-def redis_health(settings: Settings, connection, rq_queue, accepting: bool,
-                 model_name: str) -> Health:
+def served_by(workers: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Each model the live workers serve, with the names of those (ready or loading)."""
+    out: dict[str, list[str]] = {}
+    for worker in workers:
+        for model in worker.get("models") or []:
+            out.setdefault(model["name"], []).append(worker["name"])
+    return out
+
+
+def redis_health(settings: Settings, connection, accepting: bool, model_name: str) -> Health:
     """200 healthy when a worker with a loaded model heartbeats; 503 shutting_down,
     no_workers (with advice) or unhealthy (Redis unreachable, with advice)."""
     from redis.exceptions import RedisError
 
     try:
-        queue = queue_figures(settings, connection, rq_queue, accepting)
+        queue = queue_figures(settings, connection, accepting)
         workers = rc.alive_workers(connection)
     except RedisError as exc:
         return Health(503, {"status": "unhealthy", "backend": "redis",
@@ -45,8 +57,10 @@ def redis_health(settings: Settings, connection, rq_queue, accepting: bool,
                             "error": rc.unreachable_message(settings, exc),
                             "advice": REDIS_ADVICE})
     body: dict[str, Any] = {"backend": "redis", "model": model_name, "queue": queue,
-                            "workers": [{k: w.get(k) for k in WORKER_FIELDS}
-                                        for w in workers]}
+                            "workers": [{**{k: w.get(k) for k in WORKER_FIELDS},
+                                         "models": [m["name"] for m in w.get("models") or []]}
+                                        for w in workers],
+                            "models": served_by(workers)}
     ready = [w for w in workers if w["state"] == "ready"]
     if not accepting:
         return Health(503, {**body, "status": "shutting_down"})

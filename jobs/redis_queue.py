@@ -20,8 +20,9 @@ from jobs.backend import Health
 from jobs.eta import eta_seconds, retry_after_seconds
 from jobs.redis_engine import RemoteEngine
 from jobs.redis_health import queue_figures, redis_health
+from jobs.redis_models import ModelRouter
 from jobs.redis_records import JobRecords
-from jobs.job import BackendUnsupported, Job, JobState, NotAccepting, QueueFull
+from jobs.job import Job, JobState, NotAccepting, QueueFull
 from params import GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -34,13 +35,12 @@ class RedisJobQueue:
     """The job queue on Redis: the same Protocol and Job objects as jobs.JobQueue."""
 
     def __init__(self, settings: Settings, connection=None):
-        from rq import Queue
-
         self.settings = settings
         self.connection = connection or rc.connect(settings)
-        self.rq = Queue(rc.QUEUE_NAME, connection=self.connection)
         self._engine = RemoteEngine(settings, self.connection)
-        self.records = JobRecords(self.connection, self.rq, settings.job_retention_seconds)
+        self.records = JobRecords(self.connection, settings.job_retention_seconds,
+                                  settings.job_max_attempts)
+        self.models = ModelRouter(settings, self.connection, self._engine)
         self._accepting = True
 
     @property
@@ -81,8 +81,14 @@ class RedisJobQueue:
         return self.submit_many([request], client)[0]
 
     def submit_switch(self, model: str, client: str = "") -> Job:
-        """Model switching is not done across workers yet: a 4xx that says so."""
-        raise _no_switching()
+        """Make `model` the default of requests that name none (each worker serves its own
+        models: nothing loads); a finished job, or BackendUnsupported if nobody serves it."""
+        self.models.choose(model)
+        job = Job(request=GenerationRequest(prompt="", model=model, steps=1), seed=0,
+                  client=client, kind="switch_model", state=JobState.SUCCEEDED,
+                  started_at=rc.now(), finished_at=rc.now(), step=1)
+        job.done.set()
+        return job
 
     def submit_many(self, requests: list[GenerationRequest], client: str = "",
                     kind: str = "generate") -> list[Job]:
@@ -90,8 +96,6 @@ class RedisJobQueue:
         across every web process through a Redis lock around count-and-enqueue."""
         from redis.exceptions import RedisError
 
-        if kind != "generate" or any(r.model is not None for r in requests):
-            raise _no_switching()
         if not self._accepting:
             raise NotAccepting("shutting_down", "this server is shutting down; retry "
                                "against another instance or after it restarts", 30)
@@ -100,10 +104,12 @@ class RedisJobQueue:
                 raise NotAccepting("no_workers", "no worker with a loaded model is running; "
                                    "start one with `python worker.py` (GET /health says "
                                    "when one is ready)", 10)
+            model = self.models.target(requests[0].model)  # a batch is of one model
             with self.connection.lock("sd:submit-lock", timeout=SUBMIT_LOCK_SECONDS):
-                if self.rq.count + len(requests) > self.settings.queue_size:
+                if self._waiting() + len(requests) > self.settings.queue_size:
                     raise QueueFull(self._retry_after())
-                jobs = self.records.enqueue(requests, client, self.engine.has_tiny_decoder)
+                jobs = self.records.enqueue(requests, client, self.engine.has_tiny_decoder,
+                                           model, self.settings.fair_share == "on")
         except RedisError as exc:
             raise NotAccepting("unhealthy", rc.unreachable_message(self.settings, exc),
                                10) from None
@@ -124,9 +130,7 @@ class RedisJobQueue:
 
     def current(self) -> Job | None:
         """A running job (the one started first when several workers run)."""
-        from rq.registry import StartedJobRegistry
-
-        for job_id in StartedJobRegistry(queue=self.rq).get_job_ids():
+        for job_id in self.records.running_ids():
             job = self.get(job_id)
             if job is not None and job.state == JobState.RUNNING:
                 return job
@@ -137,8 +141,8 @@ class RedisJobQueue:
         running = self.current()
         if running is not None:
             return running
-        waiting = self.rq.get_job_ids(0, 1)
-        return self.get(waiting[0]) if waiting else None
+        waiting = self.records.next_waiting_id()
+        return self.get(waiting) if waiting else None
 
     def cancel(self, job_id: str, skip: bool = False) -> Job | None:
         """A queued job leaves the queue now; a running one stops at its next step (its
@@ -149,19 +153,15 @@ class RedisJobQueue:
         retention = self.settings.job_retention_seconds
         self.connection.set(rc.cancel_key(job_id), "skip" if skip else "cancel", ex=retention)
         if job.state == JobState.QUEUED:
-            from rq.job import Job as RQJob
-
-            rq_job = RQJob.fetch(job_id, connection=self.connection)
-            rq_job.meta.update(outcome=JobState.CANCELLED.value, finished_at=rc.now(),
-                               error="cancelled before it started")
-            rq_job.save_meta()
-            rq_job.cancel()
+            self.records.cancel_queued(job_id)
         log.info("job %s cancel requested", job_id)
         self.refresh(job)
         return job
 
     def wait(self, job: Job, timeout: float | None = None) -> bool:
         """Block until the job is finished (re-reading Redis); True if it is."""
+        if job.done.is_set():  # finished (a switch here is finished when made): final
+            return True
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.refresh(job).state.finished:
             if deadline is not None and time.monotonic() >= deadline:
@@ -180,7 +180,8 @@ class RedisJobQueue:
             return 0
         if job.state != JobState.QUEUED:
             return None
-        position = self.rq.get_job_position(job.id)
+        queue = rc.model_queue(self.connection, job.request.model or "")
+        position = queue.get_job_position(job.id)
         return None if position is None else position + 1
 
     def preview(self, job: Job) -> bytes | None:
@@ -199,11 +200,11 @@ class RedisJobQueue:
 
     def stats(self) -> dict[str, Any]:
         """Queue figures for /health (raises redis errors: `health` reports them)."""
-        return queue_figures(self.settings, self.connection, self.rq, self._accepting)
+        return queue_figures(self.settings, self.connection, self._accepting)
 
     def health(self) -> Health:
         """/health under redis: Redis, the workers and the queue (never raises)."""
-        return redis_health(self.settings, self.connection, self.rq, self._accepting,
+        return redis_health(self.settings, self.connection, self._accepting,
                             self.engine.model_name)
 
     def refresh(self, job: Job) -> Job:
@@ -214,13 +215,17 @@ class RedisJobQueue:
     def _ready_workers(self) -> list[dict[str, Any]]:
         return [w for w in self.engine.workers() if w["state"] == "ready"]
 
+    def _waiting(self) -> int:
+        """Jobs waiting in every model's queue (QUEUE_SIZE bounds them all together)."""
+        return sum(queue.count for queue in rc.model_queues(self.connection))
+
     def _eta(self, job: Job, position: int | None) -> float | None:
         """ETA; a queued job's counts the jobs ahead as its size, shared over the workers."""
         figures = self.connection.hget(rc.STATS_KEY, "seconds_per_step")
         earlier = float(figures) if figures else None
         steps_left = job.total_steps - job.step
         if job.state == JobState.QUEUED and position:
-            workers = max(1, len(self._ready_workers()))
+            workers = max(1, self.engine.served().get(job.request.model or "", 0))
             steps_left = job.total_steps + (position - 1) * job.total_steps / workers
         return eta_seconds(job.state, int(steps_left), job.step_marks, job.started_at,
                            rc.now(), earlier)
@@ -231,9 +236,3 @@ class RedisJobQueue:
         figures = self.connection.hget(rc.STATS_KEY, "seconds_per_step")
         return retry_after_seconds(float(figures) * self.settings.default_steps
                                    if figures else None)
-
-
-def _no_switching() -> BackendUnsupported:
-    return BackendUnsupported("model_switching_unsupported", "model switching needs "
-                              "QUEUE_BACKEND=memory for now (this server runs "
-                              "QUEUE_BACKEND=redis); leave out the model field", None)

@@ -1,19 +1,16 @@
-"""The Redis backend's job records: a batch written as RQ jobs, an RQ job read back as the
-`Job` the routes use, and the one place a dead worker's job is failed (whichever web
-process notices first).
-
-A worker killed mid-job (its heartbeat lapses for HEARTBEAT_TTL_SECONDS) fails that job
-with a message naming the worker; it is not re-queued, because a job that killed its worker
-(e.g. out of memory) would kill the next one too. The client retries.
-"""
+"""The Redis backend's job records: a batch written as RQ jobs, and an RQ job read back as
+the `Job` the routes use (a job whose worker died is handed to jobs.redis_reaper)."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from jobs import redis_common as rc
 from jobs.batch import build_batch
+from jobs.fairness import fair_index
 from jobs.job import Job, JobState
+from jobs.redis_reaper import Reaper
 from params import GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -23,14 +20,18 @@ class JobRecords:
     """Writes batches as RQ jobs, reads RQ jobs into Jobs, refreshes them, and fails those
     whose worker died."""
 
-    def __init__(self, connection, rq_queue, retention_seconds: int):
+    def __init__(self, connection, retention_seconds: int, max_attempts: int):
         self.connection = connection
-        self.rq = rq_queue
         self.retention_seconds = retention_seconds
+        self.reaper = Reaper(connection, retention_seconds, max_attempts)
 
-    def enqueue(self, requests: list[GenerationRequest], client: str,
-                tiny_decoder: bool) -> list[Job]:
-        """Create the batch's RQ jobs and the recent-jobs index entries in one pipeline."""
+    def enqueue(self, requests: list[GenerationRequest], client: str, tiny_decoder: bool,
+                model: str, fair: bool = True) -> list[Job]:
+        """Create the batch's RQ jobs on `model`'s queue (each request names the model, so
+        a worker serving several switches to it) and the recent-jobs index entries in one
+        pipeline, then move them to their fair-share places (jobs.fairness) when `fair`."""
+        queue = rc.model_queue(self.connection, model)
+        requests = [replace(request, model=model) for request in requests]
         from jobs.redis_worker import run_job
 
         created, data, retention = rc.now(), [], self.retention_seconds
@@ -40,16 +41,76 @@ class JobRecords:
                     "batch_index": job.batch_index, "batch_size": job.batch_size,
                     "total_steps": job.total_steps}
             request = job.request
-            data.append(self.rq.prepare_data(
+            data.append(queue.prepare_data(
                 run_job, (request, job.seed), job_id=job.id, meta=meta, result_ttl=retention,
                 failure_ttl=retention, timeout=rc.JOB_TIMEOUT_SECONDS,
                 description=f"generate {request.width}x{request.height} {request.steps} steps"))
         with self.connection.pipeline() as pipe:
-            self.rq.enqueue_many(data, pipeline=pipe)
+            queue.enqueue_many(data, pipeline=pipe)
             pipe.zadd(rc.RECENT_KEY, {job.id: created for job in jobs})
             pipe.zremrangebyscore(rc.RECENT_KEY, "-inf", created - retention)
+            for job in jobs:
+                pipe.set(rc.client_key(job.id), client, ex=retention)
             pipe.execute()
+        if fair:
+            self._place_fairly(queue, [job.id for job in jobs], client)
         return jobs
+
+    def _place_fairly(self, queue, new_ids: list[str], client: str) -> None:
+        """Move the just-queued jobs from the end of the RQ list to their fair places, in
+        one transaction that starts over if a worker takes a job meanwhile."""
+        from redis.exceptions import WatchError
+        from rq.registry import StartedJobRegistry
+
+        running = [c.decode() for c in self.connection.mget(
+            [rc.client_key(i) for i in StartedJobRegistry(queue=queue).get_job_ids()] or
+            ["-"]) if c]
+        key = queue.key
+        with self.connection.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    ids = [i.decode() for i in pipe.lrange(key, 0, -1)]
+                    line = [i for i in ids if i not in new_ids]
+                    clients = [c.decode() if c else "" for c in
+                               pipe.mget([rc.client_key(i) for i in line])] if line else []
+                    for job_id in (i for i in ids if i in new_ids):
+                        place = fair_index(clients, client, running)
+                        line.insert(place, job_id)
+                        clients.insert(place, client)
+                    pipe.multi()
+                    if line != ids:
+                        pipe.delete(key)
+                        pipe.rpush(key, *line)
+                    pipe.execute()
+                    return
+                except WatchError:
+                    continue
+
+    def running_ids(self) -> list[str]:
+        """The ids of the jobs RQ counts as started, over every model's queue."""
+        from rq.registry import StartedJobRegistry
+
+        return [job_id for queue in rc.model_queues(self.connection)
+                for job_id in StartedJobRegistry(queue=queue).get_job_ids()]
+
+    def next_waiting_id(self) -> str | None:
+        """The first waiting job of any model's queue, or None."""
+        for queue in rc.model_queues(self.connection):
+            waiting = queue.get_job_ids(0, 1)
+            if waiting:
+                return waiting[0]
+        return None
+
+    def cancel_queued(self, job_id: str) -> None:
+        """Take a queued job off its queue, recorded as cancelled before it started."""
+        from rq.job import Job as RQJob
+
+        rq_job = RQJob.fetch(job_id, connection=self.connection)
+        rq_job.meta.update(outcome=JobState.CANCELLED.value, finished_at=rc.now(),
+                           error="cancelled before it started")
+        rq_job.save_meta()
+        rq_job.cancel()
 
     def get(self, job_id: str) -> Job | None:
         """The job with this id, or None if unknown or expired."""
@@ -81,16 +142,18 @@ class JobRecords:
 
     def refresh(self, job: Job) -> Job:
         """Re-read the job's progress and outcome from Redis into `job`; a running job
-        whose worker's heartbeat lapsed is failed here (whichever web process sees it)."""
+        whose worker's heartbeat lapsed is reaped here (whichever process sees it first)."""
         from rq.job import Job as RQJob
 
         rq_job = RQJob(job.id, connection=self.connection)
         status = rq_job.get_status(refresh=True)
         meta = rq_job.get_meta(refresh=True)
         state = rc.job_state(status and status.value, meta)
-        if state == JobState.RUNNING and self._abandoned(rq_job, meta):
-            meta = self._fail_abandoned(rq_job, meta)
-            state = JobState.FAILED
+        if state == JobState.RUNNING and self.reaper.abandoned(rq_job, meta):
+            self.reaper.reap(job.id)  # run again from its checkpoint, or failed for good
+            status = rq_job.get_status(refresh=True)
+            meta = rq_job.get_meta(refresh=True)
+            state = rc.job_state(status and status.value, meta)
         self._apply(job, state, meta)
         return job
 
@@ -104,6 +167,7 @@ class JobRecords:
             meta.get("rejected"))
         job.saved_path, job.step_marks = meta.get("saved_path"), meta.get("step_marks") or []
         job.worker = meta.get("worker")
+        job.attempts, job.resumed_at_step = meta.get("attempts", 0), meta.get("resumed_at_step")
         flag = self.connection.get(rc.cancel_key(job.id))
         job.cancel_requested, job.skip_requested = bool(flag), flag == b"skip"
         if state == JobState.SUCCEEDED and job.png is None:
@@ -113,32 +177,3 @@ class JobRecords:
         job.state = state
         if state.finished:
             job.done.set()
-
-    def _abandoned(self, rq_job, meta: dict[str, Any]) -> bool:
-        """True when the worker running this job no longer heartbeats."""
-        name = meta.get("worker") or rq_job.worker_name
-        return bool(name) and not self.connection.exists(rc.heartbeat_key(name))
-
-    def _fail_abandoned(self, rq_job, meta: dict[str, Any]) -> dict[str, Any]:
-        """Fail a job whose worker died (kill -9, power loss): not re-queued (see above)."""
-        from rq.job import JobStatus
-        from rq.registry import FailedJobRegistry, StartedJobRegistry
-
-        from rq.job import Job as RQJob
-
-        rq_job = RQJob.fetch(rq_job.id, connection=self.connection)  # whole: RQ re-saves it
-        name = meta.get("worker") or rq_job.worker_name
-        meta.update(outcome=JobState.FAILED.value, finished_at=rc.now(), error=(
-            f"the worker {name} stopped while running this job (no heartbeat for "
-            f"{rc.HEARTBEAT_TTL_SECONDS} s); retry the request"))
-        rq_job.meta = meta
-        rq_job.save_meta()
-        with self.connection.pipeline() as pipe:
-            rq_job.set_status(JobStatus.FAILED, pipeline=pipe)
-            StartedJobRegistry(queue=self.rq).remove_executions(rq_job, pipeline=pipe)
-            FailedJobRegistry(queue=self.rq).add(rq_job, ttl=self.retention_seconds,
-                                                  pipeline=pipe)
-            pipe.hincrby(rc.STATS_KEY, "failed", 1)
-            pipe.execute()
-        log.warning("job %s failed: worker %s died", rq_job.id, name)
-        return meta

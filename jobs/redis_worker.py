@@ -15,15 +15,18 @@ import logging
 import os
 import socket
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from catalog.models import ModelEntry, find_model, list_models
 from config import Settings, redact_url
+from errors import ModelUnavailable, UnknownModel
 from jobs import redis_common as rc
 from engine.status import GenerationResult
 from jobs import runner
 from jobs.backend import ImageEngine
 from jobs.job import Job, JobCancelled, JobState
+from jobs.redis_reaper import Reaper
 from jobs.store import OutputStore
 from params import GenerationRequest
 
@@ -39,6 +42,7 @@ class WorkerContext:
     store: OutputStore
     connection: Any
     name: str
+    served: list[ModelEntry] = field(default_factory=list)  # the models it takes jobs for
     current_job: str | None = None
 
 
@@ -55,12 +59,13 @@ def serve(settings: Settings, engine: ImageEngine, name: str | None = None,
     """Load the model into `engine`, then serve the queue until SIGTERM/SIGINT (after the
     running job)."""
     global _context
-    from rq import Queue, SimpleWorker
+    from rq import SimpleWorker
 
     connection = rc.connect(settings)
     connection.ping()  # fail at once, with the URL redacted by the caller's message
     name = name or default_name()
-    _context = WorkerContext(settings, engine, OutputStore(settings), connection, name)
+    served = served_models(settings)
+    _context = WorkerContext(settings, engine, OutputStore(settings), connection, name, served)
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(_context, stop), daemon=True,
                             name="heartbeat")
@@ -71,8 +76,10 @@ def serve(settings: Settings, engine: ImageEngine, name: str | None = None,
     if engine.status.state != "ready":
         stop.set()
         raise SystemExit(f"worker {name}: the model failed to load: {engine.status.error}")
-    worker = SimpleWorker([Queue(rc.QUEUE_NAME, connection=connection)],
+    # One queue per served model: jobs for a model no worker here serves are never taken.
+    worker = SimpleWorker([rc.model_queue(connection, entry.name) for entry in served],
                           connection=connection, name=name)
+    log.info("worker %s: serving %s", name, ", ".join(entry.name for entry in served))
     _publish(_context)  # ready now: registered with RQ below, within the same second
     try:
         worker.work(burst=burst, with_scheduler=False, logging_level=settings.log_level.upper())
@@ -81,12 +88,31 @@ def serve(settings: Settings, engine: ImageEngine, name: str | None = None,
         connection.delete(rc.heartbeat_key(name))
 
 
+def served_models(settings: Settings) -> list[ModelEntry]:
+    """The catalogue entries this worker serves: WORKER_MODELS (loaded one at a time, as the
+    jobs ask), else MODEL_ID's; SystemExit naming one that is not in the catalogue."""
+    if not settings.worker_models:
+        return [list_models(settings)[0]]
+    entries = []
+    for wanted in settings.worker_models:
+        try:
+            entries.append(find_model(settings, wanted))
+        except (UnknownModel, ModelUnavailable) as exc:
+            raise SystemExit(f"WORKER_MODELS: {exc}") from None
+    return entries
+
+
 def _heartbeat(context: WorkerContext, stop: threading.Event) -> None:
-    """Publish this worker's state every HEARTBEAT_SECONDS until stopped; a Redis hiccup
-    only skips a beat."""
+    """Publish this worker's state every HEARTBEAT_SECONDS until stopped, and queue again
+    the jobs of workers that died (nobody need be watching them); a Redis hiccup only skips
+    a beat."""
+    settings = context.settings
+    reaper = Reaper(context.connection, settings.job_retention_seconds,
+                    settings.job_max_attempts)
     while not stop.is_set():
         try:
             _publish(context)
+            reaper.sweep()
         except Exception as exc:  # Redis away: the worker itself will notice on dequeue
             log.warning("worker %s: heartbeat failed: %s", context.name, type(exc).__name__)
         stop.wait(rc.HEARTBEAT_SECONDS)
@@ -101,6 +127,7 @@ def _publish(context: WorkerContext) -> None:
             "model": asdict(engine.model) if engine.model is not None else None,
             "default_sampler": engine.default_sampler if status.state == "ready" else None,
             "taesd": engine.has_tiny_decoder, "info": engine.info(),
+            "models": [asdict(entry) for entry in context.served],
             "job": context.current_job, "at": rc.now()}
     context.connection.set(rc.heartbeat_key(context.name), json.dumps(beat),
                            ex=rc.HEARTBEAT_TTL_SECONDS)
@@ -119,9 +146,12 @@ def run_job(request: GenerationRequest, seed: int) -> None:
     rq_job = get_current_job()
     conn = context.connection
     recorder = RedisRecorder(context, rq_job)
-    rq_job.meta.update(worker=context.name, started_at=rc.now(), step=0, step_marks=[])
+    meta = rq_job.meta
+    meta.update(worker=context.name, started_at=rc.now(), step=0, step_marks=[],
+                attempts=meta.get("attempts", 0) + 1, resumed_at_step=None,
+                workers=[*meta.get("workers", []), context.name])
     job = Job(request=request, seed=seed, id=rq_job.id, worker=context.name,
-              total_steps=rq_job.meta.get("total_steps", 0))
+              total_steps=meta.get("total_steps", 0), attempts=meta["attempts"])
     if conn.get(rc.cancel_key(rq_job.id)):  # cancelled while RQ handed it over
         recorder.ended(job, JobState.CANCELLED, "cancelled before it started")
         return
@@ -131,7 +161,7 @@ def run_job(request: GenerationRequest, seed: int) -> None:
         runner.run_job(job, context.engine, context.store, recorder)
     finally:
         context.current_job = None
-        conn.delete(rc.preview_wanted_key(rq_job.id))
+        conn.delete(rc.preview_wanted_key(rq_job.id), rc.checkpoint_key(rq_job.id))
 
 
 class RedisRecorder:
@@ -147,7 +177,7 @@ class RedisRecorder:
         """Publish progress; render a preview only while someone watches; stop on a cancel
         flag."""
         conn, meta = self.context.connection, self.rq_job.meta
-        meta.update(step=step, total_steps=total)
+        meta.update(step=step, total_steps=total, resumed_at_step=job.resumed_at_step)
         meta["step_marks"].append(rc.now())
         self.rq_job.save_meta()
         flag, wanted = conn.mget(rc.cancel_key(job.id), rc.preview_wanted_key(job.id))
@@ -175,6 +205,15 @@ class RedisRecorder:
         """Record a cancel or a failure as the job's outcome."""
         self.rq_job.meta["rejected"] = rejected
         self._finish(state, error)
+
+    def checkpoint(self, job: Job, data: bytes, step: int) -> None:
+        """Keep the newest checkpoint in Redis, for whichever worker runs the job next."""
+        self.context.connection.set(rc.checkpoint_key(job.id), data, ex=self.retention)
+        self.rq_job.meta["checkpoint_step"] = step
+
+    def resume_point(self, job: Job) -> bytes | None:
+        """The checkpoint an earlier attempt kept (its worker died), or None."""
+        return self.context.connection.get(rc.checkpoint_key(job.id))
 
     def _finish(self, state: JobState, error: str | None) -> None:
         """Record a job's outcome in its meta (RQ marks the job finished after we return)."""

@@ -38,6 +38,13 @@ class JobRecorder(Protocol):
     def ended(self, job: Job, state: JobState, error: str, rejected: bool = False) -> None:
         """Record a job that did not succeed (`rejected`: the request was at fault, 4xx)."""
 
+    def checkpoint(self, job: Job, data: bytes, step: int) -> None:
+        """Keep the job's newest checkpoint (taken after `step`), where a later attempt finds
+        it even if this process dies."""
+
+    def resume_point(self, job: Job) -> bytes | None:
+        """The checkpoint an earlier attempt of this job kept, or None."""
+
 
 def comparable_pace(request: GenerationRequest, result: GenerationResult) -> float | None:
     """The run's seconds per step when it can stand for a plain job's, else None: a cached
@@ -56,15 +63,21 @@ def run_job(job: Job, engine: ImageEngine, store: OutputStore, recorder: JobReco
         _switch(job, engine, recorder)
         return
     reached = [0, job.total_steps]  # the last step reported, for the cancel message
+    resume_from = recorder.resume_point(job)
 
     def on_step(step: int, total: int, latents: Any) -> None:
+        if resume_from is not None and job.resumed_at_step is None:
+            job.resumed_at_step = step  # the first step this attempt reports
+            log.info("job %s resumed at step %d/%d (attempt %d)", job.id, step, total,
+                     job.attempts)
         reached[:] = [step, total]
         recorder.step(job, step, total, latents)
 
-    # 1. generate, reporting every step
+    # 1. generate, reporting every step and keeping checkpoints (from one, when resuming)
     request = job.request
     try:
-        result = engine.generate(request, job.seed, on_step)
+        result = engine.generate(request, job.seed, on_step, resume_from,
+                                 lambda data, step: recorder.checkpoint(job, data, step))
     except JobCancelled:
         recorder.ended(job, JobState.CANCELLED, f"cancelled at step {reached[0]} of "
                                                 f"{reached[1]}")

@@ -6,7 +6,10 @@ import collections
 import threading
 from dataclasses import dataclass, field
 
+from jobs.fairness import fair_index
 from jobs.job import Job, JobState
+from jobs.journal import Journal
+from jobs.retention import expired_job_ids
 
 
 @dataclass
@@ -23,6 +26,7 @@ class QueueState:
     seconds_per_step: float | None = None  # measured by the last run, for first-step ETAs
     completed: int = 0
     failed: int = 0
+    journal: Journal | None = None  # the accepted jobs on disk (JOURNAL_PATH), when on
 
     def __post_init__(self) -> None:
         # Signalled when a job is queued or the worker should stop.
@@ -37,10 +41,31 @@ class QueueState:
         except ValueError:
             return None
 
+    def enqueue(self, job: Job, fair: bool) -> None:
+        """Add a new job to the waiting line: at its fair-share place (jobs.fairness), or
+        last; and to the known jobs."""
+        place = len(self.waiting)
+        if fair:
+            running = [self.running.client] if self.running else []
+            place = fair_index([j.client for j in self.waiting], job.client, running)
+        self.waiting.insert(place, job)
+        self.jobs[job.id] = job
+
+    def forget_expired(self, now: float, seconds: int, count: int) -> None:
+        """Forget finished jobs beyond JOB_RETENTION_SECONDS and _COUNT (jobs.retention),
+        in memory and in the journal."""
+        expired = list(expired_job_ids(self.jobs.values(), now, seconds, count))
+        for job_id in expired:
+            del self.jobs[job_id]
+        if expired and self.journal is not None:
+            self.journal.forget(expired)
+
     def finish(self, job: Job, state: JobState, error: str | None, now: float) -> None:
         """Move a job to a final state and wake whoever waits for it."""
         job.state, job.error, job.finished_at = state, error, now
         job.latents = None
         if self.running is job:
             self.running = None
+        if self.journal is not None:
+            self.journal.finished(job)
         job.done.set()

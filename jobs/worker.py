@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from engine.status import GenerationResult
 from jobs.backend import ImageEngine
 from jobs.job import Job, JobCancelled, JobState
+from jobs.journal import Recovered
 from jobs.runner import run_job
 from jobs.state import QueueState
 from jobs.store import OutputStore
@@ -35,7 +37,7 @@ class Worker:
     saving each image to the store."""
 
     def __init__(self, state: QueueState, engine: ImageEngine, store: OutputStore,
-                 clock: Callable[[], float]):
+                 clock: Callable[[], float], max_attempts: int = 1):
         self.state = state
         self.engine = engine
         self.store = store
@@ -43,6 +45,7 @@ class Worker:
         self._thread: threading.Thread | None = None
         self._error: str | None = None
         self._stop_requested = False
+        self.max_attempts = max_attempts  # runs a journaled job may have before it fails
         self._recorder = StateRecorder(state, clock)
 
     def start(self) -> None:
@@ -100,15 +103,52 @@ class Worker:
             self._fail_unfinished(f"{self._error}; restart the server")
 
     def _restore(self) -> None:
-        """Bring back saved images as finished jobs; a failure only loses that history."""
+        """Bring back saved images as finished jobs, then the journal's jobs: the waiting
+        ones queued again in their order (an interrupted one first, to resume), the
+        finished ones answering again; a failure only loses that history."""
         try:
             restored = self.store.restore()
         except Exception:
             log.exception("could not restore saved images; starting with an empty history")
-            return
+            restored = []
+        recovered = self._recover_journal()
         with self.state.lock:
             for job in restored:
                 self.state.jobs.setdefault(job.id, job)  # a job already known wins
+            for job in recovered.finished:
+                if job.state != JobState.SUCCEEDED or job.id not in self.state.jobs:
+                    self.state.jobs[job.id] = job
+            for job in recovered.waiting:
+                self.state.waiting.append(job)
+                self.state.jobs[job.id] = job
+            self.state.jobs = dict(sorted(self.state.jobs.items(),
+                                          key=lambda item: item[1].created_at))
+        if recovered.waiting:
+            log.info("journal: %d accepted jobs queued again (%s)", len(recovered.waiting),
+                     ", ".join(job.id for job in recovered.waiting))
+
+    def _recover_journal(self) -> Recovered:
+        """The journal's jobs, succeeded ones with their saved image (none without one)."""
+        journal = self.state.journal
+        if journal is None:
+            return Recovered([], [])
+        try:
+            recovered = journal.recover(self.max_attempts, self.clock())
+        except Exception:  # a journal we cannot read must not keep the server down
+            log.exception("could not read the job journal %s", journal.path)
+            journal.error = f"the job journal {journal.path} could not be read; see the log"
+            return Recovered([], [])
+        finished = []
+        for job in recovered.finished:
+            if job.state == JobState.SUCCEEDED:
+                try:
+                    job.png = Path(job.saved_path).read_bytes() if job.saved_path else None
+                except OSError:
+                    job.png = None
+                if job.png is None:
+                    continue  # the image is gone: there is nothing left to answer with
+            finished.append(job)
+        return Recovered(recovered.waiting, finished)
 
     def _take_next(self) -> Job | None:
         """Block until a job waits, mark it running and return it; None once stopping."""
@@ -120,6 +160,9 @@ class Worker:
                 return None
             job = state.running = state.waiting.popleft()
             job.state, job.started_at = JobState.RUNNING, self.clock()
+            job.attempts += 1
+            if state.journal is not None:
+                state.journal.started(job)
             return job
 
     def _fail_unfinished(self, message: str) -> None:
@@ -166,6 +209,17 @@ class StateRecorder:
                     self.state.seconds_per_step = pace
                 self.state.completed += 1
             self.state.finish(job, JobState.SUCCEEDED, None, self.clock())
+
+    def checkpoint(self, job: Job, data: bytes, step: int) -> None:
+        """Keep the checkpoint in the journal, for the run after a restart (none without)."""
+        if self.state.journal is not None:
+            self.state.journal.keep_checkpoint(job.id, data, step)
+
+    def resume_point(self, job: Job) -> bytes | None:
+        """The checkpoint a run before the restart kept (only a later attempt has one)."""
+        if self.state.journal is None or job.attempts <= 1:
+            return None
+        return self.state.journal.checkpoint(job.id)
 
     def ended(self, job: Job, state: JobState, error: str, rejected: bool = False) -> None:
         """End a job that did not succeed (one already finished stays as it is)."""

@@ -1,6 +1,8 @@
 """GenerationRequest: a validated request, every field present and within this server's limits."""
 from __future__ import annotations
 
+import base64
+import io
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -69,6 +71,33 @@ class GenerationRequest:
         if self.vae_decoder == "tiny" and not tiny_decoder:
             return replace(self, vae_decoder="full")
         return self
+
+    def to_record(self) -> dict[str, Any]:
+        """The whole request as JSON-ready values, images as base64 PNG (for a journal that
+        must give back the very request after a restart)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["loras"] = [list(lora) for lora in self.loras]
+        for name in IMAGE_FIELDS:
+            if out[name] is not None:
+                buffer = io.BytesIO()
+                out[name].save(buffer, format="PNG")
+                out[name] = base64.b64encode(buffer.getvalue()).decode("ascii")
+        return out
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "GenerationRequest":
+        """The request `to_record` wrote (already validated when it was accepted)."""
+        values = dict(record)
+        values["loras"] = tuple(tuple(lora) for lora in values.get("loras") or ())
+        for name in IMAGE_FIELDS:
+            if values.get(name) is not None:
+                from PIL import Image
+
+                image = Image.open(io.BytesIO(base64.b64decode(values[name])))
+                image.load()
+                values[name] = image
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
 
     def to_dict(self) -> dict[str, Any]:
         """The request as JSON-ready values (an image as its size, never its pixels)."""

@@ -24,6 +24,7 @@ BASE_ENV = {
     "MAX_STEPS": "50", "RATE_LIMIT": "", "OUTPUT_DIR": "", "TORCH_THREADS": "1",
     "QUEUE_SIZE": "4", "THREADS": "16", "LOG_LEVEL": "INFO",
     "TAESD_MODEL": "",  # no Hub here; tests that want TAESD pass the random one (taesd_dir)
+    "JOURNAL_PATH": "",  # jobs in memory; the journal's tests give it a folder of their own
 }
 
 
@@ -183,7 +184,7 @@ def gate(monkeypatch):
     g = StepGate()
     real_generate = engine_module.Engine.generate
 
-    def gated(self, request, seed, on_step=None):
+    def gated(self, request, seed, on_step=None, *more, **options):
         def paused(step, total, latents):
             if on_step is not None:
                 on_step(step, total, latents)  # records progress, raises if cancelled
@@ -191,7 +192,7 @@ def gate(monkeypatch):
             if not g.open_all:
                 assert g.permits.acquire(timeout=60), "test never released the gate"
 
-        return real_generate(self, request, seed, paused)
+        return real_generate(self, request, seed, paused, *more, **options)
 
     monkeypatch.setattr(engine_module.Engine, "generate", gated)
     yield g

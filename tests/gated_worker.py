@@ -1,9 +1,10 @@
-"""`python worker.py` with a step gate, for the shared queue-backend tests: the same worker,
-engine and tiny pipeline, paused after each step until the test lets it go on, through
-Redis (TEST_GATE_URL). Not a fake: every step still runs; this only makes "the worker is
-busy" deterministic across processes, as tests/conftest.py's StepGate does in one.
+"""`python worker.py` (or `python app.py`) with a step gate, for tests across processes: the
+same program, engine and tiny pipeline, paused after each step until the test lets it go
+on, through Redis (TEST_GATE_URL). Not a fake: every step still runs; this only makes "the
+worker is busy" deterministic across processes, as tests/conftest.py's StepGate does in one.
 
-    python tests/gated_worker.py    # with the environment of `python worker.py`
+    python tests/gated_worker.py        # with the environment of `python worker.py`
+    python tests/gated_worker.py app    # with the environment of `python app.py`
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def install_gate(url: str) -> None:
     connection = redis.Redis.from_url(url)
     real_generate = engine_module.Engine.generate
 
-    def gated(self, request, seed, on_step=None):
+    def gated(self, request, seed, on_step=None, *more, **options):
         def paused(step, total, latents):
             if on_step is not None:
                 on_step(step, total, latents)  # records progress, raises if cancelled
@@ -36,13 +37,17 @@ def install_gate(url: str) -> None:
                 granted = connection.blpop([PERMITS], timeout=PERMIT_WAIT_SECONDS)
                 assert granted is not None, "the test never released the gate"
 
-        return real_generate(self, request, seed, paused)
+        return real_generate(self, request, seed, paused, *more, **options)
 
     engine_module.Engine.generate = gated
 
 
 if __name__ == "__main__":
     install_gate(os.environ["TEST_GATE_URL"])
+    if sys.argv[1:] == ["app"]:
+        import app
+
+        sys.exit(app.main())
     import worker
 
     sys.exit(worker.main())

@@ -59,3 +59,16 @@ def accepts_connections(port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def stop_process(process, timeout: float = 30) -> None:
+    """Stop a child process if it still runs: SIGTERM, then SIGKILL after `timeout`."""
+    import subprocess
+
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)

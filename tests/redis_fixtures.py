@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import BASE_ENV
-from tests.helpers import free_port, poll_until
+from tests.helpers import free_port, poll_until, stop_process
 
 PROJECT = Path(__file__).resolve().parent.parent
 START_SECONDS = 120  # a worker imports torch and loads the tiny model
@@ -63,12 +63,13 @@ def _pings(client) -> bool:
 
 
 class WorkerProcess:
-    """`python worker.py` as a user runs it, with the test's environment."""
+    """`python worker.py` as a user runs it, with the test's environment (or `script`, e.g.
+    tests/gated_worker.py: the same worker with a step gate)."""
 
-    def __init__(self, env: dict[str, str], log_path: Path):
+    def __init__(self, env: dict[str, str], log_path: Path, script: Path = PROJECT / "worker.py"):
         self.log_path = log_path
         self.log = open(log_path, "wb")
-        self.process = subprocess.Popen([sys.executable, str(PROJECT / "worker.py")],
+        self.process = subprocess.Popen([sys.executable, str(script)],
                                         cwd=PROJECT, env=env, stdout=self.log,
                                         stderr=subprocess.STDOUT)
         self.pid = self.process.pid
@@ -85,12 +86,7 @@ class WorkerProcess:
 
     def close(self) -> None:
         """Stop it if still running."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_process(self.process)
         self.log.close()
 
 

@@ -32,7 +32,7 @@ def test_a_dead_worker_makes_health_unhealthy(app, monkeypatch):
     only worker thread; /health must stop saying healthy."""
     import engine as engine_module
 
-    def exits(self, request, seed, on_step=None):
+    def exits(self, request, seed, on_step=None, *more, **options):
         raise SystemExit(3)
 
     monkeypatch.setattr(engine_module.Engine, "generate", exits)
@@ -162,7 +162,7 @@ def test_generation_failure_is_500_with_advice(app, monkeypatch):
     """The fault is injected: a real one cannot be provoked safely on demand."""
     import engine as engine_module
 
-    def explode(self, request, seed, on_step=None):
+    def explode(self, request, seed, on_step=None, *more, **options):
         raise RuntimeError("internal detail that must not leak")
 
     monkeypatch.setattr(engine_module.Engine, "generate", explode)

@@ -65,6 +65,7 @@ def test_an_address_that_cannot_be_bound_is_one_line_and_exit_1(tiny_model_dir, 
         port = str(held.getsockname()[1])
         env = {"PATH": "/usr/bin:/bin", "MODEL_ID": str(tiny_model_dir), "PORT": str(free_port()),
                "MIN_SIZE": "64", "DEFAULT_SIZE": "64", "OUTPUT_DIR": "", "RATE_LIMIT": "",
+               "JOURNAL_PATH": "",
                **{key: value.format(held=port) for key, value in env.items()}}
         result = subprocess.run([sys.executable, "app.py"], cwd=ROOT, capture_output=True,
                                 text=True, timeout=120, env=env)
@@ -90,7 +91,7 @@ def test_server_answers_health_while_the_model_loads_then_becomes_healthy(hub, t
     port = free_port()
     env = {"PATH": "/usr/bin:/bin", "MODEL_ID": REPO, "PORT": str(port), "MIN_SIZE": "64",
            "DEFAULT_SIZE": "64", "OUTPUT_DIR": "", "RATE_LIMIT": "",
-           "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": hub.url}
+           "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": hub.url, "JOURNAL_PATH": ""}
     hub.answering.clear()  # the download, hence the load, waits for the test
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -116,7 +117,7 @@ def test_server_answers_health_while_the_model_loads_then_becomes_healthy(hub, t
     assert "loaded in" in output and "serving on" in output
 
 
-def test_sigterm_mid_generation_delivers_the_whole_image_and_exits_0(tiny_model_dir):
+def test_sigterm_mid_generation_delivers_the_whole_image_and_exits_0(tiny_model_dir, tmp_path):
     """A real process: SIGTERM while a synchronous /generate runs. The client still gets the
     complete PNG, a request queued behind it gets 503 shutting_down, and the exit code is 0."""
     import http.client
@@ -125,7 +126,8 @@ def test_sigterm_mid_generation_delivers_the_whole_image_and_exits_0(tiny_model_
     port = free_port()
     env = {"PATH": "/usr/bin:/bin", "MODEL_ID": str(tiny_model_dir), "PORT": str(port),
            "MIN_SIZE": "64", "MAX_SIZE": "512", "DEFAULT_SIZE": "64", "OUTPUT_DIR": "",
-           "RATE_LIMIT": "", "SHUTDOWN_GRACE_SECONDS": "120", "TORCH_THREADS": "1"}
+           "RATE_LIMIT": "", "SHUTDOWN_GRACE_SECONDS": "120", "TORCH_THREADS": "1",
+           "JOURNAL_PATH": str(tmp_path / "jobs.sqlite")}
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = {}

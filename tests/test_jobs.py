@@ -79,11 +79,11 @@ def test_a_failing_generation_fails_only_that_job(app, monkeypatch, fault):
     real = engine_module.Engine.generate
     calls = []
 
-    def fail_once(self, request, seed, on_step=None):
+    def fail_once(self, request, seed, on_step=None, *more, **options):
         calls.append(seed)
         if len(calls) == 1:
             raise fault
-        return real(self, request, seed, on_step)
+        return real(self, request, seed, on_step, *more, **options)
 
     monkeypatch.setattr(engine_module.Engine, "generate", fail_once)
     bad, good = q.submit(REQ), q.submit(REQ)
@@ -532,7 +532,7 @@ def test_a_dead_worker_is_reported_and_its_jobs_fail(app, monkeypatch, gate):
     gate.wait_reached()
     waiting = q.submit(REQ)
 
-    def exits(self, request, seed, on_step=None):
+    def exits(self, request, seed, on_step=None, *more, **options):
         raise SystemExit(3)
 
     monkeypatch.setattr(engine_module.Engine, "generate", exits)

@@ -82,7 +82,7 @@ def memory_backend(tiny_model_dir, tmp_path_factory):
     gate = MemoryGate()
     real_generate = engine_module.Engine.generate
 
-    def gated(self, request, seed, on_step=None):
+    def gated(self, request, seed, on_step=None, *more, **options):
         def paused(step, total, latents):
             if on_step is not None:
                 on_step(step, total, latents)
@@ -90,7 +90,7 @@ def memory_backend(tiny_model_dir, tmp_path_factory):
             if not gate.open_all:
                 assert gate.permits.acquire(timeout=WAIT_SECONDS), "the gate was never released"
 
-        return real_generate(self, request, seed, paused)
+        return real_generate(self, request, seed, paused, *more, **options)
 
     settings = Settings.from_env({**BASE_ENV, "MODEL_ID": str(tiny_model_dir),
                                   "QUEUE_SIZE": str(QUEUE_SIZE), "MAX_BATCH": str(MAX_BATCH),
@@ -223,6 +223,24 @@ def test_queued_jobs_know_their_position_and_a_full_queue_says_when_to_retry(bac
     gate.open()
     assert all(finished(queue, j) for j in [running, *waiting])
     assert all(queue.get(j.id).state == JobState.SUCCEEDED for j in waiting)
+
+
+def test_clients_share_the_queue_round_robin(backend):
+    """One client's batch no longer holds up another's single image: each waits behind at
+    most one image of every other client; one client's own jobs keep their order."""
+    queue, gate = backend
+    running = queue.submit(LONG, client="alice")
+    gate.wait_reached()
+    batch = queue.submit_many([QUICK] * 3, client="alice")
+    bob = queue.submit(QUICK, client="bob")
+    assert queue.queue_position(bob) == 1  # alice is running one already
+    assert [queue.queue_position(j) for j in batch] == [2, 3, 4]
+    queue.cancel(running.id)
+    gate.open()
+    for job in [running, *batch, bob]:
+        assert finished(queue, job)
+    started = {job.id: queue.get(job.id).started_at for job in [bob, *batch]}
+    assert started[bob.id] <= min(started[j.id] for j in batch)
 
 
 def test_a_cancelled_queued_job_never_runs(backend):

@@ -5,6 +5,7 @@ killed and waits until both are ready and idle with nothing queued."""
 from __future__ import annotations
 
 import base64
+import shutil
 import signal
 
 import pytest
@@ -152,11 +153,40 @@ def test_queue_size_holds_across_web_processes(redis_app, two_workers):
         wait_state(clients[0], job_id, FINISHED, 60)
 
 
-def test_model_switching_is_a_4xx_naming_the_backend(redis_app, two_workers):
-    client = redis_app().test_client()
-    response = client.post("/generate", json={"prompt": "a cat", "model": "tiny"})
-    assert 400 <= response.status_code < 500
-    assert "QUEUE_BACKEND=memory" in response.get_json()["message"]
+def test_each_worker_serves_its_own_model(redis_app, two_workers, start_worker, tiny_model_dir,
+                                         tmp_path):
+    """A model in the catalogue that no live worker serves is a 400 listing the served
+    ones; a worker started for it (WORKER_MODELS) takes its jobs; the lists and /health
+    show what is served, and by whom."""
+    models = tmp_path / "models"
+    shutil.copytree(tiny_model_dir, models / "other")
+    client = redis_app(MODELS_DIR=str(models)).test_client()
+    refused = client.post("/generate", json={"prompt": "a cat", "model": "other"})
+    assert refused.status_code == 400 and refused.get_json()["error"] == "model_not_served"
+    assert "'other'" in refused.get_json()["message"] and "tiny" in refused.get_json()["message"]
+    assert client.post("/generate", json={"prompt": "a cat", "model": "tiny"}).status_code == 200
+    worker = start_worker(MODELS_DIR=str(models), WORKER_MODELS="other")
+    try:
+        queued = poll_until(lambda: (lambda r: r.get_json() if r.status_code == 202 else None)(
+            client.post("/jobs", json={"prompt": "a cat", "model": "other"})), 120,
+            "the third worker to serve 'other' (until then: 400 model_not_served)")
+        job_id = queued["id"]
+        done = wait_state(client, job_id, FINISHED, 60)
+        assert done["state"] == "succeeded" and done["worker"].endswith(f"-{worker.pid}")
+        health = client.get("/health").get_json()
+        assert set(health["models"]) == {"tiny", "other"}
+        assert health["models"]["other"] == [done["worker"]]
+        listed = {m["id"] for m in client.get("/v1/models").get_json()["data"]}
+        assert "other" in listed and len(listed) == 2  # the served one by its MODEL_ID
+        # A1111's options switch the default of requests without a model, for every client.
+        assert client.post("/sdapi/v1/options", json={
+            "sd_model_checkpoint": "other"}).status_code == 200
+        job_id = client.post("/jobs", json={"prompt": "no model named"}).get_json()["id"]
+        assert wait_state(client, job_id, FINISHED, 60)["worker"] == done["worker"]
+        assert client.post("/sdapi/v1/options", json={
+            "sd_model_checkpoint": "tiny"}).status_code == 200
+    finally:
+        worker.close()
 
 
 def test_a_restarted_web_process_finds_its_jobs(redis_app, two_workers):
@@ -171,16 +201,18 @@ def test_a_restarted_web_process_finds_its_jobs(redis_app, two_workers):
     assert job_id in [j["id"] for j in second.get("/jobs").get_json()["jobs"]]
 
 
-def test_a_killed_worker_fails_its_job_and_the_other_goes_on(redis_app, two_workers):
+def test_a_killed_worker_leaves_and_the_other_goes_on(redis_app, two_workers):
+    """Its job is not lost (tests/test_redis_resume.py shows it resuming, byte for byte)."""
     client = redis_app().test_client()
     job_id = client.post("/jobs", json=LONG).get_json()["id"]
     job = poll_until(lambda: (lambda j: j if j["step"] >= 1 else None)(
         client.get(f"/jobs/{job_id}").get_json()), 60, "the job to run")
     victim = next(w for w in two_workers if job["worker"].endswith(f"-{w.pid}"))
     victim.kill(signal.SIGKILL)
-    done = wait_state(client, job_id, FINISHED, 30)
-    assert done["state"] == "failed" and "stopped while running" in done["error"]
-    assert job["worker"] in done["error"]
+    done = wait_state(client, job_id, FINISHED, 60)
+    assert done["state"] == "succeeded"
+    # Resumed on the other worker, unless it had finished before the kill landed.
+    assert done["attempts"] == 1 or not done["worker"].endswith(f"-{victim.pid}")
     after = client.post("/generate", json={"prompt": "still here"})
     assert after.status_code == 200
     poll_until(lambda: len(client.get("/health").get_json()["workers"]) == 1, 30,

@@ -1,6 +1,8 @@
 """Locked-down defaults: rate limits, CORS, API key, request size, JSON on every error path."""
 import pytest
 
+from tests.helpers import poll_until
+
 # Routes that start a generation, and the JSON body that makes each of them valid.
 GENERATING = [("/generate", {"prompt": "a cat"}), ("/jobs", {"prompt": "a cat"}),
               ("/sdapi/v1/txt2img", {"prompt": "a cat", "steps": 1, "width": 64, "height": 64}),
@@ -391,3 +393,29 @@ def test_allowed_hosts_opens_the_lan_or_names_the_hosts(make_app):
     assert named.get("/health", headers={"Host": "localhost"}).status_code == 400
     anyone = make_app(ALLOWED_HOSTS="*").test_client()
     assert anyone.get("/health", headers={"Host": "whatever.example"}).status_code == 200
+
+
+def test_with_several_users_a_job_is_its_makers_alone(make_app):
+    """alice's job is a 404 to bob for its status, image, preview and cancel, and absent
+    from his /jobs; alice sees it all (issue 21: owners)."""
+    client = make_app(API_AUTH=AUTH).test_client()
+    alice, bob = basic("alice", "pw-1"), basic("bob", "p\u00e4ss:word")
+    job_id = client.post("/jobs", json={"prompt": "a"}, headers=alice).get_json()["id"]
+    poll_until(lambda: client.get(f"/jobs/{job_id}", headers=alice).get_json()["state"]
+               == "succeeded", 60, "alice's job")
+    for method, path in (("GET", f"/jobs/{job_id}"), ("GET", f"/jobs/{job_id}/image"),
+                         ("GET", f"/jobs/{job_id}/preview"),
+                         ("POST", f"/jobs/{job_id}/cancel"), ("DELETE", f"/jobs/{job_id}")):
+        assert client.open(path, method=method, headers=bob).status_code == 404, path
+    assert job_id not in [j["id"] for j in client.get("/jobs", headers=bob).get_json()["jobs"]]
+    assert job_id in [j["id"] for j in client.get("/jobs", headers=alice).get_json()["jobs"]]
+    assert client.get(f"/jobs/{job_id}/image", headers=alice).status_code == 200
+
+
+def test_one_shared_key_sees_every_job_as_before(make_app):
+    client = make_app(API_KEY="k1").test_client()
+    key = {"Authorization": "Bearer k1"}
+    job_id = client.post("/jobs", json={"prompt": "a"}, headers=key).get_json()["id"]
+    # Another holder of the same key, from another address, is the same client.
+    assert client.get(f"/jobs/{job_id}", headers=key,
+                      environ_base={"REMOTE_ADDR": "10.0.0.9"}).status_code == 200

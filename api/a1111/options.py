@@ -70,15 +70,13 @@ def check_checkpoint(name: Any) -> str | None:
     wanted = name.strip()
     if wanted in model_names() or wanted.removesuffix(".safetensors") in model_names():
         return None
-    from catalog.models import list_models
     from errors import UnknownModel
 
     try:
         return catalogue_model(wanted, services().settings, "sd_model_checkpoint")
     except ValidationError as exc:
         if isinstance(exc.__context__, UnknownModel):  # list them as A1111 clients show them
-            titles = ", ".join(model_title(e) for e in list_models(services().settings)
-                               if not e.problem)
+            titles = ", ".join(model_title(e) for e in services().engine.available_models())
             raise _invalid("sd_model_checkpoint", f"model {wanted!r} is not here; the "
                            f"models are: {titles} (GET /sdapi/v1/sd-models)") from None
         raise _invalid("sd_model_checkpoint", exc.message) from None

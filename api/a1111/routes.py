@@ -143,11 +143,9 @@ def schedulers():
      responses={200: MODELS_RESPONSE}, errors=(401,), **A1111_DOC)
 def sd_models():
     """The models a client may switch to, as A1111's checkpoint entries."""
-    from catalog.models import list_models
-
     engine = services().engine
     entries = [engine.model if engine.model is not None and e.source == engine.model.source
-               else e for e in list_models(services().settings) if not e.problem]
+               else e for e in engine.available_models()]
     return jsonify([{"title": model_title(e), "model_name": e.name,
                      "hash": model_hash(e)[:10], "sha256": model_hash(e),
                      "filename": e.filename, "config": None} for e in entries])
