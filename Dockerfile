@@ -23,8 +23,9 @@ FROM ${BASE} AS python
 # that inspects TLS, as where this was written; trusted by apt, pip, requests and httpx.
 COPY docker/ca-certificates/ /usr/local/share/ca-certificates/
 # models/ holds MODELS_DIR and the folders under it (LoRAs, tiny-random, the bf16 and
-# OpenVINO caches); outputs/ is OUTPUT_DIR; the Hugging Face cache is HF_HOME. Owned by the
-# app user, so new named volumes mounted there start with that owner.
+# OpenVINO caches); outputs/ is OUTPUT_DIR; state/ holds JOURNAL_PATH (the embedded queue's
+# jobs); the Hugging Face cache is HF_HOME. Owned by the app user, so new named volumes
+# mounted there start with that owner.
 RUN set -eu; \
     missing=""; \
     command -v python3 >/dev/null 2>&1 && python3 -c "import venv, ensurepip" 2>/dev/null \
@@ -37,8 +38,8 @@ RUN set -eu; \
     fi; \
     update-ca-certificates; \
     useradd --create-home --uid 1000 --user-group --shell /usr/sbin/nologin app; \
-    mkdir -p /app/models /app/outputs /home/app/.cache/huggingface; \
-    chown -R app:app /app/models /app/outputs /home/app/.cache
+    mkdir -p /app/models /app/outputs /app/state /home/app/.cache/huggingface; \
+    chown -R app:app /app/models /app/outputs /app/state /home/app/.cache
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -80,7 +81,7 @@ ENV HOST=0.0.0.0 \
     PORT=5000 \
     HF_HOME=/home/app/.cache/huggingface
 WORKDIR /app
-VOLUME ["/app/models", "/app/outputs", "/home/app/.cache/huggingface"]
+VOLUME ["/app/models", "/app/outputs", "/app/state", "/home/app/.cache/huggingface"]
 EXPOSE 5000
 # /health is 200 once the model is ready (or, with QUEUE_BACKEND=redis, once a worker is):
 # a first start that downloads ~4 GB stays "starting"/"unhealthy" until then. Workers
