@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the Docker image and run compose.yaml for real (tests/test_docker.py): /health,
-# an image on the tiny model, a worker container killed mid-job, teardown. Minutes: the
-# first build installs torch (measured in README "Docker").
+# an image on the tiny model, a worker container killed mid-job, teardown. 7.5 minutes from
+# nothing here, most of it the first build installing torch (README "Docker").
 #
 # Prepares what this machine lacks, and says so:
 #   - Docker: as root on Debian, installs docker.io, docker-compose and debootstrap, and
@@ -17,7 +17,7 @@
 # Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-say() { echo "docker-test: $*" >&2; }
+say() { echo "docker-test $(date +%T): $*" >&2; }
 as_root() { [ "$(id -u)" = 0 ] || { say "$1 (run as root, or do it yourself)"; exit 1; }; }
 # Registry pulls and downloads that cannot reach their host fail fast; the timeout is for
 # the ones that hang instead.
@@ -49,6 +49,7 @@ if ! docker image inspect python:3.11-slim >/dev/null 2>&1 && ! try docker pull 
   if ! docker image inspect "$SD_DOCKER_BASE" >/dev/null 2>&1; then
     as_root "python:3.11-slim cannot be pulled and building a base needs debootstrap as root"
     root=$(mktemp -d /tmp/bookworm-root.XXXXXX)
+    chmod 755 "$root"  # mktemp's 0700 would become the image's /, closed to non-root users
     say "python:3.11-slim cannot be pulled: debootstrap bookworm into $root"
     debootstrap --variant=minbase bookworm "$root" http://deb.debian.org/debian >/dev/null
     tar -C "$root" -c . | docker import - "$SD_DOCKER_BASE" >/dev/null
