@@ -197,8 +197,9 @@ def test_a_killed_worker_containers_job_resumes_on_the_other_to_the_same_bytes(
         # README "Scaling out": queued again when the heartbeat lapses, resumed by the other
         # worker from its checkpoint (if one was taken: CHECKPOINT_MAX_COST skips them while
         # they cost more than 2 % of a tiny step), the same bytes as an uninterrupted run.
-        print(f"\nkilled {job['worker']} at step {job['step']}; {done['worker']} finished it "
-              f"(attempts {done['attempts']}, resumed at step {done['resumed_at_step']})")
+        print(f"\nkilled {job['worker']} (seen running at step {job['step']}); "
+              f"{done['worker']} finished the job (attempts {done['attempts']}, resumed at "
+              f"step {done['resumed_at_step']})")
         assert done["state"] == "succeeded", done
         assert done["attempts"] == 2 and done["worker"] != job["worker"]
         assert stack.get(f"/jobs/{job_id}/image").content == whole.content
