@@ -15,12 +15,13 @@ from typing import Any, Callable, NamedTuple
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from api import (ApiError, Services, a1111, core, jobs, openai_images, openapi,
-                 render_native_error, security)
+from api import (ApiError, Services, a1111, core, events, jobs, metrics, openai_images,
+                 openapi, render_native_error, security)
 # Re-exported: who may call what is decided in api/security.py.
 from api.security import GENERATING_ENDPOINTS, OPEN_ENDPOINTS, SECURITY_HEADERS  # noqa: F401
 from config import Settings, process_settings
 from jobs.backend import QueueBackend
+from jobs.streams import StreamSlots
 
 log = logging.getLogger("sd_server")
 
@@ -42,11 +43,13 @@ def create_app(settings: Settings | None = None, start_worker: bool = True) -> F
     app.config["MAX_CONTENT_LENGTH"] = settings.max_image_request_bytes
     app.json.sort_keys = False
     queue = _job_queue(settings)
-    app.extensions["sd_server"] = Services(settings=settings, engine=queue.engine, queue=queue)
+    app.extensions["sd_server"] = Services(settings=settings, engine=queue.engine, queue=queue,
+                                           streams=StreamSlots(settings.event_streams))
 
     app.wsgi_app = ResponseTracker(app)
     _register_blueprints(app)
     _install_request_log(app)  # before security: after_request hooks run in reverse order
+    metrics.count_responses(app)
     security.install(app, settings)
     _install_error_handlers(app)
     if start_worker:
@@ -95,7 +98,7 @@ class ResponseTracker:
 
 
 def _register_blueprints(app: Flask) -> None:
-    for module in (core, jobs, openapi, a1111, openai_images):
+    for module in (core, jobs, events, metrics, openapi, a1111, openai_images):
         app.register_blueprint(module.bp)
 
 

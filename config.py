@@ -10,291 +10,174 @@ message names the variable, the value and what is allowed. The same table feeds
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields, make_dataclass, replace
+from dataclasses import fields, make_dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, get_type_hints
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+
+# ConfigError, Knob and redact_url are config's own names too (other modules import them
+# from here); the parsers build the KNOBS table.
+from knobs import (ConfigError, Knob, choice, credentials, flag, fraction, integer,  # noqa: F401
+                   names, number, rate_limit, redact_url, redis_url, text)
 
 PROJECT_DIR = Path(__file__).resolve().parent
 TINY_MODEL_ID = "tiny-random"
-
-
-class ConfigError(ValueError):
-    """A setting has a value outside what is allowed; the message is one line for the user."""
-
-
-@dataclass(frozen=True)
-class Knob:
-    """One environment variable: its parser, default and the documentation users read."""
-
-    name: str
-    default: str
-    help: str
-    parse: Callable[[str, "Knob"], Any]
-    allowed: str = ""
-    empty_means_off: bool = False  # an explicitly empty value turns the feature off
-
-    @property
-    def field(self) -> str:
-        """The knob's `Settings` field: MODEL_ID -> model_id."""
-        return self.name.lower()
-
-    @property
-    def type(self) -> Any:
-        """The type of the knob's `Settings` field: what `parse` is annotated to return."""
-        hints = get_type_hints(self.parse)
-        if "return" not in hints:
-            raise TypeError(f"{self.name}'s parser needs a return annotation: it is the type "
-                            "of the Settings field")
-        return hints["return"]
-
-
-def _int(lo: int, hi: int, multiple_of: int = 1) -> Callable[[str, Knob], int]:
-    def parse(raw: str, knob: Knob) -> int:
-        try:
-            value = int(raw.strip())
-        except ValueError:
-            raise ConfigError(_bad(knob, raw)) from None
-        if not lo <= value <= hi or value % multiple_of:
-            raise ConfigError(_bad(knob, raw))
-        return value
-
-    return parse
-
-
-def _float(lo: float, hi: float) -> Callable[[str, Knob], float]:
-    def parse(raw: str, knob: Knob) -> float:
-        try:
-            value = float(raw.strip())
-        except ValueError:
-            raise ConfigError(_bad(knob, raw)) from None
-        if not lo <= value <= hi:
-            raise ConfigError(_bad(knob, raw))
-        return value
-
-    return parse
-
-
-def _choice(*choices: str) -> Callable[[str, Knob], str]:
-    def parse(raw: str, knob: Knob) -> str:
-        value = raw.strip().lower()
-        if value not in choices:
-            raise ConfigError(_bad(knob, raw))
-        return value
-
-    return parse
-
-
-def _fraction(raw: str, knob: Knob) -> float:
-    value = _float(0.0, 1.0)(raw, knob)
-    if value <= 0:
-        raise ConfigError(_bad(knob, raw))
-    return value
-
-
-def _text(raw: str, knob: Knob) -> str:
-    return raw.strip()
-
-
-def _origins(raw: str, knob: Knob) -> tuple[str, ...]:
-    return tuple(o.strip() for o in raw.split(",") if o.strip())
-
-
-def _rate_limit(raw: str, knob: Knob) -> str:
-    value = raw.strip()
-    if not value:
-        return ""
-    # Flask-Limiter's grammar is "N per unit" or "N/unit"; check the shape here so a typo
-    # stops startup instead of surfacing on the first request.
-    import re
-
-    one = r"\s*\d+\s*(/|\s+per\s+)\s*(\d+\s*)?(second|minute|hour|day|month|year)s?\s*"
-    if not re.fullmatch(f"{one}([;,]{one})*", value, flags=re.IGNORECASE):
-        raise ConfigError(_bad(knob, raw))
-    return value
-
-
-def _credentials(raw: str, knob: Knob) -> tuple[tuple[str, str], ...]:
-    pairs = []
-    for item in (part.strip() for part in raw.split(",")):
-        if not item:
-            continue
-        user, colon, password = item.partition(":")
-        if not colon or not user or not password:
-            # Never echo the value: it holds passwords.
-            raise ConfigError(f"{knob.name} is not valid: allowed {knob.allowed} (an entry "
-                              "has no ':' or an empty user or password)")
-        pairs.append((user, password))
-    return tuple(pairs)
-
-
-def redact_url(url: str) -> str:
-    """`url` with any password replaced by ***, for logs and error messages."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def _redis_url(raw: str, knob: Knob) -> str:
-    value = raw.strip()
-    if value.split("://", 1)[0] not in ("redis", "rediss", "unix"):
-        # Never echo the value as given: it may hold a password.
-        raise ConfigError(f"{knob.name}={redact_url(value)!r} is not valid: allowed "
-                          f"{knob.allowed}")
-    return value
-
-
-def _bad(knob: Knob, raw: str) -> str:
-    return f"{knob.name}={raw!r} is not valid: allowed {knob.allowed}"
 
 
 KNOBS: tuple[Knob, ...] = (
     Knob("MODEL_ID", "CompVis/stable-diffusion-v1-4",
          "Hub model id, a local diffusers folder, or 'tiny-random' (a tiny random-weight "
          "model built offline: produces noise, for trying the server and for tests)",
-         _text, "a Hub id, a folder path or 'tiny-random'"),
-    Knob("MODELS_DIR", "models", "Folder of local models: diffusers folders and single-file "
-         "SD 1.x checkpoints (.safetensors; .ckpt pickles are refused), listed by the model "
-         "APIs and the page; MODEL_ID may name one of them", _text, "a folder path"),
-    Knob("LORA_DIR", "models/lora", "Folder of LoRAs (.safetensors, kohya/A1111 or "
-         "diffusers/peft format) for <lora:name:weight> prompts", _text, "a folder path"),
+         text, "a Hub id, a folder path or 'tiny-random'"),
+    Knob("MODELS_DIR", "models", "Folder of local models: diffusers folders (SD 1.x, SD 2.x, "
+         "SD-Turbo, SDXS) and single-file SD 1.x/2.x checkpoints (.safetensors; .ckpt "
+         "pickles are refused), each with an optional <name>.json card, listed by the model "
+         "APIs and the page; MODEL_ID may name one of them", text, "a folder path"),
+    Knob("LORA_DIR", "models/lora", "Folder of LoRAs (.safetensors: kohya/A1111, LyCORIS "
+         "LoCon/LoHa/LoKr or diffusers/peft format) for <lora:name:weight> prompts", text,
+         "a folder path"),
+    Knob("EMBEDDINGS_DIR", "models/embeddings", "Folder of textual-inversion embeddings "
+         "(.safetensors, .pt, .bin; A1111's or diffusers' format): a prompt or negative prompt "
+         "that writes an embedding's file name uses it, as in A1111", text, "a folder path"),
     Knob("HF_TOKEN", "", "Hugging Face token for gated models (HF_AUTH_TOKEN is read too); "
-         "v1-4 needs none. Never logged", _text, "any string"),
+         "v1-4 needs none. Never logged", text, "any string"),
     Knob("HOST", "127.0.0.1", "Address to listen on; 0.0.0.0 to serve the LAN or inside a "
-         "container (then set API_KEY)", _text, "an IP address or host name"),
-    Knob("PORT", "5000", "TCP port", _int(1, 65535), "an integer 1..65535"),
+         "container (then set API_KEY)", text, "an IP address or host name"),
+    Knob("PORT", "5000", "TCP port", integer(1, 65535), "an integer 1..65535"),
     Knob("THREADS", "16", "waitress worker threads; each synchronous /generate holds one "
-         "while it waits, so keep it above QUEUE_SIZE + 2", _int(2, 256), "an integer 2..256"),
-    Knob("DEFAULT_STEPS", "25", "Denoising steps when a request names none", _int(1, 500),
+         "while it waits and each open event stream one, so keep it at least QUEUE_SIZE + "
+         "EVENT_STREAMS + 2", integer(2, 256), "an integer 2..256"),
+    Knob("DEFAULT_STEPS", "25", "Denoising steps when a request names none", integer(1, 500),
          "an integer 1..500 and <= MAX_STEPS"),
-    Knob("MAX_STEPS", "100", "Most steps a request may ask for", _int(1, 500),
+    Knob("MAX_STEPS", "100", "Most steps a request may ask for", integer(1, 500),
          "an integer 1..500"),
     Knob("DEFAULT_GUIDANCE", "7.5", "Classifier-free guidance scale when a request names none",
-         _float(0.0, 20.0), "a number 0..20"),
+         number(0.0, 20.0), "a number 0..20"),
     Knob("MAX_PROMPT_LENGTH", "200", "Most characters in a prompt (and negative prompt)",
-         _int(1, 10000), "an integer 1..10000"),
+         integer(1, 10000), "an integer 1..10000"),
     Knob("DEFAULT_SIZE", "512", "Image width and height when a request names none",
-         _int(64, 2048, 8), "a multiple of 8 in MIN_SIZE..MAX_SIZE"),
-    Knob("MIN_SIZE", "256", "Smallest width/height a request may ask for", _int(64, 2048, 8),
+         integer(64, 2048, 8), "a multiple of 8 in MIN_SIZE..MAX_SIZE"),
+    Knob("MIN_SIZE", "256", "Smallest width/height a request may ask for", integer(64, 2048, 8),
          "a multiple of 8 in 64..2048"),
-    Knob("MAX_SIZE", "768", "Largest width/height a request may ask for", _int(64, 2048, 8),
+    Knob("MAX_SIZE", "768", "Largest width/height a request may ask for", integer(64, 2048, 8),
          "a multiple of 8 in 64..2048"),
     Knob("ENGINE", "torch", "What runs the model: torch (default: fits an 8 GB laptop, weights "
          "memory-mapped) or openvino (faster per step on x86, needs several GB more RAM and "
          "`pip install -r requirements-openvino.txt`; the model is exported once to "
-         "OPENVINO_CACHE_DIR)", _choice("torch", "openvino"), "torch or openvino"),
+         "OPENVINO_CACHE_DIR)", choice("torch", "openvino"), "torch or openvino"),
     Knob("OPENVINO_CACHE_DIR", "models/openvino-cache", "Where ENGINE=openvino keeps the "
          "exported model (keyed by the model files, so a changed model is exported again)",
-         _text, "a folder path"),
+         text, "a folder path"),
     Knob("ATTENTION_SLICING", "auto", "auto = off where PyTorch SDPA is available (measured: "
          "slicing is 1.6x slower on CPU and saves no memory); on = the seed's behaviour",
-         _choice("auto", "on", "off"), "auto, on or off"),
+         choice("auto", "on", "off"), "auto, on or off"),
     Knob("DTYPE", "float32", "Weights/compute type. auto = bfloat16 where a short probe at "
          "load measures it at least 1.3x faster than float32 on this CPU (the log and /health "
          "say when it is). bfloat16 changes pixels slightly; its weights are written once to "
          "BF16_CACHE_DIR (~1.9 GB for SD v1-4) and memory-mapped, like float32's",
-         _choice("float32", "bfloat16", "auto"), "float32, bfloat16 or auto"),
+         choice("float32", "bfloat16", "auto"), "float32, bfloat16 or auto"),
     Knob("BF16_CACHE_DIR", "models/bf16-cache", "Where the bfloat16 copy of the weights is "
-         "kept (keyed by the model files, so a changed model is converted again)", _text,
+         "kept (keyed by the model files, so a changed model is converted again)", text,
          "a folder path"),
     Knob("SPEED_PRESET", "quality", "Default speed preset for requests that name none: "
          "quality (no lossy option), balanced or fast (see README: Speed options)",
-         _choice("quality", "balanced", "fast"), "quality, balanced or fast"),
+         choice("quality", "balanced", "fast"), "quality, balanced or fast"),
     Knob("CFG_CUTOFF", "1", "Default fraction of the steps after which classifier-free "
-         "guidance stops (the UNet then runs at batch 1); 1 = never (off)", _fraction,
+         "guidance stops (the UNet then runs at batch 1); 1 = never (off)", fraction,
          "a number 0 < x <= 1"),
     Knob("DEEP_CACHE", "1", "Default DeepCache interval: the whole UNet runs every N-th step, "
-         "the steps between reuse its deep features; 1 = off", _int(1, 5), "an integer 1..5"),
+         "the steps between reuse its deep features; 1 = off", integer(1, 5), "an integer 1..5"),
     Knob("VAE_DECODER", "full", "Default decoder of the final image: full (the model's VAE) or "
          "tiny (TAESD: much faster, softer detail; needs TAESD_MODEL)",
-         _choice("full", "tiny"), "full or tiny"),
+         choice("full", "tiny"), "full or tiny"),
     Knob("TAESD_MODEL", "madebyollin/taesd", "TAESD weights (Hub id or folder, ~10 MB) for "
          "VAE_DECODER=tiny and for live previews. Previews use them only when they are on "
          "this machine (a folder, or the Hub cache: `hf download madebyollin/taesd`), else a "
          "linear colour map; VAE_DECODER=tiny downloads them. Empty = never load them",
-         _text, "a Hub id, a folder or empty",
+         text, "a Hub id, a folder or empty",
          empty_means_off=True),
     Knob("TORCH_THREADS", "0", "CPU threads for torch; 0 = adaptive: before each image, one "
          "per usable core that other programs leave free (a shared laptop runs faster with "
-         "fewer threads than cores)", _int(0, 256), "an integer 0..256"),
+         "fewer threads than cores)", integer(0, 256), "an integer 0..256"),
     Knob("QUEUE_SIZE", "8", "Jobs that may wait behind the running one; more get 503",
-         _int(1, 250), "an integer 1..250 and <= THREADS - 2"),
+         integer(1, 250), "an integer 1..250 and <= THREADS - EVENT_STREAMS - 2"),
+    Knob("EVENT_STREAMS", "4", "Most GET /jobs/<id>/events streams this process keeps open "
+         "at once; each holds one of THREADS until its job ends or its client leaves, so more "
+         "are refused with 503 and Retry-After (the page then polls); 0 = no streams",
+         integer(0, 64), "an integer 0..64 and <= THREADS - QUEUE_SIZE - 2"),
     Knob("QUEUE_BACKEND", "memory", "Where jobs wait: memory = in this process (one server, "
          "the model loads here); redis = a durable RQ queue on REDIS_URL served by any number "
          "of `python worker.py` processes (app.py then loads no model)",
-         _choice("memory", "redis"), "memory or redis"),
+         choice("memory", "redis"), "memory or redis"),
     Knob("REDIS_URL", "redis://127.0.0.1:6379/0", "The Redis server of QUEUE_BACKEND=redis "
          "(jobs, images, worker heartbeats, rate-limit counters); a password in it is never "
-         "logged", _redis_url, "a redis://, rediss:// or unix:// URL"),
+         "logged", redis_url, "a redis://, rediss:// or unix:// URL"),
     Knob("WORKER_MODELS", "", "QUEUE_BACKEND=redis: the models this `python worker.py` serves "
          "(catalogue names, comma-separated; loaded one at a time as its jobs ask); empty = "
          "MODEL_ID's. Each model has its own queue: a request for a model no live worker "
-         "serves is a 400 listing the served ones", _origins, "model names or empty"),
+         "serves is a 400 listing the served ones", names, "model names or empty"),
     Knob("MAX_BATCH", "4", "Most images one request may ask for (A1111 batch_size x n_iter, "
-         "OpenAI n)", _int(1, 64), "an integer 1..64 and <= QUEUE_SIZE"),
+         "OpenAI n)", integer(1, 64), "an integer 1..64 and <= QUEUE_SIZE"),
     Knob("JOB_RETENTION_SECONDS", "3600", "How long finished jobs and their images are kept "
-         "in memory", _int(10, 7 * 24 * 3600), "an integer 10..604800"),
+         "in memory", integer(10, 7 * 24 * 3600), "an integer 10..604800"),
     Knob("JOB_RETENTION_COUNT", "50", "How many finished jobs are kept at most",
-         _int(1, 10000), "an integer 1..10000"),
+         integer(1, 10000), "an integer 1..10000"),
     Knob("OUTPUT_DIR", "outputs", "Every finished image is also saved here (empty = don't "
-         "save); a relative path is inside the project folder", _text, "a folder path or empty",
+         "save); a relative path is inside the project folder", text, "a folder path or empty",
          empty_means_off=True),
     Knob("TINY_MODEL_DIR", "models/tiny-random", "Where MODEL_ID=tiny-random is built",
-         _text, "a folder path"),
+         text, "a folder path"),
     Knob("SAFETY_CHECKER", "off", "on = load the model's NSFW checker and blank flagged "
-         "images (costs ~1.2 GB RAM and ~1 s per image)", _choice("on", "off"), "on or off"),
-    Knob("LOG_LEVEL", "INFO", "Logging level", _choice("debug", "info", "warning", "error"),
+         "images (costs ~1.2 GB RAM and ~1 s per image)", choice("on", "off"), "on or off"),
+    Knob("LOG_LEVEL", "INFO", "Logging level", choice("debug", "info", "warning", "error"),
          "DEBUG, INFO, WARNING or ERROR"),
     Knob("RATE_LIMIT", "10/minute", "Per-client limit on generating endpoints, Flask-Limiter "
-         "syntax; empty = off", _rate_limit, "e.g. 10/minute, '5 per minute;100/day' or empty",
+         "syntax; empty = off", rate_limit, "e.g. 10/minute, '5 per minute;100/day' or empty",
          empty_means_off=True),
     Knob("RATE_LIMIT_STORAGE_URI", "memory://", "Where rate-limit counters live (memory:// "
-         "or e.g. redis://host:6379 to share between processes)", _text, "a storage URI"),
+         "or e.g. redis://host:6379 to share between processes)", text, "a storage URI"),
     Knob("CORS_ORIGINS", "", "Comma-separated origins allowed to call the API from a browser; "
-         "empty = same origin only; * = anyone", _origins, "origins or *"),
+         "empty = same origin only; * = anyone", names, "origins or *"),
     Knob("ALLOWED_HOSTS", "auto", "Host names this server answers to (the request's Host "
          "header), comma-separated; auto = localhost, 127.0.0.1 and ::1 when HOST is a "
          "loopback address (so a web page cannot reach a local server by DNS rebinding), any "
-         "host otherwise; * = any", _origins, "auto, *, or host names"),
+         "host otherwise; * = any", names, "auto, *, or host names"),
     Knob("API_KEY", "", "When set, generating, job and compatibility endpoints need "
-         "'Authorization: Bearer <key>'", _text, "any string or empty"),
+         "'Authorization: Bearer <key>'", text, "any string or empty"),
     Knob("API_AUTH", "", "When set, the endpoints API_KEY protects also take HTTP Basic auth "
          "with these credentials (A1111's --api-auth; SillyTavern, Open WebUI). With API_KEY "
-         "too, either one is enough. Never logged", _credentials,
+         "too, either one is enough. Never logged", credentials,
          "user:pass[,user2:pass2] or empty"),
+    Knob("METRICS_PUBLIC", "0", "1 = GET /metrics answers without credentials even when "
+         "API_KEY / API_AUTH is set (for a Prometheus inside a trusted network); 0 = it is "
+         "protected like the API", flag, "0 or 1 (also true/false, yes/no, on/off)"),
     Knob("MAX_REQUEST_BYTES", "65536", "Largest request body without images; bigger gets 413",
-         _int(1024, 16 * 1024 * 1024), "an integer 1024..16777216"),
+         integer(1024, 16 * 1024 * 1024), "an integer 1024..16777216"),
     Knob("MAX_IMAGE_REQUEST_BYTES", "20971520", "Largest body of a request that carries "
          "images (img2img, inpainting, edits, extras, png-info); bigger gets 413",
-         _int(65536, 256 * 1024 * 1024), "an integer 65536..268435456"),
+         integer(65536, 256 * 1024 * 1024), "an integer 65536..268435456"),
     Knob("MAX_INPUT_PIXELS", "16777216", "Most pixels (width x height) an uploaded image may "
          "have before it is resized; bigger gets 400 (a decompression bomb never gets decoded)",
-         _int(4096, 256 * 1024 * 1024), "an integer 4096..268435456"),
+         integer(4096, 256 * 1024 * 1024), "an integer 4096..268435456"),
     Knob("FAIR_SHARE", "on", "on = queued jobs are taken round-robin across clients (the "
          "Basic user, the API key, or the address), so one client's batch does not hold up "
          "everyone else's single image; off = first come, first served",
-         _choice("on", "off"), "on or off"),
+         flag, "on or off (1/0, true/false, yes/no)"),
     Knob("JOURNAL_PATH", "state/jobs.sqlite", "QUEUE_BACKEND=memory: every accepted job is "
          "kept in this SQLite file, so after a crash or restart queued jobs run in their "
          "order, the running one resumes from its checkpoint and every job id answers; "
-         "empty = jobs live in memory only", _text, "a file path or empty",
+         "empty = jobs live in memory only", text, "a file path or empty",
          empty_means_off=True),
     Knob("CHECKPOINT_STEPS", "5", "A running job keeps a checkpoint every N steps (in Redis, "
          "or on disk beside JOURNAL_PATH), so a crashed or killed worker's job resumes from "
-         "there with the same pixels; 0 = off", _int(0, 500), "an integer 0..500"),
+         "there with the same pixels; 0 = off", integer(0, 500), "an integer 0..500"),
     Knob("CHECKPOINT_MAX_COST", "0.02", "Checkpoints are skipped while they have cost more "
-         "than this fraction of the steps' own time (measured per job)", _fraction,
+         "than this fraction of the steps' own time (measured per job)", fraction,
          "a number 0 < x <= 1"),
     Knob("JOB_MAX_ATTEMPTS", "2", "How many times a job may run: one whose worker died is run "
          "again (from its checkpoint) until this many attempts, then fails naming the workers",
-         _int(1, 10), "an integer 1..10"),
+         integer(1, 10), "an integer 1..10"),
     Knob("SHUTDOWN_GRACE_SECONDS", "30", "On SIGTERM/SIGINT, how long the running job may "
-         "finish before it is cancelled", _int(0, 3600), "an integer 0..3600"),
+         "finish before it is cancelled", integer(0, 3600), "an integer 0..3600"),
 )
 
 
@@ -345,10 +228,11 @@ class SettingsBase:
         if self.max_image_request_bytes < self.max_request_bytes:
             raise ConfigError(f"MAX_IMAGE_REQUEST_BYTES={self.max_image_request_bytes} is not "
                               f"valid: allowed >= MAX_REQUEST_BYTES ({self.max_request_bytes})")
-        if self.threads < self.queue_size + 2:
-            raise ConfigError(f"THREADS={self.threads} is not valid: allowed >= QUEUE_SIZE + 2 "
-                              f"({self.queue_size + 2}) so /health answers while every "
-                              "queued request waits")
+        if self.threads < self.queue_size + self.event_streams + 2:
+            raise ConfigError(f"THREADS={self.threads} is not valid: allowed >= QUEUE_SIZE + "
+                              f"EVENT_STREAMS + 2 ({self.queue_size + self.event_streams + 2})"
+                              " so /health answers while every queued request waits and "
+                              "every event stream is open")
         return self
 
     def with_overrides(self, **changes: Any) -> "Settings":

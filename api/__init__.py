@@ -8,13 +8,16 @@ dialect's renderer by blueprint, so a client never sees an HTML page.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Collection
 
 from flask import Response, current_app, jsonify, request
 
+from catalog.models import ModelEntry
 from config import Settings
 from jobs import JobState, NotAccepting, QueueFull
 from jobs.backend import EngineView, QueueBackend
+from jobs.streams import StreamSlots
+from params import GenerationRequest, model_card, parse_generation_request
 
 
 @dataclass
@@ -25,11 +28,48 @@ class Services:
     settings: Settings
     engine: EngineView
     queue: QueueBackend
+    streams: StreamSlots  # the event streams open now, at most EVENT_STREAMS
 
 
 def services() -> Services:
     """The current app's settings, engine and job queue."""
     return current_app.extensions["sd_server"]
+
+
+def parse_request(body: Any, explicit: Collection[str] | None = None) -> GenerationRequest:
+    """A native body validated for the model being served now (its recipe fills the fields
+    left out; see params.parse_generation_request); ValidationError for the dialect to
+    render."""
+    svc = services()
+    return parse_generation_request(body, svc.settings, served=svc.engine.model,
+                                    explicit=explicit)
+
+
+def listed_models() -> list[ModelEntry]:
+    """The models a request may name (the catalogue's loadable ones, or what the Redis
+    workers serve), the served one as the engine loaded it (with the family it found in the
+    loaded configs)."""
+    engine = services().engine
+    served = engine.model
+    return [served if served is not None and e.source == served.source else e
+            for e in engine.available_models()]
+
+
+# model_facts' keys, for the OpenAPI document of every model list.
+MODEL_FACTS_SCHEMA = {
+    "family": {"type": "string", "description": "sd1, sd2, sd-turbo, sdxs or unknown"},
+    "family_label": {"type": "string", "description": "the family as the page shows it"},
+    "defaults": {"type": "object", "description": "what a request that sets none of "
+                 "scheduler, steps, guidance_scale, width, height, eta gets (the model's card, "
+                 "built in for SD-Turbo and SDXS); negative_prompt: whether one does anything"}}
+
+def model_facts(entry: ModelEntry | None) -> dict[str, Any]:
+    """What the model lists and the page show beside a model's name: its family and the
+    recipe a request that sets none of those fields gets (params.model_card)."""
+    if entry is None:
+        return {"family": "unknown", "family_label": "unknown until loaded", "defaults": {}}
+    return {"family": entry.family.id, "family_label": entry.family.label,
+            "defaults": model_card(entry)}
 
 
 class ApiError(Exception):
@@ -150,20 +190,35 @@ def submit_many(generation_requests: list) -> list:
                    len(generation_requests))
 
 
+# The dialect a blueprint speaks, for the metrics (the rest speak the native one).
+DIALECTS = {"a1111": "a1111", "openai_images": "openai"}
+
+
+def dialect() -> str:
+    """The API dialect of the current request: native, a1111 or openai."""
+    return DIALECTS.get(request.blueprint or "", "native")
+
+
 def _queued(submit_to: Any, count: int) -> Any:
-    """`submit_to(queue)`, with a full queue / not ready turned into 503 + Retry-After."""
+    """`submit_to(queue)`, with a full queue / not ready turned into 503 + Retry-After;
+    counted for /metrics (submitted by dialect, or refused by reason)."""
     queue = services().queue
     try:
-        return submit_to(queue)
+        queued = submit_to(queue)
     except QueueFull as exc:
+        queue.metrics.refused("queue_full")
         room = "is full" if count == 1 else f"has no room for {count} more jobs"
         raise ApiError(503, "queue_full", f"the queue {room} ({queue.settings.queue_size} "
                        f"may wait); retry in about {exc.retry_after} s",
                        {"Retry-After": exc.retry_after}) from None
     except NotAccepting as exc:
+        queue.metrics.refused(exc.reason)
         headers = {"Retry-After": exc.retry_after} if exc.retry_after else {}
         # A backend that cannot run this request says 400 (BackendUnsupported), not 503.
         raise ApiError(exc.status, exc.reason, exc.message, headers) from None
+    jobs = queued if isinstance(queued, list) else [queued]
+    queue.metrics.submitted([job.id for job in jobs], dialect())
+    return queued
 
 
 # How often a synchronous request checks whether its client is still there.

@@ -5,13 +5,13 @@ import time
 
 from flask import Blueprint, Response, current_app, jsonify, render_template, send_from_directory
 
-from api import ApiError, failed_job_error, json_body, services, submit, wait_for
+from api import (ApiError, failed_job_error, json_body, listed_models, model_facts,
+                 parse_request, services, submit, wait_for)
 from api.openapi import doc
 from api.security import auth_kind
 from catalog.loras import list_loras
 from errors import ValidationError
-from params import (DEFAULT_SCHEDULER, IMAGE_FIELDS, PRESETS, SCHEDULERS,
-                    parse_generation_request)
+from params import DEFAULT_SCHEDULER, IMAGE_FIELDS, PRESETS, SCHEDULERS, lora_recipe
 
 bp = Blueprint("core", __name__)
 
@@ -31,6 +31,10 @@ HEALTH_SCHEMA = {"type": "object", "required": ["status"], "properties": {
                "openvino); for openvino the precision it chose, threads, compile and export "
                "seconds, memory"},
     "switching": {"type": "object", "description": "from/to while a model switch runs"},
+    "family": {"type": "object", "nullable": True, "description": "the served model's "
+               "family (id, label, prediction_type, native_size...), read from its configs"},
+    "defaults": {"type": "object", "description": "what a request that leaves them out gets "
+                 "on the served model (its card; built in for SD-Turbo and SDXS)"},
     "queue": {"type": "object"}, "error": {"type": "string"}}}
 
 
@@ -44,7 +48,7 @@ def request_limits(settings) -> dict:
 def parse_or_400(body) -> object:
     """Validate a native body; a bad field becomes 400 naming the field and its range."""
     try:
-        return parse_generation_request(body, services().settings)
+        return parse_request(body)
     except ValidationError as exc:
         raise ApiError(400, "invalid_field", exc.message, param=exc.field) from None
 
@@ -52,16 +56,34 @@ def parse_or_400(body) -> object:
 @bp.get("/")
 @doc("The web page.", responses={200: "text/html"}, errors=())
 def index():
-    """Serve the browser form."""
+    """Serve the browser form (each model with its family and recipe, each LoRA with its
+    few-step recipe, for the page to fill in when one is picked)."""
     s = services().settings
-    return render_template("index.html", models=[e.name for e in
-                                                 services().engine.available_models()],
-                           loras=list_loras(s), limits={
+    loras = list_loras(s)
+    recipes = {e.name: lora_recipe(e) for e in loras}
+    return render_template("index.html",
+                           models={e.name: model_facts(e) for e in listed_models()},
+                           loras=loras, lora_recipes=recipes,
+                           lora_labels={e.name: recipe_label(e, recipes[e.name])
+                                        for e in loras},
+                           limits={
         **request_limits(s), "default_guidance": s.default_guidance,
         # "auth": which credential the page asks for (none, bearer, basic or either).
         "api_key_required": bool(s.api_key), "auth": auth_kind(s),
         "default_preset": s.speed_preset},
         schedulers=[DEFAULT_SCHEDULER, *SCHEDULERS], presets=PRESETS)
+
+
+def recipe_label(lora, recipe: dict) -> str:
+    """A LoRA's recipe in a few words for the page's menu, e.g. 'TCD: 4 steps, TCD, guidance
+    0', or '' for an ordinary LoRA."""
+    if not recipe:
+        return ""
+    kind = lora.few_step.kind.upper() if lora.few_step else "recipe"
+    parts = [f"{recipe['steps']} steps" if "steps" in recipe else "",
+             recipe.get("scheduler", ""),
+             f"guidance {recipe['guidance_scale']:g}" if "guidance_scale" in recipe else ""]
+    return f"{kind}: " + ", ".join(part for part in parts if part)
 
 
 @bp.get("/favicon.ico")

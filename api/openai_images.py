@@ -17,12 +17,12 @@ from typing import Any, Mapping
 from flask import Blueprint, Response, jsonify, url_for
 
 from api import (ApiError, body_too_large, error_json, failed_job_error, json_body,
-                 services)
+                 MODEL_FACTS_SCHEMA, listed_models, model_facts, parse_request, services)
 from api.batches import run_batch
 from api.openapi import doc
 from errors import ValidationError
 from params import (DEFAULT_STRENGTH, SPEED_OPTIONS, field_value,
-                    image_count_field, json_object, parse_generation_request, request_fields)
+                    image_count_field, json_object, request_fields)
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ IGNORED = {"quality", "style", "user", "output_format", "background", "moderatio
            "output_compression", "partial_images", "safety_identifier", "complexity",
            "frame_count", "frame_duration_ms", "svg", "stream"}
 # Native fields a client may add (the SDK's extra_body), beyond what OpenAI has.
-EXTENSIONS = ("negative_prompt", "seed", "steps", "guidance_scale", "scheduler",
+EXTENSIONS = ("negative_prompt", "seed", "steps", "guidance_scale", "scheduler", "eta",
               *SPEED_OPTIONS)
 SIZE = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*$")
 
@@ -57,7 +57,8 @@ MODELS_RESPONSE = {"type": "object", "properties": {
         "type": "object", "properties": {"id": {"type": "string"},
                                          "object": {"type": "string"},
                                          "created": {"type": "integer"},
-                                         "owned_by": {"type": "string"}}}}}}
+                                         "owned_by": {"type": "string"},
+                                         **MODEL_FACTS_SCHEMA}}}}}
 OPENAI_DOC = {"tags": ("openai",), "error_schema": OPENAI_ERROR_SCHEMA}
 
 
@@ -68,9 +69,10 @@ def generations_schema() -> dict[str, Any]:
     return {"type": "object", "required": ["prompt"], "properties": {
         "prompt": native["prompt"],
         "n": image_count_field("n", s).schema(),
-        "size": {"type": "string", "default": default_size(),
+        "size": {"type": "string", "default": "auto",
                  "description": f"WxH, each a multiple of 8 in {s.min_size}..{s.max_size}, "
-                                "or 'auto'"},
+                                "or 'auto' (the model card's size, else "
+                                f"{default_size()})"},
         "response_format": {"type": "string", "enum": list(RESPONSE_FORMATS),
                             "default": "b64_json"},
         "model": {"type": "string", "description": "accepted; the served model is used"},
@@ -129,11 +131,10 @@ def parse_generations(body: Any) -> tuple[Any, int, str, list[str]]:
 
 def _parse_generations(body: dict) -> tuple[Any, int, str, list[str]]:
     n, response_format, ignored = _batch_fields(body, GENERATIONS_FIELDS)
-    width, height = parse_size(body.get("size"))
     native = {name: body[name] for name in ("prompt", *EXTENSIONS) if name in body}
-    req = parse_generation_request({**native, "width": width, "height": height},
-                                   services().settings)
-    return req, n, response_format, ignored
+    if body.get("size") not in (None, "auto"):  # else the model's recipe, or DEFAULT_SIZE
+        native["width"], native["height"] = parse_size(body["size"])
+    return parse_request(native), n, response_format, ignored
 
 
 GENERATIONS_FIELDS = {"prompt", "n", "size", "response_format", "model", *IGNORED,
@@ -228,7 +229,7 @@ def parse_edits() -> tuple[Any, int, str, list[str], Any]:
         native["init_image"] = image_bytes
         if mask is not None:
             native["mask_image"] = uploads.png_bytes(mask)
-        req = parse_generation_request(native, settings)
+        req = parse_request(native)
     except ValidationError as exc:
         raise _invalid(PARAM_OF.get(exc.field, exc.field), exc.message.replace(
             f"'{exc.field}'", f"'{PARAM_OF.get(exc.field, exc.field)}'")) from None
@@ -337,13 +338,16 @@ def images_response(req: Any, n: int, response_format: str, ignored: list[str],
      "MODELS_DIR (switch with the native `model` field or A1111's options).",
      responses={200: MODELS_RESPONSE}, errors=(401,), **OPENAI_DOC)
 def models():
-    """List the models, as OpenAI's GET /v1/models does (the served one first)."""
+    """List the models, as OpenAI's GET /v1/models does (the served one first), each with its
+    family and recipe."""
     engine = services().engine
-    served = engine.model.source if engine.model is not None else None
-    names = [engine.model_name] + [e.name for e in engine.available_models()
-                                   if e.source != served]
-    if served is None:
-        names = names[:1] + names[2:]  # still loading: MODEL_ID's entry is the first
+    entries = listed_models()
+    served = engine.model
+    if served is None:  # still loading: MODEL_ID's entry is the first
+        first, rest = (entries[0] if entries else None), entries[1:]
+    else:
+        first, rest = served, [e for e in entries if e.source != served.source]
+    listed = [(engine.model_name, first)] + [(e.name, e) for e in rest]
     return jsonify({"object": "list", "data": [
-        {"id": name, "object": "model", "created": 0, "owned_by": "sd-cpu-server"}
-        for name in names]})
+        {"id": name, "object": "model", "created": 0, "owned_by": "sd-cpu-server",
+         **model_facts(entry)} for name, entry in listed]})

@@ -27,6 +27,8 @@ GENERATING_ENDPOINTS = {"core.generate", "jobs.create_job", "a1111.txt2img", "a1
                         "openai_images.generations", "openai_images.edits"}
 OPEN_ENDPOINTS = {"core.index", "core.health", "core.favicon", "static",
                   "openapi.openapi_json"}
+# Open too with METRICS_PUBLIC=1, for a Prometheus that holds no API key.
+METRICS_ENDPOINTS = {"metrics.metrics"}
 # Sent on every response. The page is one HTML file, one script module and one stylesheet
 # from this server; its images are blob: URLs of fetched PNGs (fetched so the credential can
 # be sent). Nothing may frame it.
@@ -86,9 +88,12 @@ def install(app: Flask, settings: Settings) -> None:
             check_same_site(settings.cors_origins)
 
     if settings.api_key or settings.api_auth:
+        open_endpoints = OPEN_ENDPOINTS | (METRICS_ENDPOINTS if settings.metrics_public
+                                           else set())
+
         @app.before_request
         def require_credentials():
-            if request.endpoint in OPEN_ENDPOINTS or request.method == "OPTIONS":
+            if request.endpoint in open_endpoints or request.method == "OPTIONS":
                 return None
             given = request.headers.get("Authorization", "")
             if not authorized(given, settings.api_key, settings.api_auth):

@@ -3,8 +3,11 @@ Torch-free, so request threads, validation and the routes may use it; the engine
 it finds.
 
     models       the MODEL_ID model and MODELS_DIR's diffusers folders and checkpoints
-    checkpoints  single-file checkpoints sniffed from their safetensors header
-    loras        LORA_DIR's LoRAs, read from their headers (format, LCM or not)
+    families     what kind of model each is (SD 1.x, 2.x, SD-Turbo, SDXS), from its configs
+    cards        the `<name>.json` beside a model or LoRA: how it is meant to be run
+    checkpoints  single-file checkpoints sniffed from their safetensors header (SD 1.x, 2.x)
+    loras        LORA_DIR's LoRAs, read from their headers (format, what they were made for,
+                 few-step kind: LCM, Hyper-SD, TCD, PCM)
     hashes       file sha256s as A1111 shows them
     download     fetching a Hub model before from_pretrained reads it (resumable)
     files        staged writes (write beside, rename) and abandoned partials' cleanup

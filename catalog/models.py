@@ -7,10 +7,16 @@ Layout of MODELS_DIR (all optional):
 
     <name>/model_index.json      a diffusers folder
     <stem>.safetensors           an SD 1.x checkpoint in the original (A1111/civitai) layout
-    <stem>.config/               its diffusers config folder, for checkpoints not SD 1.x shaped
+    <stem>.config/               its diffusers config folder, for checkpoints not SD 1.x/2.x shaped
+    <name>.json                  a model's card (catalog.cards): its recommended settings,
+                                 family or prediction type, beside its folder or file
     <stem>.ckpt                  listed but refused: a Python pickle can run code
     .sha256.json                 the hash cache (keyed by real path, size, mtime)
     .converted/<stem>-<key>/     the diffusers copy of a checkpoint (keyed the same way)
+
+Each entry carries its family (catalog.families), read from its configs: the folder's, a
+checkpoint's converted copy or sidecar config folder, else its tensor names; a Hub model's from
+the local Hub cache.
 
 Nothing here imports torch: listing is cheap, and request threads may call it.
 """
@@ -21,12 +27,14 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from config import TINY_MODEL_ID, Settings
 from catalog import checkpoints
+from catalog.cards import read_card
+from catalog.families import ModelFamily, folder_family, read_json, with_card
 from catalog.files import PARTIAL, staged
 from catalog.hashes import file_sha256
 from errors import ModelUnavailable, UnknownModel
@@ -52,11 +60,22 @@ class ModelEntry:
     filename: str    # the path shown to clients (the Hub id for a Hub model)
     sha256: str | None = None
     problem: str = ""  # "" or why it cannot load
+    family: ModelFamily = field(default_factory=ModelFamily)
 
     @property
     def short_hash(self) -> str | None:
         """A1111's short hash: the first 10 hex characters of the sha256."""
         return self.sha256[:10] if self.sha256 else None
+
+    @property
+    def card(self) -> dict[str, Any]:
+        """Its card (`<name>.json` beside it), read now; {} for a Hub model or none."""
+        return {} if self.kind == "hub" else read_card(self.source)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ModelEntry":
+        """The entry `dataclasses.asdict` made of one (the Redis heartbeat carries it so)."""
+        return cls(**{**data, "family": ModelFamily.from_dict(data.get("family"))})
 
 
 def list_models(settings: Settings) -> list[ModelEntry]:
@@ -119,7 +138,10 @@ def converted_folder(path: Path, settings: Settings) -> Path:
     stat = real.stat()
     sidecar = checkpoints.sidecar_config(real)
     config_stamp = (sidecar / "model_index.json").stat().st_mtime_ns if sidecar else "sd-v1"
-    key = hashlib.sha256(f"{real}:{stat.st_size}:{stat.st_mtime_ns}:{config_stamp}".encode())
+    told = checkpoints.told_prediction_type(real)  # another answer converts again
+    told_stamp = f":{told}" if told else ""  # (absent: the keys of earlier versions still hold)
+    key = hashlib.sha256(f"{real}:{stat.st_size}:{stat.st_mtime_ns}:{config_stamp}{told_stamp}"
+                         .encode())
     return settings.path(settings.models_dir) / CONVERTED / f"{real.stem}-{key.hexdigest()[:12]}"
 
 
@@ -128,7 +150,8 @@ def _scan(settings: Settings) -> list[ModelEntry]:
     root = settings.path(settings.models_dir)
     if not root.is_dir():
         return []
-    skip = {settings.path(settings.lora_dir).resolve(), settings.path(settings.bf16_cache_dir).resolve()}
+    skip = {settings.path(folder).resolve() for folder in (
+        settings.lora_dir, settings.embeddings_dir, settings.bf16_cache_dir)}
     entries = []
     for item in root.iterdir():
         if item.name.startswith(".") or PARTIAL in item.name or item.resolve() in skip:
@@ -145,7 +168,8 @@ def _folder_entry(folder: Path, name: str | None = None) -> ModelEntry:
     problem = "" if (folder / "model_index.json").is_file() else (
         f"{folder} is not a diffusers model folder (no model_index.json)")
     return ModelEntry(name=name or folder.name, title=name or folder.name, kind="diffusers",
-                      source=str(folder), filename=str(folder), problem=problem)
+                      source=str(folder), filename=str(folder), problem=problem,
+                      family=folder_family(folder, read_card(folder)))
 
 
 def _file_entry(path: Path, settings: Settings) -> ModelEntry:
@@ -154,7 +178,32 @@ def _file_entry(path: Path, settings: Settings) -> ModelEntry:
                        source=str(path), filename=str(path),
                        problem=CKPT_PROBLEM if ckpt else checkpoints.checkpoint_problem(path))
     digest = model_sha256(entry, settings)
-    return replace(entry, sha256=digest, title=_title(path.name, digest))
+    family = ModelFamily() if entry.problem else _checkpoint_family(path, settings)
+    return replace(entry, sha256=digest, title=_title(path.name, digest), family=family)
+
+
+def _checkpoint_family(path: Path, settings: Settings) -> ModelFamily:
+    """A checkpoint's family: its converted copy's configs once converted (the prediction type
+    found then included), else its sidecar config folder's, else its tensor names'."""
+    card = read_card(path)
+    converted = converted_folder(path, settings)
+    if (converted / "model_index.json").is_file():
+        return folder_family(converted, card)
+    sidecar = checkpoints.sidecar_config(path)
+    if sidecar is not None:
+        return folder_family(sidecar, card)
+    return with_card(checkpoints.checkpoint_family(path), card)
+
+
+def hub_family(repo_id: str) -> ModelFamily:
+    """A Hub model's family from the configs in the local Hub cache (no network); unknown
+    until they are there (the engine knows it once the model is loaded)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    index = try_to_load_from_cache(repo_id, "model_index.json")
+    if not isinstance(index, str):
+        return ModelFamily()
+    return folder_family(Path(index).parent)
 
 
 def _title(file_name: str, digest: str | None) -> str:
@@ -179,7 +228,7 @@ def _startup_entry(settings: Settings, local: list[ModelEntry]) -> ModelEntry:
     if found:
         return found
     return ModelEntry(name=model_id, title=model_id, kind="hub", source=model_id,
-                      filename=model_id)
+                      filename=model_id, family=hub_family(model_id))
 
 
 def _match(entries: list[ModelEntry], wanted: str) -> ModelEntry | None:
@@ -201,15 +250,6 @@ def _same(a: str, b: str) -> bool:
         return Path(a).resolve() == Path(b).resolve() if os.path.exists(a) else a == b
     except OSError:
         return a == b
-
-
-def read_json(path: Path) -> dict:
-    """A JSON object from `path`, or {} when it is absent, unreadable or not an object."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -23,7 +23,8 @@
     preview         live previews of the latents (TAESD when loaded, else a linear map)
     images          PNG encoding
     load_errors     a loading failure as one line of advice
-    random_model    random-weight pipelines (tiny for tests, full-size for benchmarks)
+    random_model    random-weight pipelines: tiny ones of every family (tests), full-size
+                    SD v1-4 (benchmarks)
 
 Staged writes (catalog.files) and /proc (system) live outside: they are torch-free.
 torch is imported lazily (on first load or generation), so the HTTP server can be listening

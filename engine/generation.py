@@ -5,11 +5,14 @@ Worker thread only: the pipeline is not thread-safe.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import statistics
 import time
+from dataclasses import replace
 
+from catalog.embeddings import list_embeddings, used_embeddings
 from catalog.loras import find_lora
 from config import Settings
 from engine.cpu import threads_for_next_job
@@ -20,8 +23,10 @@ from engine.slot import ModelSlot, release_freed_memory
 from engine.resume import Checkpoint, FastForward, aligned_with_deep_cache, capture
 from engine.speedups import DeepCache, cfg_cutoff_step, cut_guidance
 from engine.status import CheckpointSink, GenerationResult, StepCallback
+from errors import LoraError, UnsupportedRequest
 from params import GenerationRequest
 from params.infotext import write_infotext
+from params.recipes import deep_cache_problem, lora_problem
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +78,15 @@ class CheckpointPolicy:
         self.sink(checkpoint.to_bytes(), step)
         self.last_step = step
         self.spent += time.perf_counter() - began
+
+
+def without_unused_eta(pipe, request: GenerationRequest) -> GenerationRequest:
+    """The request without `eta` when its sampler's step takes none (Euler a, PNDM...), so the
+    PNG does not claim one: diffusers passes eta only to a step that accepts it
+    (`prepare_extra_step_kwargs`), A1111 clients send one with every request."""
+    if request.eta is None or "eta" in inspect.signature(pipe.scheduler.step).parameters:
+        return request
+    return replace(request, eta=None)
 
 
 class StepHooks:
@@ -172,16 +186,18 @@ class Generation:
         started = time.perf_counter()  # the thread check below is part of this image's time
         # 2. pick the pipeline view and threads
         pipe = self.pipeline_for(request.mode, request.scheduler)
+        request = without_unused_eta(pipe, request)
         self.use_free_cores()
         generator = torch.Generator("cpu").manual_seed(seed)
-        # 3. activate LoRAs
+        # 3. activate LoRAs and the embeddings the prompts write
         lora_hashes = self.activate_loras(request)
+        prompts, ti_hashes = self.activate_embeddings(request)
         # 4. denoise (from a checkpoint, when resuming)
         deep_cache = DeepCache(pipe.unet, request.deep_cache)
         hooks = self.step_hooks(request, on_step, resume_from, on_checkpoint, pipe, generator,
                                 deep_cache)
         try:
-            latents = self.denoise(pipe, request, generator, hooks, deep_cache)
+            latents = self.denoise(pipe, request, generator, hooks, deep_cache, prompts)
         finally:
             self.slot.loras.deactivate(self.slot.pipe)  # the next job starts from the bare model
         # 5. decode and paste
@@ -191,12 +207,13 @@ class Generation:
                    "seconds": time.perf_counter() - started,
                    "seconds_per_step": seconds_per_step(started, hooks.step_times)}
         # 6. infotext and PNG
-        return self.png_result(request, seed, image, nsfw, lora_hashes, timings)
+        return self.png_result(request, seed, image, nsfw, lora_hashes, timings, ti_hashes)
 
     def resolve(self, request: GenerationRequest) -> GenerationRequest:
         """The request as it will run: on its model (switched to first: the job waited its
         turn), with the full VAE where TAESD is missing; UnsupportedRequest when the UNet
-        backend cannot run it."""
+        backend or the model's family cannot run it (validation refused it already for the
+        model it expected; the served one may have changed since)."""
         if self.slot.pipe is None:
             raise RuntimeError("the model is not loaded")
         if request.model is not None:
@@ -207,6 +224,10 @@ class Generation:
             log.warning("vae_decoder 'tiny' asked for but TAESD is not loaded (TAESD_MODEL): "
                         "decoding with the full VAE")
         self.slot.backend.check_request(effective)
+        if effective.deep_cache > 1 and self.slot.model is not None:
+            problem = deep_cache_problem(self.slot.model.family, self.slot.model_name)
+            if problem:
+                raise UnsupportedRequest(problem)
         return effective
 
     def pipeline_for(self, mode: str, scheduler_name: str):
@@ -230,11 +251,35 @@ class Generation:
         their file hashes for the infotext; LoraError when one does not fit this model."""
         entries = [(find_lora(self.settings, name), te, unet)
                    for name, te, unet in request.loras]
+        model = self.slot.model
+        for entry, _te, _unet in entries if model is not None else ():
+            problem = lora_problem(entry, model.family, self.slot.model_name)
+            if problem:
+                raise LoraError(problem)
         loras = self.slot.loras
         loras.activate(self.slot.pipe, [
             (entry, te if te == unet else {"unet": unet, "text_encoder": te})
             for entry, te, unet in entries])
         return {entry.name: loras.sha256(entry) for entry, _te, _unet in entries}
+
+    def activate_embeddings(self, request: GenerationRequest) -> tuple[tuple[str, str | None],
+                                                                       dict[str, str]]:
+        """Load the embeddings the prompt or negative prompt writes (EMBEDDINGS_DIR); return
+        (prompt, negative prompt) as the pipeline is to read them (each usable embedding's
+        name replaced by its token) and their file hashes for the infotext. One that does not
+        fit the model is skipped (logged): its name stays a plain word, as in A1111."""
+        negative = request.negative_prompt or None
+        used = used_embeddings(list_embeddings(self.settings), request.clip_prompt,
+                               negative or "")
+        if not used:
+            return (request.clip_prompt, negative), {}
+        embeddings = self.slot.embeddings
+        family = self.slot.model.family if self.slot.model is not None else None
+        skipped = embeddings.activate(self.slot.pipe, used, family)
+        usable = [entry for entry in used if entry.name not in skipped]
+        return ((embeddings.rewrite(request.clip_prompt, usable),
+                 embeddings.rewrite(negative, usable)),
+                {entry.name: embeddings.sha256(entry) for entry in usable})
 
     def step_hooks(self, request: GenerationRequest, on_step: StepCallback | None,
                    resume_from: bytes | None, on_checkpoint: CheckpointSink | None, pipe,
@@ -257,21 +302,23 @@ class Generation:
 
     @staticmethod
     def denoise(pipe, request: GenerationRequest, generator, hooks: StepHooks,
-                deep_cache: DeepCache):
+                deep_cache: DeepCache, prompts: tuple[str, str | None] | None = None):
         """The denoised latents (DeepCache around the UNet when the request asks for it;
-        a resumed run replays the steps before its checkpoint without the UNet)."""
+        a resumed run replays the steps before its checkpoint without the UNet); `prompts`
+        is (prompt, negative prompt) as the text encoder reads them, embeddings' tokens in."""
         import contextlib
 
         import torch
 
         replay = hooks.fast_forward or contextlib.nullcontext()
         with torch.inference_mode(), deep_cache, replay:
-            return pipe(prompt=request.clip_prompt,
-                        negative_prompt=request.negative_prompt or None,
+            prompt, negative = prompts or (request.clip_prompt, request.negative_prompt or None)
+            return pipe(prompt=prompt, negative_prompt=negative,
                         num_inference_steps=request.steps,
                         guidance_scale=request.guidance_scale, generator=generator,
                         output_type="latent", callback_on_step_end=hooks,
                         callback_on_step_end_tensor_inputs=TENSOR_INPUTS[request.mode],
+                        **({} if request.eta is None else {"eta": request.eta}),
                         **mode_arguments(request)).images
 
     def decode(self, pipe, request: GenerationRequest, latents, generator):
@@ -287,10 +334,11 @@ class Generation:
         return image, nsfw
 
     def png_result(self, request: GenerationRequest, seed: int, image, nsfw: bool,
-                   lora_hashes: dict[str, str], timings: dict[str, float]) -> GenerationResult:
+                   lora_hashes: dict[str, str], timings: dict[str, float],
+                   ti_hashes: dict[str, str] | None = None) -> GenerationResult:
         """The PNG, its A1111 infotext embedded, and how it was made."""
         parameters = write_infotext(request, seed, self.slot.model_name,
-                                    self.slot.default_sampler, lora_hashes)
+                                    self.slot.default_sampler, lora_hashes, ti_hashes)
         return GenerationResult(png=encode_png(image, parameters), seed=seed, width=image.width,
                                 height=image.height, steps=request.steps, nsfw=nsfw,
                                 parameters=parameters,

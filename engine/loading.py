@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from config import TINY_MODEL_ID, Settings
 from catalog.download import download_snapshot
+from catalog.families import ModelFamily, family_from_configs, with_card
 from catalog.models import list_models
 from engine.hub_files import download_patterns
 from engine.random_model import build_random_pipeline
@@ -114,3 +115,26 @@ def load_pipeline(settings: Settings, bf16: bool, progress: Progress,
     if vae_decode_in_row_bands(pipe.vae):
         optimizations.append("vae-decode-in-row-bands")
     return pipe, optimizations
+
+
+def pipeline_family(pipe, card: dict[str, Any]) -> ModelFamily:
+    """The loaded pipeline's family, by the catalogue's rules (catalog.families) applied to
+    its components' configs, with what its card says (family, prediction type) over them."""
+    vae = getattr(pipe, "vae", None)
+    family = family_from_configs(dict(pipe.unet.config), pipe.text_encoder.config.to_dict(),
+                                 dict(pipe.scheduler.config), type(vae).__name__,
+                                 dict(vae.config) if vae is not None else {})
+    return with_card(family, card)
+
+
+def apply_card_prediction(pipe, card: dict[str, Any]) -> bool:
+    """Make the scheduler predict what the model's card says (`prediction_type`), when its
+    config says otherwise (a 768-v model shipped with an epsilon scheduler config); True if
+    it changed. Every sampler is built from this config, so all of them follow."""
+    wanted = card.get("prediction_type")
+    if wanted not in ("epsilon", "v_prediction") or \
+            pipe.scheduler.config.get("prediction_type") == wanted:
+        return False
+    pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config,
+                                                      prediction_type=wanted)
+    return True

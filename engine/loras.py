@@ -5,7 +5,9 @@ peft wraps the affected layers and keeps the base weights as they are, so they s
 memory-mapped from the model's safetensors and no anonymous copy of the UNet is made. A
 small bounded set of adapters stays loaded between jobs (`LoraAdapters`); each job activates
 the ones it names with its weights, and they are disabled again when it ends, so the next
-job is unaffected. `LoraAdapters` runs on the job worker only.
+job is unaffected. LyCORIS LoHa and LoKr files, which diffusers does not read, are applied
+the same way by engine.lycoris' forward hooks (LoCon is a kohya LoRA with conv layers and
+loads as one). `LoraAdapters` runs on the job worker only.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from collections import OrderedDict
 
 from catalog.hashes import file_sha256
 from catalog.loras import LoraEntry
+from engine.lycoris import LYCORIS_FORMATS, LycorisLayers
 from errors import LoraError
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,7 @@ class LoraAdapters:
         self.loaded: OrderedDict[str, LoraEntry] = OrderedDict()  # adapter name -> entry
         self.active = False
         self._hashes: dict[str, str] = {}  # adapter name (one file version) -> sha256
+        self.lycoris: dict[str, LycorisLayers] = {}  # adapter name -> LoHa/LoKr hooks
 
     def sha256(self, entry: LoraEntry) -> str:
         """The file's sha256, computed once per version of the file (for `Lora hashes`)."""
@@ -61,30 +65,51 @@ class LoraAdapters:
             self.loaded.move_to_end(name)
             names.append(name)
         self._evict(pipe, keep=set(names))
-        pipe.enable_lora()
-        pipe.set_adapters(names, adapter_weights=[weight for _entry, weight in loras])
+        self.deactivate(pipe)
+        peft = [(name, weight) for name, (_entry, weight) in zip(names, loras)
+                if name not in self.lycoris]
+        if peft:
+            pipe.enable_lora()
+            pipe.set_adapters([n for n, _w in peft], adapter_weights=[w for _n, w in peft])
+        for name, (_entry, weight) in zip(names, loras):
+            if name in self.lycoris:
+                self.lycoris[name].activate(weight)
         self.active = True
 
     def deactivate(self, pipe) -> None:
         """Turn every adapter off (they stay loaded for later jobs)."""
-        if self.loaded and self.active:
+        if self.active and any(name not in self.lycoris for name in self.loaded):
             pipe.disable_lora()
+        for layers in self.lycoris.values():
+            layers.deactivate()
         self.active = False
 
     def clear(self, pipe) -> None:
         """Delete every adapter (before the pipeline is replaced by another model)."""
-        if self.loaded:
-            pipe.delete_adapters(list(self.loaded))
+        self.deactivate(pipe)
+        peft = [name for name in self.loaded if name not in self.lycoris]
+        if peft:
+            pipe.delete_adapters(peft)
         self.loaded.clear()
+        self.lycoris.clear()
         self.active = False
 
     def _load(self, pipe, entry: LoraEntry, name: str) -> None:
+        if entry.format in LYCORIS_FORMATS:
+            try:
+                self.lycoris[name] = LycorisLayers.load(pipe, entry.path, entry.format, name)
+            except LoraError as exc:
+                raise LoraError(f"LoRA '{entry.name}' ({entry.format} format) cannot be "
+                                f"applied: {exc}") from exc
+            self.loaded[name] = entry
+            log.info("LoRA %s loaded as %s hooks", entry.name, entry.format)
+            return
         try:
             pipe.load_lora_weights(str(entry.path), adapter_name=name)
         except Exception as exc:  # diffusers/peft raise ValueError, RuntimeError, KeyError...
             self._forget_partial(pipe, name)
-            raise LoraError(f"LoRA '{entry.name}' does not fit this model: "
-                            f"{_reason(exc)}") from exc
+            raise LoraError(f"LoRA '{entry.name}' ({entry.format} format) does not fit "
+                            f"this model: {_reason(exc)}") from exc
         self.loaded[name] = entry
         log.info("LoRA %s loaded as adapter %s (%s format)", entry.name, name, entry.format)
 
@@ -93,7 +118,10 @@ class LoraAdapters:
             victim = next((n for n in self.loaded if n not in keep), None)
             if victim is None:
                 return
-            pipe.delete_adapters([victim])
+            if victim in self.lycoris:
+                self.lycoris.pop(victim).deactivate()
+            else:
+                pipe.delete_adapters([victim])
             del self.loaded[victim]
 
     @staticmethod

@@ -34,23 +34,71 @@ def _byte_tokenizer_vocab() -> dict[str, int]:
     return vocab
 
 
-ARCHITECTURES: dict[str, dict[str, dict[str, Any]]] = {
+_TINY_UNET = dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                  block_out_channels=(32, 64), norm_num_groups=8,
+                  down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                  up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                  cross_attention_dim=32, attention_head_dim=4)
+_TINY_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+                 block_out_channels=(16, 16, 16, 16), norm_num_groups=8, sample_size=64,
+                 down_block_types=("DownEncoderBlock2D",) * 4,
+                 up_block_types=("UpDecoderBlock2D",) * 4)
+_TINY_TEXT = dict(vocab_size=1000, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                  num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
+                  hidden_act="quick_gelu")
+# SD 2.x's text encoder is OpenCLIP-H's, saved as a CLIPTextModel: GELU instead of CLIP's
+# quick GELU (and 1024 wide); its tokenizer pads with "!" instead of the end token.
+_TINY_OPENCLIP = dict(_TINY_TEXT, hidden_size=48, intermediate_size=53, projection_dim=48,
+                      hidden_act="gelu")
+_SD1_SCHEDULER = ("PNDMScheduler", dict(beta_start=0.00085, beta_end=0.012,
+                                        beta_schedule="scaled_linear", skip_prk_steps=True,
+                                        steps_offset=1, num_train_timesteps=1000))
+_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+              num_train_timesteps=1000)
+# stabilityai/stable-diffusion-2-1 (768-v): DDIM, v-prediction, read from this config.
+_SD2_V_SCHEDULER = ("DDIMScheduler", dict(_BETAS, prediction_type="v_prediction",
+                                          steps_offset=1, clip_sample=False,
+                                          set_alpha_to_one=False))
+# stabilityai/sd-turbo: Euler with trailing spacing (one step starts at t=999).
+_TURBO_SCHEDULER = ("EulerDiscreteScheduler", dict(_BETAS, timestep_spacing="trailing",
+                                                   steps_offset=1))
+# A pruned SDXS-style UNet: three levels, one layer per block, no mid block, cross-attention
+# at the top level only (and a linear projection, as SD 2.x's).
+_TINY_SDXS_UNET = dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                       block_out_channels=(32, 64, 64), norm_num_groups=8,
+                       down_block_types=("CrossAttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D", "CrossAttnUpBlock2D"),
+                       mid_block_type=None, cross_attention_dim=48, attention_head_dim=4,
+                       use_linear_projection=True)
+
+# Each architecture: the UNet, VAE (`vae_class` "tiny": an AutoencoderTiny of
+# TAESD_ARCHITECTURES[vae]) and text encoder configs, the scheduler (class, config) and the
+# tokenizer's pad token. New families are one entry here (the benchmark builds them too).
+ARCHITECTURES: dict[str, dict[str, Any]] = {
     # Small enough that a 64x64 image takes well under a second on one core; attention
     # only at the lower resolution, so a 512x512 image stays cheap too.
-    "tiny": {
-        "unet": dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-                     block_out_channels=(32, 64), norm_num_groups=8,
-                     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                     up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-                     cross_attention_dim=32, attention_head_dim=4),
-        "vae": dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
-                    block_out_channels=(16, 16, 16, 16), norm_num_groups=8, sample_size=64,
-                    down_block_types=("DownEncoderBlock2D",) * 4,
-                    up_block_types=("UpDecoderBlock2D",) * 4),
-        "text": dict(vocab_size=1000, hidden_size=32, intermediate_size=37,
-                     num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
-                     projection_dim=32, hidden_act="quick_gelu"),
-    },
+    "tiny": {"unet": _TINY_UNET, "vae": _TINY_VAE, "text": _TINY_TEXT},
+    # SD 2.x 768-v, tiny: linear projections, OpenCLIP-style text, v-prediction, a native
+    # size of 96 (12 latent rows) like the real one's 768.
+    "tiny-sd2-v": {"unet": dict(_TINY_UNET, sample_size=12, cross_attention_dim=48,
+                                use_linear_projection=True, upcast_attention=True),
+                   "vae": _TINY_VAE, "text": _TINY_OPENCLIP, "scheduler": _SD2_V_SCHEDULER,
+                   "pad_token": "!"},
+    # SD-Turbo, tiny: SD 2.1-base's shape with Euler trailing.
+    "tiny-sd-turbo": {"unet": dict(_TINY_UNET, cross_attention_dim=48,
+                                   use_linear_projection=True),
+                      "vae": _TINY_VAE, "text": _TINY_OPENCLIP, "scheduler": _TURBO_SCHEDULER,
+                      "pad_token": "!"},
+    # SDXS-512-0.9, tiny: the pruned UNet, SD 2.1's text encoder, AutoencoderTiny as vae/.
+    # (SDXS ships its full VAE beside it as vae_large/, which from_pretrained leaves alone.)
+    "tiny-sdxs": {"unet": _TINY_SDXS_UNET, "vae": "tiny", "vae_class": "tiny",
+                  "vae_large": _TINY_VAE, "text": _TINY_OPENCLIP,
+                  "scheduler": ("DDPMScheduler", dict(_BETAS, clip_sample=False)), "pad_token": "!"},
+    # SDXS-512-DreamShaper, tiny: the same UNet idea with SD 1.5's CLIP-L text encoder.
+    "tiny-sdxs-dreamshaper": {"unet": dict(_TINY_SDXS_UNET, cross_attention_dim=32,
+                                           use_linear_projection=False),
+                              "vae": "tiny", "vae_class": "tiny", "text": _TINY_TEXT,
+                              "scheduler": ("DDPMScheduler", dict(_BETAS, clip_sample=False))},
     # Exactly CompVis/stable-diffusion-v1-4: compute and memory match the real model.
     "full": {
         "unet": dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
@@ -70,22 +118,29 @@ ARCHITECTURES: dict[str, dict[str, dict[str, Any]]] = {
 
 
 def build_random_pipeline(folder: Path | str, size: str = "tiny", seed: int = 0) -> Path:
-    """Save a random-weight SD pipeline (`tiny` or `full` v1-4 architecture) as a diffusers folder."""
+    """Save a random-weight SD pipeline of architecture `size` (ARCHITECTURES: `tiny`, `full`
+    v1-4, and the other families' tiny ones) as a diffusers folder."""
+    import diffusers
     import torch
 
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, AutoencoderTiny, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     arch = ARCHITECTURES[size]
     folder = Path(folder)
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**arch["unet"])
-    vae = AutoencoderKL(**arch["vae"])
+    if arch.get("vae_class") == "tiny":
+        vae = AutoencoderTiny(in_channels=3, out_channels=3, latent_channels=4,
+                              **TAESD_ARCHITECTURES[arch["vae"]])
+    else:
+        vae = AutoencoderKL(**arch["vae"])
     text_encoder = CLIPTextModel(CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1,
                                                 **arch["text"]))
-    tokenizer = CLIPTokenizer(vocab=_byte_tokenizer_vocab(), merges=[], model_max_length=77)
-    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              skip_prk_steps=True, steps_offset=1, num_train_timesteps=1000)
+    tokenizer = CLIPTokenizer(vocab=_byte_tokenizer_vocab(), merges=[], model_max_length=77,
+                              **({"pad_token": arch["pad_token"]} if "pad_token" in arch else {}))
+    class_name, config = arch.get("scheduler", _SD1_SCHEDULER)
+    scheduler = getattr(diffusers, class_name)(**config)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                                    unet=unet, scheduler=scheduler, safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
@@ -93,6 +148,9 @@ def build_random_pipeline(folder: Path | str, size: str = "tiny", seed: int = 0)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with staged(folder) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
+        if "vae_large" in arch:
+            AutoencoderKL(**arch["vae_large"]).save_pretrained(tmp / "vae_large",
+                                                              safe_serialization=True)
     return folder
 
 

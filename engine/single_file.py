@@ -4,11 +4,16 @@ catalog.models.converted_folder); and the inverse, a diffusers folder written as
 LDM-layout file (for tests and benchmarks).
 
 Converting uses diffusers' own `from_single_file` with a LOCAL config folder, so no Hub call
-is made: the SD 1.x configs ship in engine/configs/sd-v1; a checkpoint of another shape
-brings its own `<stem>.config/` folder (catalog.checkpoints.sidecar_config).
+is made: the SD 1.x and SD 2.x configs ship in engine/configs/sd-v1 and sd-v2; a checkpoint
+of another shape brings its own `<stem>.config/` folder (catalog.checkpoints.sidecar_config).
+An SD 2.x checkpoint's prediction type is what its card or A1111 .yaml tells
+(catalog.checkpoints.told_prediction_type), else what its sidecar config's scheduler says,
+else found as A1111 finds it (`predicts_v`); the converted folder's scheduler config keeps it,
+so every sampler built from it follows.
 """
 from __future__ import annotations
 
+import copy
 import glob
 import json
 import logging
@@ -18,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from catalog import checkpoints
-from catalog.checkpoints import CLIP, UNET, VAE
+from catalog.checkpoints import CLIP, OPENCLIP, UNET, VAE
 from catalog.files import PARTIAL, remove_abandoned_partials, staged
 from catalog.models import ModelEntry, converted_folder, list_models, read_json
 from config import Settings
@@ -28,7 +33,12 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]  # (phase, bytes done, bytes total)
 SD1_CONFIG = Path(__file__).resolve().parent / "configs" / "sd-v1"
+SD2_CONFIG = Path(__file__).resolve().parent / "configs" / "sd-v2"
 SD1_VOCAB_SIZE = 49408  # the CLIP ViT-L/14 tokenizer every SD 1.x model uses
+# SD 2.x's OpenCLIP tokenizer is the same BPE, padding with "!" instead of the end token
+# (stabilityai/stable-diffusion-2-1's tokenizer/special_tokens_map.json).
+PAD_TOKEN = {"sd1": "<|endoftext|>", "sd2": "!"}
+V_NATIVE_SAMPLE_SIZE = 96  # SD 2.x 768-v: 768 px
 SD1_TOKENIZER_SOURCES = (  # where an SD 1.x tokenizer may already sit in the local HF cache
     ("openai/clip-vit-large-patch14", ""),
     ("CompVis/stable-diffusion-v1-4", "tokenizer"),
@@ -42,9 +52,10 @@ def prepare_single_file(entry: ModelEntry, settings: Settings, progress: Progres
     """The diffusers folder that loads this single-file checkpoint, converting it once (offline,
     float32) into MODELS_DIR/.converted/<stem>-<key>/; later calls return the cached folder.
 
-    The config is `<stem>.config/` beside the file when present, else the shipped SD 1.x one;
-    the tokenizer is `tokenizer` (e.g. the loaded pipeline's), the sidecar's, or the CLIP
-    ViT-L/14 one found locally (see sd1_tokenizer). Raises ModelUnavailable with what to do."""
+    The config is `<stem>.config/` beside the file when present, else the shipped SD 1.x or
+    2.x one; the tokenizer is the sidecar's, else the CLIP ViT-L/14 one (`tokenizer`, e.g.
+    the loaded pipeline's, or one found locally: see sd1_tokenizer) with the family's pad
+    token. Raises ModelUnavailable with what to do."""
     if entry.problem:
         raise ModelUnavailable(f"model {entry.name!r}: {entry.problem}")
     if entry.kind != "single_file":
@@ -53,9 +64,16 @@ def prepare_single_file(entry: ModelEntry, settings: Settings, progress: Progres
     target = converted_folder(path, settings)
     if (target / "model_index.json").is_file():
         return target
-    config = checkpoints.sidecar_config(path) or SD1_CONFIG
-    if not (config / "tokenizer").is_dir():
+    family = checkpoints.checkpoint_family(path).id
+    sidecar = checkpoints.sidecar_config(path)
+    config = sidecar or (SD2_CONFIG if family == "sd2" else SD1_CONFIG)
+    if (config / "tokenizer").is_dir():
+        tokenizer = None
+    else:
         tokenizer = sd1_tokenizer(settings, tokenizer)
+        if tokenizer.pad_token != PAD_TOKEN[family]:  # a copy: it may be the served one's
+            tokenizer = copy.deepcopy(tokenizer)
+            tokenizer.pad_token = PAD_TOKEN[family]
     target.parent.mkdir(parents=True, exist_ok=True)
     needed, free = checkpoints.converted_bytes(path), shutil.disk_usage(target.parent).free
     if free < needed * 1.05 + 2**20:
@@ -67,10 +85,53 @@ def prepare_single_file(entry: ModelEntry, settings: Settings, progress: Progres
     if progress:
         progress("converting checkpoint", 0, needed)
     log.info("converting %s once to a diffusers folder in %s", path, target)
-    convert_checkpoint(path, config, target, tokenizer)
+    convert_checkpoint(path, config, target, tokenizer, _prediction_rule(path, family, sidecar))
     if progress:
         progress("converting checkpoint", needed, needed)
     return target
+
+
+def _prediction_rule(path: Path, family: str, sidecar: Path | None) -> str:
+    """What decides the converted model's prediction type: "epsilon" or "v_prediction" when
+    told (card, .yaml, the sidecar config's scheduler), "detect" for an SD 2.x checkpoint
+    nothing tells about, "" to keep the config's."""
+    told = checkpoints.told_prediction_type(path)
+    if told:
+        return told
+    scheduler = read_json(sidecar / "scheduler" / "scheduler_config.json") if sidecar else {}
+    if "prediction_type" in scheduler:
+        return ""
+    return "detect" if family == "sd2" else ""
+
+
+def predicts_v(unet) -> bool:
+    """Whether an SD 2.x UNet predicts v, found as A1111 finds it
+    (`is_using_v_parameterization_for_sd2`): at t=999 on a constant input an epsilon model
+    answers about its input (nearly all noise), a v model far below it."""
+    import torch
+
+    with torch.inference_mode():
+        x = torch.full((1, unet.config.in_channels, 8, 8), 0.5, dtype=unet.dtype)
+        context = torch.full((1, 2, unet.config.cross_attention_dim), 0.5, dtype=unet.dtype)
+        out = unet(x, torch.tensor([999]), encoder_hidden_states=context).sample
+    return (out - x).mean().item() < -1
+
+
+def _set_prediction(pipe, rule: str) -> None:
+    """Apply `rule` (see _prediction_rule) to a freshly converted pipeline: a v model gets
+    v_prediction in its scheduler config and 768-v's native size, when the shipped config
+    (512, epsilon) was used."""
+    if not rule:
+        return
+    prediction = rule if rule != "detect" else (
+        "v_prediction" if predicts_v(pipe.unet) else "epsilon")
+    log.info("checkpoint prediction type: %s (%s)", prediction,
+             "found as A1111 does" if rule == "detect" else "as told")
+    if pipe.scheduler.config.get("prediction_type") != prediction:
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config,
+                                                          prediction_type=prediction)
+    if prediction == "v_prediction" and pipe.unet.config.sample_size == 64:
+        pipe.unet.register_to_config(sample_size=V_NATIVE_SAMPLE_SIZE)
 
 
 def sd1_tokenizer(settings: Settings, tokenizer=None):
@@ -122,8 +183,10 @@ def _remove_stale(target: Path, checkpoint: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def convert_checkpoint(path: Path, config: Path, target: Path, tokenizer=None) -> None:
-    """Convert the checkpoint at `path` into the diffusers folder `target`, offline, float32.
+def convert_checkpoint(path: Path, config: Path, target: Path, tokenizer=None,
+                       prediction: str = "") -> None:
+    """Convert the checkpoint at `path` into the diffusers folder `target`, offline, float32,
+    with the prediction type `prediction` says (see _prediction_rule).
 
     Written beside `target` and renamed, so a half-written folder never loads. safetensors
     memory-maps the checkpoint and writes from the tensors' memory, so a float32 checkpoint
@@ -139,6 +202,7 @@ def convert_checkpoint(path: Path, config: Path, target: Path, tokenizer=None) -
     if tokenizer is not None:
         kwargs["tokenizer"] = tokenizer
     pipe = StableDiffusionPipeline.from_single_file(str(path), **kwargs)
+    _set_prediction(pipe, prediction)
     try:
         with staged(target) as tmp:
             pipe.save_pretrained(tmp, safe_serialization=True)
@@ -230,9 +294,39 @@ def diffusers_to_ldm(folder: Path) -> dict:
         if ".mid.attn_1." in ldm and ldm.endswith("weight") and tensor.ndim == 2:
             tensor = tensor[:, :, None, None]  # LDM's VAE attention uses 1x1 convolutions
         out[VAE + ldm] = tensor
-    for key, tensor in weights("text_encoder").items():
-        # transformers >= 5.6 saves CLIPTextModel without its `text_model.` level
-        out[CLIP + (key if key.startswith("text_model.") else "text_model." + key)] = tensor
+    text = {k.removeprefix("text_model."): v for k, v in weights("text_encoder").items()}
+    # transformers >= 5.6 saves CLIPTextModel without its `text_model.` level
+    text_config = json.loads((folder / "text_encoder" / "config.json").read_text())
+    if text_config.get("hidden_act") == "gelu":  # SD 2.x: OpenCLIP's own layout
+        out.update(_openclip_keys(text))
+    else:
+        out.update({CLIP + "text_model." + key: tensor for key, tensor in text.items()})
+    return out
+
+
+_OPENCLIP_LAYER = {"self_attn.out_proj": "attn.out_proj", "layer_norm1": "ln_1",
+                   "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+
+
+def _openclip_keys(text: dict) -> dict:
+    """A CLIPTextModel's weights in SD 2.x's OpenCLIP layout (the inverse of diffusers'
+    convert_open_clip_checkpoint: q, k and v joined into one in_proj)."""
+    import torch
+
+    out = {OPENCLIP + "token_embedding.weight": text["embeddings.token_embedding.weight"],
+           OPENCLIP + "positional_embedding": text["embeddings.position_embedding.weight"],
+           OPENCLIP + "ln_final.weight": text["final_layer_norm.weight"],
+           OPENCLIP + "ln_final.bias": text["final_layer_norm.bias"]}
+    for key, tensor in text.items():
+        m = re.match(r"encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$", key)
+        if not m:
+            continue
+        block, name, kind = OPENCLIP + f"transformer.resblocks.{m[1]}.", m[2], m[3]
+        if name == "self_attn.q_proj":
+            parts = [text[key.replace("q_proj", p)] for p in ("q_proj", "k_proj", "v_proj")]
+            out[f"{block}attn.in_proj_{kind}"] = torch.cat(parts)
+        elif name in _OPENCLIP_LAYER:
+            out[f"{block}{_OPENCLIP_LAYER[name]}.{kind}"] = tensor
     return out
 
 

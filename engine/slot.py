@@ -19,12 +19,15 @@ from config import Settings
 from engine.cpu import PrecisionProbe, probe_precision, threads_for_next_job
 from engine.decoders import load_tiny_decoder
 from engine.load_errors import explain_load_error
-from engine.loading import attention_slicing_enabled, load_pipeline
+from engine.loading import (apply_card_prediction, attention_slicing_enabled, load_pipeline,
+                            pipeline_family)
+from engine.embeddings import TextualInversions
 from engine.loras import LoraAdapters
 from engine.status import EngineStatus
 from engine.unet_backend import UNetBackend
 from errors import ModelUnavailable, UnknownModel, UnsupportedRequest
-from params import SAMPLER_OF_CLASS
+from params.recipes import model_card
+from params.samplers import sampler_of_config
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,7 @@ class ModelSlot:
         self.pipe = None
         self.taesd = None  # TAESD, when its weights could be had: previews, VAE_DECODER=tiny
         self.loras = LoraAdapters()  # peft adapters loaded into self.pipe, never fused
+        self.embeddings = TextualInversions()  # textual inversions in self.pipe's tokenizer
         self.model: ModelEntry | None = None  # the catalogue entry being served
         self.default_scheduler_config: dict | None = None  # the served model's own scheduler
         self._bf16 = False  # the precision chosen at the first load, kept across switches
@@ -134,6 +138,10 @@ class ModelSlot:
             s if startup else s.with_overrides(model_id=entry.source),
             self.backend.weights_bf16(self._bf16), self.report_progress,
             attention_slicing_enabled(s.attention_slicing), tokenizer=self._tokenizer)
+        card = entry.card
+        if apply_card_prediction(pipe, card):
+            log.info("model %s: prediction_type %s, as its card says", entry.name,
+                     card["prediction_type"])
         optimizations += self.backend.attach(pipe, self._bf16, self.status.torch_threads,
                                              self.report_progress)
         if self.taesd is not None:
@@ -143,7 +151,8 @@ class ModelSlot:
         self.pipe = pipe
         self._tokenizer = pipe.tokenizer
         self.default_scheduler_config = dict(pipe.scheduler.config)
-        self.model = with_hash(entry, s)  # the file's sha256, hashed once and cached
+        # the file's sha256 (hashed once and cached); the family as loaded (a Hub model's too)
+        self.model = replace(with_hash(entry, s), family=pipeline_family(pipe, card))
         self.publish(dtype="bfloat16" if self._bf16 else "float32",
                      optimizations=tuple(optimizations))
 
@@ -215,6 +224,7 @@ class ModelSlot:
         """Drop the pipeline (and its adapters) so its memory comes back before the next load."""
         if self.pipe is not None:
             self.loras.clear(self.pipe)
+            self.embeddings.clear(self.pipe)
         self.pipe = None
         gc.collect()
         release_freed_memory()
@@ -223,13 +233,15 @@ class ModelSlot:
     @property
     def default_sampler(self) -> str:
         """A1111's name for the scheduler the model ships with."""
-        name = (self.default_scheduler_config or {}).get("_class_name", "")
-        return SAMPLER_OF_CLASS.get(name, name or "default")
+        return sampler_of_config(self.default_scheduler_config)
 
     def info(self) -> dict[str, Any]:
         """Model facts for /health and the compatibility APIs, from one status snapshot."""
         st = self.status
+        family = self.model.family if self.model is not None else None
         return {"model": self.model_name, "device": "cpu", "dtype": st.dtype,
+                "family": family.as_dict() if family is not None else None,
+                "defaults": model_card(self.model),
                 "optimizations": list(st.optimizations), "torch_threads": st.torch_threads,
                 "load_seconds": st.load_seconds, "precision": st.precision,
                 "hint": st.hint or None, "engine": self.engine_info()}

@@ -67,7 +67,8 @@ class DeepCache:
     def _skippable(self) -> list:
         """Every module whose output is reused on a cached call, shallow to deep."""
         unet = self.unet
-        modules = list(unet.down_blocks) + [unet.mid_block] + list(unet.up_blocks[:-1])
+        mid = [unet.mid_block] if unet.mid_block is not None else []  # SDXS's UNet has none
+        modules = list(unet.down_blocks) + mid + list(unet.up_blocks[:-1])
         last = unet.up_blocks[-1]
         # In the last up-block every layer but the last one is deep enough to reuse.
         modules += list(last.resnets[:-1]) + list(getattr(last, "attentions", None) or [])[:-1]

@@ -35,7 +35,9 @@ VAE_BAND_BYTES = 8 * 2**20
 def vae_decode_in_row_bands(vae) -> bool:
     """Run the VAE decoder's up-blocks and output layers band by band (less RAM; same pixels
     at 512x512 and 256x256, elsewhere within ~4e-6, i.e. at most 1/255 on a pixel). True if
-    it applied: only to a float32 VAE, where the banded result was checked to be exact.
+    it applied: only to a float32 AutoencoderKL (the full SD VAE), where the banded result
+    was checked to be exact; a tiny VAE (AutoencoderTiny, SDXS's own `vae/`) has no such
+    stages and its decode is small already, so it keeps diffusers' code.
 
     At 512x512 the decoder's full-resolution stages (an upsampled 512x512x256 tensor is
     256 MiB) made the whole generation peak at ~1.4-1.6 GiB of anonymous memory, mostly
@@ -49,9 +51,12 @@ def vae_decode_in_row_bands(vae) -> bool:
     output-sized tensor. Blocks that do not have the plain SD VAE shape keep diffusers' code.
     """
     import torch
+    from diffusers import AutoencoderKL
     from diffusers.models.resnet import ResnetBlock2D
     from diffusers.models.upsampling import Upsample2D
 
+    if not isinstance(vae, AutoencoderKL):
+        return False  # AutoencoderTiny's decoder is a plain stack of small convolutions
     if vae.dtype != torch.float32:
         return False  # each banded layer would fall back to diffusers' code at run time
     decoder = vae.decoder
@@ -189,7 +194,6 @@ class _BandedUpsample:
         self.original = upsampler.forward
 
     def __call__(self, hidden_states, output_size=None, *args, **kwargs):
-        import torch
         import torch.nn.functional as F
 
         x = hidden_states

@@ -23,6 +23,10 @@ through the one job runner (runner.py).
     responses      OpenResponses: HTTP responses still being handed to the server
     shutdown       drain_in_background: stop, deliver the last responses, then exit
     options        OptionsStore: the A1111 options clients POST, behind their own lock
+    watch          JobWatch: how an event stream waits for its job's next change; the
+                   memory backend's JobSignals (told of each start, step and finish)
+    streams        the events a stream tells (follow_job) and StreamSlots, its bound
+    metrics        every Prometheus metric declared once, the count stores, /metrics' text
     redis_common   the Redis key layout, heartbeats and the state mapping both sides share
     redis_queue    RedisJobQueue, the Redis backend's public face
     redis_records  RQ jobs <-> Jobs: enqueue (per model, fairly), read, refresh
@@ -31,6 +35,8 @@ through the one job runner (runner.py).
     redis_health   the Redis backend's /health
     redis_engine   RemoteEngine: the workers' engine as their heartbeats describe it
     redis_worker   `python worker.py`'s loop: load once, serve RQ jobs; RedisRecorder
+    redis_events   job changes on Redis pub/sub (RedisWatch), and a finished job counted
+    redis_metrics  the metrics every process adds to one Redis hash
 """
 from jobs.job import (BackendUnsupported, Job, JobCancelled, JobState, NotAccepting,
                       QueueFull, explain_generation_error, random_seed)

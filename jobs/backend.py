@@ -16,6 +16,8 @@ from catalog.models import ModelEntry
 from config import Settings
 from engine.status import CheckpointSink, EngineStatus, GenerationResult, StepCallback
 from jobs.job import Job
+from jobs.metrics import JobMetrics
+from jobs.watch import JobWatch
 from params import GenerationRequest
 
 
@@ -86,6 +88,7 @@ class QueueBackend(Protocol):
     """Where a request waits and how the routes follow it, whatever runs the jobs."""
 
     settings: Settings
+    metrics: JobMetrics  # what it counts, and /metrics' text (jobs/metrics.py)
 
     @property
     def engine(self) -> EngineView:
@@ -140,6 +143,9 @@ class QueueBackend(Protocol):
 
     def preview(self, job: Job) -> bytes | None:
         """A PNG of the job's newest step (the final image once done), or None."""
+
+    def watch(self, job: Job) -> JobWatch:
+        """A way to wait for the job's next change, for its event stream (close it after)."""
 
     def snapshot(self, job: Job) -> dict[str, Any]:
         """The job as the JSON the API returns."""

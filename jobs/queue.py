@@ -21,8 +21,10 @@ from jobs.previews import latest_preview
 from jobs.batch import build_batch
 from jobs.job import Job, JobState, NotAccepting, QueueFull
 from jobs.journal import JournalError, open_journal
+from jobs.metrics import memory_metrics
 from jobs.state import QueueState
 from jobs.store import OutputStore
+from jobs.watch import StateWatch
 from jobs.worker import Worker
 from params import GenerationRequest
 
@@ -46,6 +48,7 @@ class JobQueue:
         self._state = QueueState(journal=journal)
         self._worker = Worker(self._state, engine, self.store, self._now,
                               settings.job_max_attempts)
+        self.metrics = memory_metrics(self._state, engine, lambda: self._worker.alive)
 
     # ------------------------------------------------------------------ control
     def start(self) -> "JobQueue":
@@ -121,7 +124,7 @@ class JobQueue:
                 except JournalError as exc:
                     raise NotAccepting("journal_unavailable", str(exc), 30) from None
             for job in jobs:
-                state.enqueue(job, fair=self.settings.fair_share == "on")
+                state.enqueue(job, fair=self.settings.fair_share)
             self._state.forget_expired(self.clock(), self.settings.job_retention_seconds,
                                         self.settings.job_retention_count)
             state.wake.notify_all()
@@ -191,6 +194,10 @@ class JobQueue:
     def preview(self, job: Job) -> bytes | None:
         """A PNG of the job's newest latents (rendered once per step, on demand)."""
         return latest_preview(self._state, job, self.engine.preview_png)
+
+    def watch(self, job: Job) -> StateWatch:
+        """A way to wait for the job's next change (woken by the worker's every step)."""
+        return StateWatch(self._state.signals, job)
 
     def snapshot(self, job: Job) -> dict[str, Any]:
         """The job as the JSON the API returns."""

@@ -61,7 +61,7 @@ class RemoteEngine:
         from catalog.models import ModelEntry
 
         beat = self._speaker()
-        return ModelEntry(**beat["model"]) if beat and beat.get("model") else None
+        return ModelEntry.from_dict(beat["model"]) if beat and beat.get("model") else None
 
     @property
     def model_name(self) -> str:
@@ -100,7 +100,7 @@ class RemoteEngine:
         found: dict[str, ModelEntry] = {}
         for beat in beats:
             for entry in beat.get("models") or []:
-                found.setdefault(entry["name"], ModelEntry(**entry))
+                found.setdefault(entry["name"], ModelEntry.from_dict(entry))
         return list(found.values())
 
     @property

@@ -19,6 +19,8 @@ from jobs import redis_common as rc
 from jobs.backend import Health
 from jobs.eta import eta_seconds, retry_after_seconds
 from jobs.redis_engine import RemoteEngine
+from jobs.redis_events import RedisWatch
+from jobs.redis_metrics import redis_metrics
 from jobs.redis_health import queue_figures, redis_health
 from jobs.redis_models import ModelRouter
 from jobs.redis_records import JobRecords
@@ -42,6 +44,7 @@ class RedisJobQueue:
                                   settings.job_max_attempts)
         self.models = ModelRouter(settings, self.connection, self._engine)
         self._accepting = True
+        self.metrics = redis_metrics(self.connection, self._engine)
 
     @property
     def engine(self) -> RemoteEngine:
@@ -109,7 +112,7 @@ class RedisJobQueue:
                 if self._waiting() + len(requests) > self.settings.queue_size:
                     raise QueueFull(self._retry_after())
                 jobs = self.records.enqueue(requests, client, self.engine.has_tiny_decoder,
-                                           model, self.settings.fair_share == "on")
+                                           model, self.settings.fair_share)
         except RedisError as exc:
             raise NotAccepting("unhealthy", rc.unreachable_message(self.settings, exc),
                                10) from None
@@ -206,6 +209,10 @@ class RedisJobQueue:
         """/health under redis: Redis, the workers and the queue (never raises)."""
         return redis_health(self.settings, self.connection, self._accepting,
                             self.engine.model_name)
+
+    def watch(self, job: Job) -> RedisWatch:
+        """A pub/sub subscription to the job's changes (see jobs.redis_events)."""
+        return RedisWatch(self.connection, job.id)
 
     def refresh(self, job: Job) -> Job:
         """Re-read the job from Redis into `job` (see jobs.redis_records)."""

@@ -15,6 +15,7 @@ from typing import Any
 
 from jobs import redis_common as rc
 from jobs.job import JobState
+from jobs.redis_events import announce, announce_finished
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class Reaper:
             rq_job.set_status(JobStatus.QUEUED, pipeline=pipe)
             queue.push_job_id(rq_job.id, pipeline=pipe, at_front=True)
             pipe.execute()
+        announce(self.connection, rq_job.id, "requeued")
         log.warning("job %s: worker %s died at step %s; queued again (attempt %d of %d) to "
                     "resume from step %s", rq_job.id, dead, meta.get("step"),
                     meta.get("attempts", 0) + 1, self.max_attempts,
@@ -114,5 +116,6 @@ class Reaper:
                                                pipeline=pipe)
             pipe.hincrby(rc.STATS_KEY, "failed", 1)
             pipe.execute()
+        announce_finished(self.connection, rq_job.id, JobState.FAILED)
         log.warning("job %s failed: its workers died %d times (%s)", rq_job.id, attempts,
                     workers)

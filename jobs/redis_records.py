@@ -10,6 +10,7 @@ from jobs import redis_common as rc
 from jobs.batch import build_batch
 from jobs.fairness import fair_index
 from jobs.job import Job, JobState
+from jobs.redis_events import announce_finished
 from jobs.redis_reaper import Reaper
 from params import GenerationRequest
 
@@ -111,6 +112,7 @@ class JobRecords:
                            error="cancelled before it started")
         rq_job.save_meta()
         rq_job.cancel()
+        announce_finished(self.connection, job_id, JobState.CANCELLED)
 
     def get(self, job_id: str) -> Job | None:
         """The job with this id, or None if unknown or expired."""

@@ -26,6 +26,7 @@ from engine.status import GenerationResult
 from jobs import runner
 from jobs.backend import ImageEngine
 from jobs.job import Job, JobCancelled, JobState
+from jobs.redis_events import announce, count_end, worker_figures
 from jobs.redis_reaper import Reaper
 from jobs.store import OutputStore
 from params import GenerationRequest
@@ -156,6 +157,7 @@ def run_job(request: GenerationRequest, seed: int) -> None:
         recorder.ended(job, JobState.CANCELLED, "cancelled before it started")
         return
     rq_job.save_meta()
+    announce(conn, rq_job.id, "started")
     context.current_job = rq_job.id
     try:
         runner.run_job(job, context.engine, context.store, recorder)
@@ -185,6 +187,7 @@ class RedisRecorder:
             conn.set(rc.preview_key(job.id), self.context.engine.preview_png(latents),
                      ex=self.retention)
             conn.delete(rc.preview_wanted_key(job.id))
+        announce(conn, job.id, f"{'preview' if wanted else 'step'}:{step}")
         if flag:
             raise JobCancelled()
 
@@ -218,6 +221,10 @@ class RedisRecorder:
     def _finish(self, state: JobState, error: str | None) -> None:
         """Record a job's outcome in its meta (RQ marks the job finished after we return)."""
         self.rq_job.meta.update(outcome=state.value, error=error, finished_at=rc.now())
+        # Counted before the outcome shows: once it does, nothing but the news is left to do.
+        count_end(self.context.connection, self.rq_job.id, state,
+                  worker_figures(self.rq_job, self.context.engine))
         self.rq_job.save_meta()
         if state == JobState.FAILED:
             self.rq_job.connection.hincrby(rc.STATS_KEY, "failed", 1)
+        announce(self.context.connection, self.rq_job.id, "finished")

@@ -10,6 +10,7 @@ from jobs.fairness import fair_index
 from jobs.job import Job, JobState
 from jobs.journal import Journal
 from jobs.retention import expired_job_ids
+from jobs.watch import JobSignals
 
 
 @dataclass
@@ -27,6 +28,8 @@ class QueueState:
     completed: int = 0
     failed: int = 0
     journal: Journal | None = None  # the accepted jobs on disk (JOURNAL_PATH), when on
+    # Told of every start, step and finish: event streams wait on it, metrics count finishes.
+    signals: JobSignals = field(default_factory=JobSignals)
 
     def __post_init__(self) -> None:
         # Signalled when a job is queued or the worker should stop.
@@ -69,3 +72,4 @@ class QueueState:
         if self.journal is not None:
             self.journal.finished(job)
         job.done.set()
+        self.signals.finished(job)

@@ -163,6 +163,7 @@ class Worker:
             job.attempts += 1
             if state.journal is not None:
                 state.journal.started(job)
+            state.signals.changed()
             return job
 
     def _fail_unfinished(self, message: str) -> None:
@@ -193,6 +194,7 @@ class StateRecorder:
             job.step, job.total_steps = step, total
             job.step_marks.append(now)
             job.latents = latents  # the engine's copy, ours to keep for the preview
+            self.state.signals.changed()
             if job.cancel_requested:
                 raise JobCancelled()
 

@@ -11,7 +11,7 @@ from config import Settings
 from errors import ValidationError
 from params.prompt import MAX_LORA_WEIGHT, MAX_LORAS, MIN_LORA_WEIGHT
 from params.request import DEFAULT_MASK_BLUR, DEFAULT_STRENGTH, MAX_SEED
-from params.samplers import DEFAULT_SCHEDULER, SCHEDULERS
+from params.samplers import DEFAULT_SCHEDULER, ETA_SAMPLERS, SCHEDULERS
 
 MIN_GUIDANCE, MAX_GUIDANCE = 0.0, 20.0
 
@@ -27,8 +27,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fast": {"scheduler": "DPM++ 2M Karras", "steps": 8, "cfg_cutoff": 0.5, "deep_cache": 3,
              "vae_decoder": "tiny"},
 }
-# Request fields for the speed options, accepted in every dialect.
-SPEED_OPTIONS = ("speed_preset", "cfg_cutoff", "deep_cache", "vae_decoder")
 # Request fields for the speed options, accepted in every dialect.
 SPEED_OPTIONS = ("speed_preset", "cfg_cutoff", "deep_cache", "vae_decoder")
 
@@ -93,6 +91,10 @@ def request_fields(settings: Settings) -> list[FieldSpec]:
         FieldSpec("height", description="Image height in pixels, a multiple of 8.", **size),
         FieldSpec("scheduler", "string", "Sampler (A1111 name); 'default' = the model's own.",
                   enum=(DEFAULT_SCHEDULER, *SCHEDULERS), default=DEFAULT_SCHEDULER),
+        FieldSpec("eta", "number", "Noise added back at each step by the samplers that take "
+                  f"it ({', '.join(ETA_SAMPLERS)}: TCD's gamma); absent = the sampler's "
+                  "default (0), or the LoRA's recipe.", minimum=0.0, maximum=1.0,
+                  nullable=True),
         *speed_fields(settings),
         *image_fields(settings),
         FieldSpec("model", "string", "A model from GET /v1/models (MODELS_DIR or MODEL_ID) to "
@@ -101,8 +103,9 @@ def request_fields(settings: Settings) -> list[FieldSpec]:
                   nullable=True),
         FieldSpec("loras", "array", "LoRAs from LORA_DIR with their weights, as "
                   '[{"name": "style", "weight": 0.8}]; <lora:name:weight> in the prompt does '
-                  "the same. With an LCM-LoRA, absent steps/guidance/scheduler become 4, 1 "
-                  "and LCM.", nullable=True),
+                  "the same. With a few-step LoRA (LCM, Hyper-SD, TCD, PCM), absent "
+                  "steps/guidance/scheduler/eta follow its recipe (LCM: 4, 1, LCM).",
+                  nullable=True),
     ]
 
 
@@ -242,20 +245,54 @@ def field_value(spec: FieldSpec, body: Mapping) -> Any:
     return _check(spec, body[spec.name])
 
 
-def with_preset(body: Mapping, specs: list[FieldSpec]) -> dict[str, Any]:
-    """Every field's checked value: what the body says, else its speed preset's value, else
-    the server default. The preset's own values are checked like a client's (a preset's
-    steps above MAX_STEPS is clamped, never an error the client did not cause)."""
+def with_preset(body: Mapping, specs: list[FieldSpec],
+                defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Every field's checked value: what the body says, else `defaults` (the model's and its
+    LoRAs' recipes, already checked: `checked_defaults`), else its speed preset's value, else
+    the server default. The preset's own values are checked like a client's (a preset's steps
+    above MAX_STEPS is clamped, never an error the client did not cause)."""
     by_name = {spec.name: spec for spec in specs}
     preset = field_value(by_name["speed_preset"], body)
+    defaults = defaults or {}
     values = {}
     for spec in specs:
         absent = spec.name not in body or body[spec.name] is None
-        if absent and spec.name in PRESETS[preset]:
-            value = PRESETS[preset][spec.name]
-            if spec.maximum is not None and isinstance(value, (int, float)):
-                value = min(value, spec.maximum)
-            values[spec.name] = _check(spec, value)
+        if absent and spec.name in defaults:
+            values[spec.name] = defaults[spec.name]
+        elif absent and spec.name in PRESETS[preset]:
+            values[spec.name] = _check(spec, _clamped(spec, PRESETS[preset][spec.name]))
         else:
             values[spec.name] = field_value(spec, body)
     return values
+
+
+def checked_defaults(defaults: Mapping[str, Any], specs: list[FieldSpec],
+                     source: str) -> dict[str, Any]:
+    """Request defaults from a model card or a LoRA recipe, each checked like a client's value
+    (clamped into this server's limits: a 768 card size on MAX_SIZE=512 becomes 512); a value
+    no clamp can fix is a ValidationError naming `source` (e.g. the card's file)."""
+    by_name = {spec.name: spec for spec in specs}
+    checked = {}
+    for name, value in defaults.items():
+        spec = by_name.get(name)
+        if spec is None:
+            continue
+        try:
+            checked[name] = _check(spec, _clamped(spec, value))
+        except ValidationError as exc:
+            raise ValidationError(name, f"{source} sets {exc.message}; fix it there, or send "
+                                        f"'{name}' yourself") from None
+    return checked
+
+
+def _clamped(spec: FieldSpec, value: Any) -> Any:
+    """A default number moved into the spec's range (a size also onto its multiple of 8)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    if spec.maximum is not None:
+        value = min(value, spec.maximum)
+    if spec.minimum is not None and not spec.exclusive_minimum:
+        value = max(value, spec.minimum)
+    if spec.multiple_of and isinstance(value, int):
+        value -= value % spec.multiple_of
+    return value

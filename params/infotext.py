@@ -26,9 +26,11 @@ NEGATIVE = "Negative prompt:"
 
 def write_infotext(request: GenerationRequest, seed: int, model: str,
                    default_sampler: str = "PNDM",
-                   lora_hashes: Mapping[str, str] | None = None) -> str:
+                   lora_hashes: Mapping[str, str] | None = None,
+                   ti_hashes: Mapping[str, str] | None = None) -> str:
     """A1111's `parameters` text: prompt (with every LoRA as a <lora:...> tag), negative
-    prompt, then the settings line (with A1111's `Lora hashes`, name: sha256[:12])."""
+    prompt, then the settings line (with A1111's `Lora hashes` and `TI hashes`, each
+    name: sha256[:12])."""
     r = request
     sampler = default_sampler if r.scheduler == DEFAULT_SCHEDULER else r.scheduler
     tagged = {name for name, *_ in lora_tags(r.prompt)[1]} if "<lora:" in r.prompt else set()
@@ -39,17 +41,24 @@ def write_infotext(request: GenerationRequest, seed: int, model: str,
     if r.negative_prompt:
         lines.append(f"{NEGATIVE} {r.negative_prompt}")
     speed = "".join(f", {label}: {value}" for label, value in (
+        ("Eta", f"{r.eta:g}" if r.eta is not None else None),
         ("CFG cutoff", f"{r.cfg_cutoff:g}" if r.cfg_cutoff < 1 else None),
         ("DeepCache", r.deep_cache if r.deep_cache > 1 else None),
         ("VAE", "TAESD" if r.vae_decoder == "tiny" else None),
         ("Denoising strength", f"{r.strength:g}" if r.init_image is not None else None),
         ("Mask blur", r.mask_blur if r.mask_image is not None else None),
-        ("Lora hashes", '"' + ", ".join(f"{n}: {h[:12]}" for n, h in lora_hashes.items())
-         + '"' if lora_hashes else None))
+        ("Lora hashes", _hashes(lora_hashes)), ("TI hashes", _hashes(ti_hashes)))
         if value is not None)
     lines.append(f"Steps: {r.steps}, Sampler: {sampler}, CFG scale: {r.guidance_scale:g}, "
                  f"Seed: {seed}, Size: {r.width}x{r.height}{speed}, Model: {model}")
     return "\n".join(lines)
+
+
+def _hashes(hashes: Mapping[str, str] | None) -> str | None:
+    """A1111's quoted "name: sha256[:12], ..." list, or None for none."""
+    if not hashes:
+        return None
+    return '"' + ", ".join(f"{name}: {sha[:12]}" for name, sha in hashes.items()) + '"'
 
 
 def parse_parameters(text: str) -> dict[str, Any]:
@@ -95,6 +104,7 @@ def request_from_infotext(text: str) -> tuple[GenerationRequest, int]:
             guidance_scale=float(values["CFG scale"]),
             width=int(values["Size-1"]), height=int(values["Size-2"]),
             scheduler=sampler if sampler in SCHEDULERS else DEFAULT_SCHEDULER,
+            eta=float(values["Eta"]) if "Eta" in values else None,
             cfg_cutoff=float(values.get("CFG cutoff", 1)),
             deep_cache=int(values.get("DeepCache", 1)),
             vae_decoder="tiny" if values.get("VAE") == "TAESD" else "full",

@@ -1,5 +1,5 @@
 """A1111's prompt syntax: `<lora:name:weight>` tags, read and removed (the text encoder never
-sees them), and what an LCM-LoRA changes in a request's defaults."""
+sees them). What a few-step LoRA changes in a request's defaults is params.recipes'."""
 from __future__ import annotations
 
 import re
@@ -11,9 +11,6 @@ from errors import ValidationError
 LORA_TAG = re.compile(r"<lora:([^<>]*)>")
 MIN_LORA_WEIGHT, MAX_LORA_WEIGHT = -4.0, 4.0
 MAX_LORAS = 8
-# What a request with an LCM-LoRA gets for the fields it does not name (few steps, guidance 1:
-# no CFG, so one UNet pass per step): latent-consistency's own recommendation.
-LCM_DEFAULTS = {"scheduler": "LCM", "steps": 4, "guidance_scale": 1.0}
 
 
 def clip_prompt(prompt: str) -> str:

@@ -28,6 +28,7 @@ class GenerationRequest:
     width: int = 512
     height: int = 512
     scheduler: str = DEFAULT_SCHEDULER
+    eta: float | None = None  # None: the sampler's own default
     speed_preset: str = "quality"
     cfg_cutoff: float = 1.0
     deep_cache: int = 1

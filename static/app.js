@@ -3,10 +3,14 @@
 // The input image, the sign-in panel and the reading of /health live in their own modules.
 
 import { CredentialPanel, PAGE_HEADER, authorization } from "./auth.js";
+import { readEvents } from "./events.js";
 import { HEALTH_SOON_MS, readHealth } from "./health.js";
 import { InputImage } from "./input-image.js";
+import { Recipes } from "./recipes.js";
 
-const POLL_MS = 1000;            // job progress and preview refresh
+const POLL_MS = 1000;            // job progress and preview refresh, where streams fail
+const RECONNECT_MS = 1000;       // a dropped event stream is opened again after this
+const STREAM_ATTEMPTS = 3;       // streams dropped in a row (no event between) before polling
 const HISTORY_LIMIT = 24;
 const ACTIVE_JOB_STORAGE = "sd.activeJob";
 
@@ -32,6 +36,9 @@ const state = {
   imageBlobs: new Map(), // job id -> that PNG, for "use as input image"
   previewUrl: null,
   previewStep: -1,
+  previewLoading: false, // a preview fetch is in flight
+  previewNext: null,     // the newest preview asked for meanwhile
+  stream: null,          // AbortController of the open event stream
 };
 
 // ------------------------------------------------------------------ talking to the server
@@ -44,12 +51,18 @@ class ServerError extends Error {
   }
 }
 
-/** fetch() with the credential; a non-2xx answer throws ServerError carrying the server's message. */
-async function api(path, options = {}) {
-  const headers = new Headers(options.headers || {});
+/** The page's own headers, with the credential when one is set. */
+function requestHeaders(extra = {}) {
+  const headers = new Headers(extra);
   headers.set(...PAGE_HEADER);
   const credential = authorization();
   if (credential) headers.set("Authorization", credential);
+  return headers;
+}
+
+/** fetch() with the credential; a non-2xx answer throws ServerError carrying the server's message. */
+async function api(path, options = {}) {
+  const headers = requestHeaders(options.headers || {});
   let response;
   try {
     response = await fetch(path, { ...options, headers });
@@ -110,6 +123,7 @@ async function pollHealth() {
     const body = await response.json();
     showServerHint(body.hint);
     const health = readHealth(body);
+    if (recipes.noteServed(body) && $("model").value === "") applyModelRecipe();
     setServerStatus(health.state, health.status);
     setReady(health.ready, health.why);
     delay = health.delay;
@@ -130,19 +144,23 @@ function showServerHint(text) {
 // ------------------------------------------------------------------ speed presets
 
 const PRESETS = JSON.parse(document.body.dataset.presets || "{}");
+const recipes = new Recipes(limits, PRESETS, JSON.parse(document.body.dataset.models || "{}"),
+                            JSON.parse(document.body.dataset.loraRecipes || "{}"));
 const PRESET_WORDS = {
   cfg_cutoff: (v) => `guidance stops after ${Math.round(v * 100)} % of the steps`,
   deep_cache: (v) => `DeepCache every ${v} steps`,
   vae_decoder: (v) => (v === "tiny" ? "fast TAESD decode (softer detail)" : "full decode"),
 };
 
-/** Show what a preset changes and put its steps and sampler into the form. */
+/** Show what a preset changes and put its steps and sampler into the form (the model's
+ * recipe, when it has one, wins: a one-step model stays at one step). */
 function applyPreset(fill) {
   const name = $("speed_preset").value;
   const preset = PRESETS[name] || {};
   if (fill) {
-    $("steps").value = preset.steps || limits.default_steps;
-    setSelect("scheduler", preset.scheduler || "default");
+    const values = recipes.values($("model").value, name);
+    $("steps").value = values.steps;
+    setSelect("scheduler", values.scheduler);
   }
   const parts = Object.entries(preset)
     .filter(([key]) => key in PRESET_WORDS)
@@ -150,6 +168,29 @@ function applyPreset(fill) {
   $("preset-hint").textContent = parts.length ?
     `${preset.steps} steps, ${preset.scheduler}; ${parts.join(", ")}. Changes the picture.` :
     "The model's full quality; the slowest.";
+}
+
+/** Put the chosen model's recipe (steps, sampler, guidance, size) into the form and say
+ * whether its negative prompt does anything. */
+function applyModelRecipe() {
+  const choice = $("model").value;
+  const values = recipes.values(choice, $("speed_preset").value);
+  $("steps").value = values.steps;
+  setSelect("scheduler", values.scheduler);
+  $("guidance_scale").value = values.guidance_scale;
+  if (!inputImage.size().width) {  // an input image decides the size itself
+    setSelect("width", values.width);
+    setSelect("height", values.height);
+  }
+  showNegativeHint(values.negativeUsed);
+  $("model-recipe").textContent = recipes.describe(choice);
+}
+
+function showNegativeHint(used) {
+  const hint = $("negative-hint");
+  hint.hidden = used;
+  hint.textContent = used ? "" : "This model runs without classifier-free guidance " +
+    "(guidance 1 or less), so a negative prompt changes nothing.";
 }
 
 function setReady(ready, why) {
@@ -277,6 +318,7 @@ async function submitForm(event) {
 function follow(job) {
   state.activeJob = job.id;
   state.previewStep = -1;
+  state.previewNext = null;
   localStorage.setItem(ACTIVE_JOB_STORAGE, job.id);
   $("progress-panel").hidden = false;
   $("preview").hidden = true;
@@ -286,7 +328,34 @@ function follow(job) {
   showProgress(job);
   // On a phone the panel is below the form; bring it on screen (no-op when already visible).
   $("progress-panel").scrollIntoView({ block: "nearest" });
-  setTimeout(() => poll(job.id), POLL_MS);
+  watchJob(job.id);
+}
+
+/** Follow a job by its event stream (pushed, no polling); a dropped stream is opened again,
+ * and where streams fail (refused: too many open, or a proxy that breaks them) the page polls. */
+async function watchJob(id) {
+  let dropped = 0;
+  while (state.activeJob === id) {
+    const controller = new AbortController();
+    state.stream = controller;
+    const result = await readEvents(`${JOBS_URL}/${id}/events`, requestHeaders(),
+                                    (name, data) => onJobEvent(id, name, data),
+                                    controller.signal);
+    if (state.stream === controller) state.stream = null;
+    if (result.outcome === "finished" || result.outcome === "closed") return;
+    if (result.outcome === "refused") break;  // polling then says why, or just works
+    dropped = result.events > 0 ? 1 : dropped + 1;
+    if (dropped >= STREAM_ATTEMPTS) break;
+    await new Promise((resolve) => setTimeout(resolve, RECONNECT_MS));
+  }
+  if (state.activeJob === id) poll(id);
+}
+
+function onJobEvent(id, name, data) {
+  if (state.activeJob !== id) return;
+  if (name === "queued" || name === "progress") showProgress(data);
+  else if (name === "preview") refreshPreview(data);
+  else if (name === "finished") finishFollowing(data);
 }
 
 async function poll(id) {
@@ -309,16 +378,22 @@ async function poll(id) {
     await refreshPreview(job);
   }
   if (["succeeded", "failed", "cancelled"].includes(job.state)) {
-    stopFollowing();
-    await showResult(job);
-    $("result-panel").scrollIntoView({ block: "nearest" });
-    loadHistory();
+    await finishFollowing(job);
     return;
   }
   setTimeout(() => poll(id), POLL_MS);
 }
 
+async function finishFollowing(job) {
+  stopFollowing();
+  await showResult(job);
+  $("result-panel").scrollIntoView({ block: "nearest" });
+  loadHistory();
+}
+
 function stopFollowing() {
+  state.stream?.abort();
+  state.stream = null;
   state.activeJob = null;
   localStorage.removeItem(ACTIVE_JOB_STORAGE);
   $("progress-panel").hidden = true;
@@ -348,12 +423,20 @@ function showProgress(job) {
       text.textContent = `Starting (${job.total_steps} steps)…`;
     } else {
       const eta = job.eta_seconds !== null ? ` · about ${formatSeconds(job.eta_seconds)} left` : "";
-      text.textContent = `Step ${job.step} of ${job.total_steps}${eta}`;
+      // A job whose worker or server died goes on from its checkpoint: say so.
+      const resumed = job.resumed_at_step ? ` · resumed at step ${job.resumed_at_step}` : "";
+      text.textContent = `Step ${job.step} of ${job.total_steps}${resumed}${eta}`;
     }
   }
 }
 
+/** Show the preview of `job.step`; one fetch at a time, the newest step asked for next. */
 async function refreshPreview(job) {
+  if (state.previewLoading) {
+    state.previewNext = job;
+    return;
+  }
+  state.previewLoading = true;
   try {
     const url = await blobUrl(job.preview_url);
     const img = $("preview");
@@ -362,7 +445,11 @@ async function refreshPreview(job) {
     state.previewStep = job.step;
     img.src = url;
     img.hidden = false;
-  } catch (_) { /* 409 before the first step, or the job just ended: next poll tries again */ }
+  } catch (_) { /* 409 before the first step, or the job just ended: the next step tries again */ }
+  state.previewLoading = false;
+  const next = state.previewNext;
+  state.previewNext = null;
+  if (next && state.activeJob && next.step > state.previewStep) refreshPreview(next);
 }
 
 async function cancelActive() {
@@ -567,13 +654,22 @@ async function useResultAsInput() {
   $("init-image-zone").focus();
 }
 
-/** Append the chosen LoRA to the prompt as A1111's <lora:name:weight> tag. */
+/** Append the chosen LoRA to the prompt as A1111's <lora:name:weight> tag; a few-step
+ * LoRA's recipe (steps, sampler, guidance) goes into the form too. */
 function addLoraToPrompt() {
   const prompt = $("prompt");
-  const tag = `<lora:${$("lora").value}:1>`;
-  if (!prompt.value.includes(`<lora:${$("lora").value}:`)) {
+  const name = $("lora").value;
+  const tag = `<lora:${name}:1>`;
+  if (!prompt.value.includes(`<lora:${name}:`)) {
     prompt.value = `${prompt.value.trimEnd()} ${tag}`.trimStart();
     updateCounter();
+  }
+  const recipe = recipes.lora(name);
+  if (recipe.steps !== undefined) $("steps").value = recipe.steps;
+  if (recipe.scheduler) setSelect("scheduler", recipe.scheduler);
+  if (recipe.guidance_scale !== undefined) {
+    $("guidance_scale").value = recipe.guidance_scale;
+    showNegativeHint(recipe.guidance_scale > 1);
   }
   prompt.focus();
 }
@@ -582,6 +678,7 @@ function init() {
   $("result-title").tabIndex = -1;  // focus target after picking a history item
   $("form").addEventListener("submit", submitForm);
   $("speed_preset").addEventListener("change", () => applyPreset(true));
+  $("model").addEventListener("change", applyModelRecipe);
   applyPreset(limits.default_preset !== "quality");
   $("prompt").addEventListener("input", updateCounter);
   $("seed-random").addEventListener("change", () => {

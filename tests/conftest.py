@@ -68,6 +68,24 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def family_model(tmp_path_factory):
+    """`family_model(arch)`: a tiny random model of another family (an engine.random_model
+    ARCHITECTURES name: tiny-sd2-v, tiny-sd-turbo, tiny-sdxs, tiny-sdxs-dreamshaper) saved as
+    a diffusers folder, built on first use and kept for the session."""
+    from engine import build_random_pipeline
+
+    root = tmp_path_factory.mktemp("families")
+    built: dict[str, Path] = {}
+
+    def get(arch: str) -> Path:
+        if arch not in built:
+            built[arch] = build_random_pipeline(root / arch, arch)
+        return built[arch]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def taesd_dir(tmp_path_factory) -> Path:
     """A tiny random-weight TAESD (AutoencoderTiny) saved as a diffusers folder."""
     from engine.random_model import build_random_taesd

@@ -72,3 +72,95 @@ def stop_process(process, timeout: float = 30) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout)
+
+
+class EventStream:
+    """A Server-Sent Events client over a real HTTP connection (http.client, no browser):
+    `next()` reads one event as (name, JSON data), a comment block as ('comment', text),
+    and None once the server ended the stream."""
+
+    def __init__(self, base_url: str, path: str, headers: dict | None = None,
+                 timeout: float = 30):
+        import http.client
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(base_url)
+        self.connection = http.client.HTTPConnection(parts.hostname, parts.port,
+                                                     timeout=timeout)
+        self.connection.request("GET", path, headers=headers or {})
+        self.response = self.connection.getresponse()
+        self.status, self.headers = self.response.status, self.response.headers
+
+    def next(self):
+        """The next event, comment block or None (the stream ended)."""
+        import json
+
+        name, data, comments = None, [], []
+        while True:
+            line = self.response.readline()
+            if not line:
+                return None
+            line = line.decode().rstrip("\r\n")
+            if line == "":
+                if data:
+                    return name or "message", json.loads("\n".join(data))
+                if comments:
+                    return "comment", "\n".join(comments)
+                continue  # a block of only `retry:` (or nothing): read on
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if field == "":
+                comments.append(value)
+            elif field == "event":
+                name = value
+            elif field == "data":
+                data.append(value)
+
+    def events_until(self, wanted: str, limit: int = 200) -> list:
+        """Read events up to and including the first named `wanted`; all of them."""
+        seen = []
+        for _ in range(limit):
+            event = self.next()
+            assert event is not None, f"the stream ended before a {wanted!r} event: {seen}"
+            seen.append(event)
+            if event[0] == wanted:
+                return seen
+        raise AssertionError(f"no {wanted!r} event in {limit}: {seen[-5:]}")
+
+    def close(self) -> None:
+        """Hang up, as a browser closing its tab would (the response holds the socket too)."""
+        self.response.close()
+        self.connection.close()
+
+
+def metric_samples(text: str) -> dict:
+    """Prometheus text parsed by prometheus_client's own parser: {(sample name,
+    frozenset of its labels' items): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def metric(samples: dict, name: str, **labels: str) -> float:
+    """The value of one sample (0 when it is absent: a counter never incremented)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def plain_pipeline(model_dir):
+    """A diffusers StableDiffusionPipeline of a saved model, without the safety checker and
+    the progress bar: the pipeline tests drive directly, beside the engine's."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(model_dir, safety_checker=None,
+                                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def image_64(pipe, prompt: str = "a cat", negative: str | None = None):
+    """One 64 px image as a float array: 2 steps, seed 7."""
+    import torch
+
+    return pipe(prompt, negative_prompt=negative, num_inference_steps=2, width=64, height=64,
+                output_type="np", generator=torch.Generator().manual_seed(7)).images[0]

@@ -75,3 +75,57 @@ def _kohya(layers: dict[str, dict], rank: int) -> dict:
             out[f"{name}.lora_{'down' if kind.startswith('A') else 'up'}.weight"] = value
             out[f"{name}.alpha"] = torch.tensor(float(rank))
     return out
+
+
+# The layers a random LyCORIS file adapts: attention projections, a ResNet convolution (so
+# the conv path is used) and a text-encoder projection.
+LYCORIS_LAYERS = (("unet", "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"),
+                  ("unet", "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"),
+                  ("unet", "up_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0"),
+                  ("unet", "down_blocks.0.resnets.0.conv1"),
+                  ("text_encoder", "text_model.encoder.layers.0.self_attn.q_proj"))
+
+
+def build_random_lycoris(model_folder: Path | str, path: Path | str, fmt: str, rank: int = 4,
+                         seed: int = 0, scale: float = 1.0, tucker: bool = False) -> Path:
+    """Write a random LyCORIS LoHa (`fmt` "loha": hada_w1_a/b, hada_w2_a/b, alpha) or LoKr
+    ("lokr": lokr_w1 whole, lokr_w2_a/b, alpha) for the pipeline in `model_folder`, in
+    kohya's layer names, as LyCORIS writes them (a conv layer's b factor holds in x k x k
+    columns). `tucker` adds LoHa's Tucker core `hada_t1`, which the server cannot apply."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextModel
+
+    generator = torch.Generator().manual_seed(seed)
+    model_folder, path = Path(model_folder), Path(path)
+    models = {"unet": UNet2DConditionModel.from_pretrained(model_folder / "unet"),
+              "text_encoder": CLIPTextModel.from_pretrained(model_folder / "text_encoder")}
+    out: dict[str, torch.Tensor] = {}
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=generator) * scale
+
+    for component, name in LYCORIS_LAYERS:
+        module = name if component == "unet" else name.removeprefix("text_model.")
+        weight = models[component].get_submodule(module).weight  # transformers 5's names
+        layer = ("lora_unet_" if component == "unet" else "lora_te_") + name.replace(".", "_")
+        rows, columns = weight.shape[0], weight[0].numel()
+        if fmt == "loha":
+            out.update({f"{layer}.hada_w1_a": rand(rows, rank),
+                        f"{layer}.hada_w1_b": rand(rank, columns),
+                        f"{layer}.hada_w2_a": rand(rows, rank),
+                        f"{layer}.hada_w2_b": rand(rank, columns)})
+            if tucker:
+                out[f"{layer}.hada_t1"] = rand(rank, rank, 3, 3)
+        elif fmt == "lokr":
+            inputs = weight.shape[1]
+            out.update({f"{layer}.lokr_w1": rand(2, 2),
+                        f"{layer}.lokr_w2_a": rand(rows // 2, rank),
+                        f"{layer}.lokr_w2_b": rand(rank, inputs // 2 * weight[0, 0].numel())})
+        else:
+            raise ValueError(f"unknown LyCORIS format {fmt!r}: use 'loha' or 'lokr'")
+        out[f"{layer}.alpha"] = torch.tensor(float(rank))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in out.items()}, str(path))
+    return path

@@ -94,6 +94,10 @@ def test_a1111_lists_the_loras(lora_client):
     assert by_name["style-peft"]["metadata"] == {"ss_output_name": "Style"}
     assert by_name["detail-kohya"]["path"].endswith("sub/detail-kohya.safetensors")
     assert by_name["lcm-lora-tiny"]["lcm"] is True
+    assert by_name["lcm-lora-tiny"]["few_step"]["kind"] == "lcm"
+    assert by_name["lcm-lora-tiny"]["recipe"] == {"scheduler": "LCM", "steps": 4,
+                                                  "guidance_scale": 1.0}
+    assert by_name["style-peft"]["few_step"] is None and by_name["style-peft"]["recipe"] == {}
     assert lora_client.post("/sdapi/v1/refresh-loras").status_code == 200
 
 
@@ -113,7 +117,7 @@ def test_a_lora_of_the_wrong_shape_is_4xx_with_the_reason_and_the_server_goes_on
         make_app, lora_dir, tmp_path):
     shutil.copy(lora_dir / "style-peft.safetensors", tmp_path / "good.safetensors")
     tensors = load_file(str(lora_dir / "style-peft.safetensors"))
-    save_file({k: (torch.zeros(v.shape[0], v.shape[1] + 3) if ".lora_A." in k and "to_k" in k
+    save_file({k: (torch.zeros(v.shape[0], v.shape[1] + 3) if ".lora_A." in k and "to_q" in k
                    else v) for k, v in tensors.items()}, str(tmp_path / "wrong.safetensors"))
     client = make_app(LORA_DIR=str(tmp_path)).test_client()
     plain = pixels(generate(client))
@@ -122,3 +126,24 @@ def test_a_lora_of_the_wrong_shape_is_4xx_with_the_reason_and_the_server_goes_on
     assert "does not fit this model" in r.json["message"]
     assert np.array_equal(pixels(generate(client)), plain)
     assert not np.array_equal(pixels(generate(client, prompt="a cat <lora:good>")), plain)
+
+
+def test_lycoris_files_show_their_format_apply_and_one_we_cannot_apply_is_400(
+        make_app, tiny_model_dir, tmp_path):
+    from tests.random_lora import LCM_TARGETS, build_random_lora, build_random_lycoris
+
+    build_random_lycoris(tiny_model_dir, tmp_path / "hada.safetensors", "loha", scale=0.5)
+    build_random_lycoris(tiny_model_dir, tmp_path / "kron.safetensors", "lokr")
+    build_random_lycoris(tiny_model_dir, tmp_path / "tucker.safetensors", "loha", tucker=True)
+    build_random_lora(tiny_model_dir, tmp_path / "locon.safetensors", "kohya",
+                      targets=LCM_TARGETS, scale=5)
+    client = make_app(LORA_DIR=str(tmp_path)).test_client()
+    formats = {item["name"]: item["format"] for item in client.get("/sdapi/v1/loras").json}
+    assert formats == {"hada": "loha", "kron": "lokr", "tucker": "loha", "locon": "locon"}
+    plain = pixels(generate(client))
+    for name in ("hada", "kron", "locon"):
+        assert not np.array_equal(pixels(generate(client, prompt=f"a cat <lora:{name}>")),
+                                  plain)
+    r = client.post("/sdapi/v1/txt2img", json={**BODY, "prompt": "a cat <lora:tucker>"})
+    assert r.status_code == 400 and "loha format" in r.json["detail"]
+    assert np.array_equal(pixels(generate(client)), plain)  # nothing left switched on

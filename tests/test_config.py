@@ -82,6 +82,19 @@ def test_cross_field_rules():
         Settings.from_env({"MAX_BATCH": "9", "QUEUE_SIZE": "8"})
     with pytest.raises(ConfigError, match="THREADS"):
         Settings.from_env({"THREADS": "4", "QUEUE_SIZE": "8"})
+    # Each open event stream holds a waitress thread too.
+    with pytest.raises(ConfigError, match=r"THREADS=16 .* QUEUE_SIZE \+ EVENT_STREAMS \+ 2 \(17\)"):
+        Settings.from_env({"THREADS": "16", "QUEUE_SIZE": "8", "EVENT_STREAMS": "7"})
+    assert Settings.from_env({"THREADS": "16", "QUEUE_SIZE": "8",
+                              "EVENT_STREAMS": "6"}).event_streams == 6
+
+
+@pytest.mark.parametrize("raw,public", [("1", True), ("true", True), ("On", True),
+                                        ("0", False), ("no", False), ("", False)])
+def test_metrics_public_is_a_flag(raw, public):
+    assert Settings.from_env({"METRICS_PUBLIC": raw}).metrics_public is public
+    with pytest.raises(ConfigError, match="METRICS_PUBLIC='maybe'"):
+        Settings.from_env({"METRICS_PUBLIC": "maybe"})
 
 
 def test_hf_auth_token_is_read_as_the_token():

@@ -178,14 +178,16 @@ def _fake_checkpoint(path: Path, keys: dict) -> Path:
 SD1_KEYS = {checkpoints.SD1_KEY: (1,), checkpoints.SD1_CLIP_KEY: (77, 768),
             checkpoints.UNET + "input_blocks.0.0.weight": (1, 4, 1, 1),
             checkpoints.VAE + "encoder.conv_in.weight": (1,)}
+SD2_KEYS = {**{k: v for k, v in SD1_KEYS.items() if k != checkpoints.SD1_CLIP_KEY},
+            checkpoints.SD2_CLIP_KEY: (10, 1024)}
 
 
 @pytest.mark.parametrize("keys,reason", [
     ({**SD1_KEYS, "conditioner.embedders.1.model.positional_embedding": (1,)}, "an SDXL checkpoint"),
-    ({**SD1_KEYS, "cond_stage_model.model.token_embedding.weight": (1,)}, "an SD 2.x checkpoint"),
-    ({"lora_unet_down_blocks_0.alpha": (1,)}, "not a full SD 1.x checkpoint"),
+    ({**SD2_KEYS, checkpoints.SD2_CLIP_KEY: (10, 512)}, "not SD 1.x or 2.x shaped"),
+    ({"lora_unet_down_blocks_0.alpha": (1,)}, "not a full SD 1.x or 2.x checkpoint"),
     ({**SD1_KEYS, checkpoints.UNET + "input_blocks.0.0.weight": (1, 9, 1, 1)}, "inpainting"),
-    ({**SD1_KEYS, checkpoints.SD1_CLIP_KEY: (77, 1024)}, "not SD 1.x shaped"),
+    ({**SD1_KEYS, checkpoints.SD1_CLIP_KEY: (77, 1024)}, "not SD 1.x or 2.x shaped"),
 ])
 def test_other_families_are_refused_by_their_keys(settings, models_dir, keys, reason):
     _fake_checkpoint(models_dir / "other.safetensors", keys)
@@ -232,3 +234,104 @@ def test_model_id_may_name_a_catalogue_entry_a_file_or_the_hub(make_settings, mo
     hub = first("CompVis/stable-diffusion-v1-4")
     assert (hub.kind, hub.source, hub.sha256) == ("hub", "CompVis/stable-diffusion-v1-4", None)
     assert first("tiny-random").name == "tiny-random"
+
+
+# ---- SD 2.x single files: OpenCLIP text encoder, v-prediction told or found ----
+
+def _sd2_checkpoint(folder: Path, model: Path, stem: str, conv_out_bias: float | None = None,
+                    keep_prediction: bool = True) -> Path:
+    """`model` (a tiny SD 2.x folder) as `<stem>.safetensors` in OpenCLIP's layout, with its
+    `<stem>.config/` folder; with `conv_out_bias`, its UNet answers that constant (zeroed
+    conv_out), which A1111's v test reads; without `keep_prediction` the config folder does
+    not say the prediction type."""
+    import json
+
+    from diffusers import UNet2DConditionModel
+
+    source = model
+    if conv_out_bias is not None:
+        source = folder / f"{stem}-weights"
+        shutil.copytree(model, source)
+        unet = UNet2DConditionModel.from_pretrained(source / "unet")
+        unet.conv_out.weight.data.zero_()
+        unet.conv_out.bias.data.fill_(conv_out_bias)
+        unet.save_pretrained(source / "unet")
+    path = single_file.save_single_file(source, folder / f"{stem}.safetensors")
+    config = folder / f"{stem}.config"
+    shutil.copytree(model, config, ignore=shutil.ignore_patterns("*.safetensors"))
+    if not keep_prediction:
+        scheduler = config / "scheduler" / "scheduler_config.json"
+        data = json.loads(scheduler.read_text())
+        del data["prediction_type"]
+        scheduler.write_text(json.dumps(data))
+    return path
+
+
+def test_an_sd2_checkpoint_converts_to_the_same_v_prediction_model(settings, models_dir,
+                                                                   family_model, offline):
+    import numpy as np
+    from diffusers import StableDiffusionPipeline
+
+    model = family_model("tiny-sd2-v")
+    _sd2_checkpoint(models_dir, model, "sd21v")
+    keys = checkpoints.read_header(models_dir / "sd21v.safetensors")
+    assert checkpoints.SD2_CLIP_KEY in keys and checkpoints.SD1_CLIP_KEY not in keys
+    entry = find_model(settings, "sd21v")
+    assert (entry.problem, entry.family.id, entry.family.openclip) == ("", "sd2", True)
+    folder = prepare_single_file(entry, settings)
+    converted = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
+    original = StableDiffusionPipeline.from_pretrained(model, safety_checker=None)
+    for pipe in (converted, original):
+        pipe.set_progress_bar_config(disable=True)
+    _state_dicts_equal(original, converted)
+    assert converted.scheduler.config.prediction_type == "v_prediction"
+    assert converted.tokenizer.pad_token == "!"
+    assert np.array_equal(_image(original), _image(converted))
+    assert find_model(settings, "sd21v").family.label == "SD 2.x (v-prediction)"
+
+
+@pytest.mark.parametrize("bias,card,yaml,expected", [
+    (-2.0, None, None, "v_prediction"),   # found: the UNet answers far below its input
+    (0.5, None, None, "epsilon"),         # found: it answers its input
+    (0.5, {"prediction_type": "v_prediction"}, None, "v_prediction"),  # its card says
+    (-2.0, None, "model:\n  params:\n    linear_start: 0.00085\n", "epsilon"),  # A1111 .yaml
+    (0.5, None, "model:\n  params:\n    parameterization: \"v\"\n", "v_prediction"),
+])
+def test_sd2_prediction_is_told_by_card_or_yaml_else_found_as_a1111_does(
+        settings, models_dir, family_model, bias, card, yaml, expected):
+    import json
+
+    from diffusers import StableDiffusionPipeline
+
+    path = _sd2_checkpoint(models_dir, family_model("tiny-sd2-v"), "sd2x", bias,
+                           keep_prediction=False)
+    if card is not None:
+        (models_dir / "sd2x.json").write_text(json.dumps(card))
+    if yaml is not None:
+        path.with_suffix(".yaml").write_text(yaml)
+    folder = prepare_single_file(find_model(settings, "sd2x"), settings)
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
+    assert pipe.scheduler.config.prediction_type == expected
+    assert find_model(settings, "sd2x").family.prediction_type == expected
+
+
+def test_sd2_shaped_checkpoints_are_listed_with_their_family(settings, models_dir):
+    _fake_checkpoint(models_dir / "sd21.safetensors", {
+        **SD2_KEYS, checkpoints.SD2_CLIP_KEY: (10, 1024),
+        checkpoints.CROSS_ATTENTION_KEY: (320, 1024)})
+    entry = find_model(settings, "sd21")
+    assert entry.problem == ""
+    assert (entry.family.id, entry.family.cross_attention_dim, entry.family.label) == (
+        "sd2", 1024, "SD 2.x")
+    (models_dir / "sd21.json").write_text('{"prediction_type": "v_prediction"}')
+    assert find_model(settings, "sd21").family.native_size == 768
+
+
+def test_the_shipped_configs_are_the_families_they_convert():
+    from catalog.families import folder_family
+
+    sd1, sd2 = folder_family(single_file.SD1_CONFIG), folder_family(single_file.SD2_CONFIG)
+    assert (sd1.id, sd1.cross_attention_dim, sd1.openclip, sd1.native_size) == (
+        "sd1", 768, False, 512)
+    assert (sd2.id, sd2.cross_attention_dim, sd2.openclip, sd2.native_size) == (
+        "sd2", 1024, True, 512)

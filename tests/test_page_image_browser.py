@@ -238,7 +238,7 @@ def test_the_model_menu_lists_models_dir_and_switches(page, live_server, tmp_pat
     open_ready(page, server)
     page.click("summary")
     options = page.locator("#model option").all_text_contents()
-    assert options[0] == "Current model" and "second" in options
+    assert options[0] == "Current model" and "second · SD 1.x" in options
     page.select_option("#model", "second")
     page.fill("#prompt", "a cat")
     with page.expect_request(lambda r: r.url.endswith("/jobs") and r.method == "POST") as sent:
@@ -255,7 +255,7 @@ def test_the_lora_menu_adds_a_tag_that_reaches_the_server(page, live_server, lor
     open_ready(page, server)
     page.click("summary")
     options = page.locator("#lora option").all_text_contents()
-    assert "style-peft" in options and "lcm-lora-tiny (LCM: 4 steps, guidance 1)" in options
+    assert "style-peft" in options and "lcm-lora-tiny (LCM: 4 steps, LCM, guidance 1)" in options
     page.fill("#prompt", "a cat")
     page.select_option("#lora", "style-peft")
     page.click("#lora-add")

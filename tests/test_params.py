@@ -104,6 +104,17 @@ def test_history_and_png_info_read_one_png_alike():
                                                        parsed.steps, parsed.scheduler, seed)
 
 
+def test_infotext_has_a1111s_ti_hashes_after_the_lora_hashes():
+    req = GenerationRequest(prompt="a cat, easyneg", negative_prompt="badhands", steps=3,
+                            width=64, height=64)
+    text = write_infotext(req, 5, "m", lora_hashes={"style": "a" * 64},
+                          ti_hashes={"easyneg": "c" * 64, "badhands": "d" * 64})
+    assert (f'Lora hashes: "style: {"a" * 12}", TI hashes: "easyneg: {"c" * 12}, '
+            f'badhands: {"d" * 12}", Model: m') in text
+    assert parse_parameters(text)["TI hashes"] == f"easyneg: {'c' * 12}, badhands: {'d' * 12}"
+    assert request_from_infotext(text)[0].prompt == "a cat, easyneg"
+
+
 def test_image_counts_are_1_to_max_batch_naming_the_setting():
     from params import field_value, image_count_field
 

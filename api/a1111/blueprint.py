@@ -5,7 +5,7 @@ from typing import Any
 
 from flask import Blueprint, Response
 
-from api import ApiError, error_json, services
+from api import MODEL_FACTS_SCHEMA, ApiError, error_json, services
 from api.openapi import ERROR_SCHEMA
 from params import SPEED_OPTIONS, image_count_field, request_fields
 
@@ -34,8 +34,9 @@ SAMPLERS_RESPONSE = {"type": "array", "items": {"type": "object", "properties": 
     "name": {"type": "string"}, "aliases": {"type": "array", "items": {"type": "string"}},
     "options": {"type": "object"}}}}
 MODELS_RESPONSE = {"type": "array", "items": {"type": "object", "properties": {
-    key: {"type": "string", "nullable": True}
-    for key in ("title", "model_name", "hash", "sha256", "filename", "config")}}}
+    **{key: {"type": "string", "nullable": True}
+       for key in ("title", "model_name", "hash", "sha256", "filename", "config")},
+    **MODEL_FACTS_SCHEMA}}}
 A1111_DOC = {"tags": ("a1111",), "error_schema": A1111_ERROR_SCHEMA}
 # What a generation route (txt2img, img2img) may answer besides 200.
 GENERATION_DOC = {**A1111_DOC, "responses": {200: TXT2IMG_RESPONSE},

@@ -21,14 +21,13 @@ from typing import Any, Mapping
 
 from flask import Response, jsonify
 
-from api import ApiError, failed_job_error, services
+from api import ApiError, failed_job_error, parse_request, services
 from api.a1111.speed_options import with_speed_defaults
 from api.batches import run_batch
 from jobs import JobState
 from errors import ValidationError
 from params import (DEFAULT_SCHEDULER, SCHEDULERS, SPEED_OPTIONS, GenerationRequest,
-                    field_value, image_count_field, json_object,
-                    parse_generation_request)
+                    field_value, image_count_field, json_object)
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ log = logging.getLogger(__name__)
 INVALID = 422
 # Native field <- A1111 field, for the fields that only differ in name.
 RENAMED = {"cfg_scale": "guidance_scale"}
-PASSED = ("prompt", "negative_prompt", "steps", "width", "height", *SPEED_OPTIONS)
+PASSED = ("prompt", "negative_prompt", "steps", "width", "height", "eta", *SPEED_OPTIONS)
 # The other A1111 names for our samplers (old k-diffusion names; PLMS is what A1111 calls
 # PNDM without its Runge-Kutta warm-up steps, which is how we configure it).
 SAMPLER_ALIASES = {"Euler a": ["k_euler_a", "k_euler_ancestral"], "Euler": ["k_euler"],
@@ -45,6 +44,11 @@ SAMPLER_ALIASES = {"Euler a": ["k_euler_a", "k_euler_ancestral"], "Euler": ["k_e
 # A1111 >= 1.9 names the sigma schedule separately; these are the ones we can honour.
 AUTOMATIC_SCHEDULES = {"", "automatic"}
 KARRAS = {"DPM++ 2M": "DPM++ 2M Karras", "DPM++ 2M Karras": "DPM++ 2M Karras"}
+# SGM Uniform starts at the last training timestep, as diffusers' trailing spacing does
+# (what SD-Turbo and Hyper-SD are run with in A1111).
+SGM_UNIFORM = {"Euler": "Euler trailing", "Euler trailing": "Euler trailing",
+               "DDIM": "DDIM trailing", "DDIM trailing": "DDIM trailing"}
+SCHEDULE_SAMPLERS = {"karras": KARRAS, "sgm uniform": SGM_UNIFORM, "sgm_uniform": SGM_UNIFORM}
 # Body fields every A1111 generation route reads itself (the rest are ignored and logged).
 COMMON_KNOWN = {*PASSED, *RENAMED, "seed", "sampler_name", "sampler_index", "scheduler",
                 "batch_size", "n_iter", "send_images", "override_settings"}
@@ -86,13 +90,17 @@ def resolve_sampler(name: Any, schedule: Any, field_name: str = "sampler_name") 
     if schedule is None or (isinstance(schedule, str) and
                             schedule.strip().lower() in AUTOMATIC_SCHEDULES):
         return sampler
-    if isinstance(schedule, str) and schedule.strip().lower() == "karras":
-        if sampler in KARRAS:
-            return KARRAS[sampler]
-        raise invalid("scheduler", f"scheduler 'Karras' works here only with sampler "
-                      f"'DPM++ 2M' (got sampler '{name}')")
+    table = SCHEDULE_SAMPLERS.get(schedule.strip().lower()) if isinstance(schedule, str) \
+        else None
+    if table is not None:
+        if sampler in table:
+            return table[sampler]
+        raise invalid("scheduler", f"scheduler {schedule.strip()!r} works here only with "
+                      f"the samplers {', '.join(repr(k) for k in table)} (got sampler "
+                      f"'{name}')")
     raise invalid("scheduler", f"scheduler {schedule!r} is not available here; use "
-                  "'automatic', or 'Karras' with sampler 'DPM++ 2M'")
+                  "'automatic', 'Karras' with sampler 'DPM++ 2M', or 'SGM Uniform' with "
+                  "'Euler' or 'DDIM'")
 
 
 def parse_a1111(body: Any, extra: Mapping[str, Any] | None = None,
@@ -127,7 +135,9 @@ def parse_a1111(body: Any, extra: Mapping[str, Any] | None = None,
             native["scheduler"] = resolve_sampler(body.get(sampler_field),
                                                   body.get("scheduler"), sampler_field)
         # Speed options POSTed to /sdapi/v1/options act as defaults (a body field wins).
-        req = parse_generation_request(with_speed_defaults(native), settings)
+        # The stored options are defaults the client did not set in this request.
+        req = parse_request(with_speed_defaults(native),
+                            explicit={k for k, v in native.items() if v is not None})
         batch_size, n_iter = (field_value(image_count_field(name, settings), body)
                               for name in ("batch_size", "n_iter"))
     except ValidationError as exc:

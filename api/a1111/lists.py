@@ -2,9 +2,9 @@
 
 Clients (SillyTavern, webuiapi, Open WebUI) call these to fill their menus; a 404 or a 500
 breaks them, a made-up entry misleads them. So each answers 200 with the truth: the Pillow
-upscalers extras really uses, the LoRAs in LORA_DIR, and empty lists where this server has
-none (no embeddings, hypernetworks, face restorers, Real-ESRGAN models, styles, latent
-upscaling or VAE files).
+upscalers extras really uses, the LoRAs in LORA_DIR, the embeddings in EMBEDDINGS_DIR, and
+empty lists where this server has none (no hypernetworks, face restorers, Real-ESRGAN
+models, styles, latent upscaling or VAE files).
 """
 from __future__ import annotations
 
@@ -62,15 +62,22 @@ LORAS_RESPONSE = {"type": "array", "items": {"type": "object", "properties": {
 
 
 @bp.get("/loras")
-@doc("AUTOMATIC1111 LoRA list: the .safetensors LoRAs in LORA_DIR (kohya/A1111 or "
-     "diffusers/peft format), for <lora:name:weight> prompts. `lcm` marks an LCM-LoRA.",
+@doc("AUTOMATIC1111 LoRA list: the .safetensors LoRAs in LORA_DIR, for <lora:name:weight> "
+     "prompts; `format` is kohya (A1111), locon, loha, lokr (LyCORIS) or peft (diffusers). "
+     "`few_step` names a few-step LoRA's kind (lcm, hyper-sd, tcd, pcm) and `recipe` the "
+     "settings a request using it gets for what it leaves out; `lcm` marks an LCM-LoRA.",
      responses={200: LORAS_RESPONSE}, errors=(401,), **A1111_DOC)
 def loras():
     """The LoRAs a prompt may name, in A1111's shape (name, alias, path, metadata)."""
+    from dataclasses import asdict
+
     from catalog.loras import list_loras
+    from params import lora_recipe
 
     return jsonify([{"name": e.name, "alias": e.alias, "path": str(e.path),
-                     "metadata": e.metadata, "format": e.format, "lcm": e.lcm}
+                     "metadata": e.metadata, "format": e.format, "lcm": e.lcm,
+                     "few_step": asdict(e.few_step) if e.few_step else None,
+                     "recipe": lora_recipe(e)}
                     for e in list_loras(services().settings)])
 
 
@@ -93,14 +100,40 @@ def upscalers():
                      "scale": None} for name in UPSCALERS])
 
 
+EMBEDDING_RESPONSE = {"type": "object", "properties": {
+    "step": {"type": "integer", "nullable": True},
+    "sd_checkpoint": {"type": "string", "nullable": True},
+    "sd_checkpoint_name": {"type": "string", "nullable": True},
+    "shape": {"type": "integer", "nullable": True},
+    "vectors": {"type": "integer", "nullable": True}}}
+EMBEDDINGS_RESPONSE = {"type": "object", "properties": {
+    "loaded": {"type": "object", "additionalProperties": EMBEDDING_RESPONSE},
+    "skipped": {"type": "object", "additionalProperties": EMBEDDING_RESPONSE}}}
+
+
 @bp.get("/embeddings")
-@doc("AUTOMATIC1111 textual-inversion embeddings: none on this server.",
-     responses={200: {"type": "object", "properties": {
-         "loaded": {"type": "object"}, "skipped": {"type": "object"}}}},
-     errors=(401,), **A1111_DOC)
+@doc("AUTOMATIC1111 textual-inversion embeddings: the files in EMBEDDINGS_DIR (.safetensors, "
+     ".pt, .bin), `loaded` those a prompt may use with the served model (by writing the "
+     "file name), `skipped` the others, each with its `reason` (a width that is not the "
+     "model's text encoder's, an unreadable file).",
+     responses={200: EMBEDDINGS_RESPONSE}, errors=(401,), **A1111_DOC)
 def embeddings():
-    """No embeddings: A1111's shape with both dicts empty."""
-    return jsonify({"loaded": {}, "skipped": {}})
+    """A1111's shape: {"loaded": {name: {step, sd_checkpoint, sd_checkpoint_name, shape,
+    vectors}}, "skipped": {...}}."""
+    from catalog.embeddings import embedding_problem, list_embeddings
+
+    svc = services()
+    model = svc.engine.model
+    answer: dict[str, dict] = {"loaded": {}, "skipped": {}}
+    for entry in list_embeddings(svc.settings):
+        problem = embedding_problem(entry, model.family if model is not None else None)
+        item = {"step": entry.step, "sd_checkpoint": entry.sd_checkpoint,
+                "sd_checkpoint_name": entry.sd_checkpoint_name, "shape": entry.shape,
+                "vectors": entry.vectors}
+        if problem:
+            item["reason"] = problem
+        answer["skipped" if problem else "loaded"][entry.name] = item
+    return jsonify(answer)
 
 
 @bp.get("/cmd-flags")
@@ -121,7 +154,8 @@ def cmd_flags():
         "cors_allow_origins": ",".join(settings.cors_origins) or None,
         "data_dir": str(PROJECT_DIR), "models_dir": settings.models_dir,
         "ckpt_dir": settings.models_dir, "lora_dir": settings.lora_dir,
-        "embeddings_dir": None, "hypernetwork_dir": None, "ckpt": settings.model_source,
+        "embeddings_dir": settings.embeddings_dir, "hypernetwork_dir": None,
+        "ckpt": settings.model_source,
         "use_cpu": ["all"], "skip_torch_cuda_test": True, "lowvram": False,
         "medvram": False, "xformers": False, "no_half": full, "no_half_vae": full,
         "precision": "full" if full else "autocast", "device_id": None,

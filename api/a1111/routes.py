@@ -9,7 +9,7 @@ from datetime import datetime
 
 from flask import jsonify, request
 
-from api import json_body, services
+from api import json_body, listed_models, model_facts, services
 from api.a1111.blueprint import (A1111_DOC, GENERATION_DOC, MODELS_RESPONSE, PROGRESS_RESPONSE,
                                  SAMPLERS_RESPONSE, bp, txt2img_schema)
 from api.a1111.generation import (SAMPLER_ALIASES, generate,
@@ -125,7 +125,8 @@ def samplers():
 
 
 @bp.get("/schedulers")
-@doc("AUTOMATIC1111 (>= 1.9) schedule list: 'automatic' and 'Karras' (DPM++ 2M only).",
+@doc("AUTOMATIC1111 (>= 1.9) schedule list: 'automatic', 'Karras' (DPM++ 2M only) and "
+     "'SGM Uniform' (Euler and DDIM: trailing spacing).",
      responses={200: {"type": "array", "items": {"type": "object"}}}, errors=(401,),
      **A1111_DOC)
 def schedulers():
@@ -133,7 +134,9 @@ def schedulers():
     return jsonify([{"name": "automatic", "label": "Automatic", "aliases": None,
                      "default_rho": -1, "need_inner_model": False},
                     {"name": "karras", "label": "Karras", "aliases": None,
-                     "default_rho": 7.0, "need_inner_model": False}])
+                     "default_rho": 7.0, "need_inner_model": False},
+                    {"name": "sgm_uniform", "label": "SGM Uniform", "aliases": None,
+                     "default_rho": -1, "need_inner_model": True}])
 
 
 @bp.get("/sd-models")
@@ -142,13 +145,12 @@ def schedulers():
      "loaded; for a diffusers folder or Hub id a sha256 of its name).",
      responses={200: MODELS_RESPONSE}, errors=(401,), **A1111_DOC)
 def sd_models():
-    """The models a client may switch to, as A1111's checkpoint entries."""
-    engine = services().engine
-    entries = [engine.model if engine.model is not None and e.source == engine.model.source
-               else e for e in engine.available_models()]
+    """The models a client may switch to, as A1111's checkpoint entries (plus each one's
+    family and recipe)."""
     return jsonify([{"title": model_title(e), "model_name": e.name,
                      "hash": model_hash(e)[:10], "sha256": model_hash(e),
-                     "filename": e.filename, "config": None} for e in entries])
+                     "filename": e.filename, "config": None, **model_facts(e)}
+                    for e in listed_models()])
 
 
 @bp.post("/refresh-checkpoints")
