@@ -172,6 +172,7 @@ def test_compose_serves_images_from_its_workers_and_passes_the_healthcheck(stack
     assert response.content[:8] == b"\x89PNG\r\n\x1a\n"
     job = stack.get(f"/jobs/{response.headers['X-Job-Id']}").json()
     assert job["state"] == "succeeded" and job["worker"] in [w["name"] for w in two_ready]
+    assert "sd_jobs_finished_total" in stack.get("/metrics").text
     # The worker (the app user) wrote it to the shared outputs volume.
     assert ".png" in stack("exec", "-T", "web", "find", "/app/outputs", "-name", "*.png")
     web = stack.container("web")
