@@ -8,8 +8,8 @@
 #                    without Python (python3 and python3-venv are then installed from apt),
 #                    such as a `debootstrap bookworm` root brought in with `docker import`.
 #   TORCH_INDEX_URL  where the torch wheel comes from: PyPI's torch for Linux is the CUDA
-#                    build and pulls several GB of nvidia-* packages, so the default is PyTorch's
-#                    CPU-only index. Wheels put in docker/wheels/ are offered beside it (see
+#                    build and pulls several GB of nvidia-* packages, so the default is
+#                    PyTorch's CPU-only index. Wheels put in docker/wheels/ are offered beside it (see
 #                    docker/README.md): scripts/docker-test.sh puts the host's CPU wheel
 #                    there and passes TORCH_INDEX_URL=https://pypi.org/simple where
 #                    download.pytorch.org cannot be reached.
