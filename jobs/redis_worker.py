@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import socket
 import threading
 from dataclasses import asdict, dataclass, field
@@ -52,8 +53,9 @@ _context: WorkerContext | None = None
 
 
 def default_name() -> str:
-    """host-pid: unique across machines, and says where to look."""
-    return f"{socket.gethostname()}-{os.getpid()}"
+    """host-<4 hex>-pid: says where to look, and is new at every start (a restarted container
+    often gets its old pid back, and RQ refuses a name it still counts as active)."""
+    return f"{socket.gethostname()}-{secrets.token_hex(2)}-{os.getpid()}"
 
 
 def serve(settings: Settings, engine: ImageEngine, name: str | None = None,

@@ -6,14 +6,14 @@ import sys
 
 import pytest
 
-from catalog.files import PARTIAL, partial_path, remove_abandoned_partials, staged
+from catalog.files import PARTIAL, partial_path, remove_abandoned_partials, staged, writer_tag
 
 
 def test_a_file_is_written_beside_and_renamed_on_success(tmp_path):
     target = tmp_path / "hashes.json"
     target.write_text("old")
     with staged(target) as tmp:
-        assert tmp == tmp_path / f"hashes.json{PARTIAL}{os.getpid()}"
+        assert tmp == tmp_path / f"hashes.json{PARTIAL}{writer_tag()}"
         tmp.write_text("new")
         assert target.read_text() == "old"  # readers see the old file until the rename
     assert target.read_text() == "new"
@@ -97,6 +97,18 @@ def test_abandoned_partials_are_removed_and_living_writers_kept(tmp_path):
     assert sorted(removed) == sorted([dead_folder, dead_file])
     assert not dead_folder.exists() and not dead_file.exists()
     assert mine.exists() and living.exists() and finished.exists()
+
+
+def test_another_hosts_partial_is_left_alone(tmp_path):
+    """Containers sharing a volume often run their writers under the same pid: a partial
+    of another host is never taken for an abandoned one of ours (and ours name the host)."""
+    dead = ended_pid()
+    theirs = tmp_path / f"model-1a2b{PARTIAL}other-box-{dead}"
+    ours = tmp_path / f"model-3c4d{PARTIAL}{writer_tag(dead)}"
+    theirs.mkdir()
+    ours.mkdir()
+    assert remove_abandoned_partials(tmp_path) == [ours]
+    assert theirs.exists()
 
 
 def test_only_partials_of_the_named_targets_are_looked_at(tmp_path):
