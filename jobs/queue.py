@@ -13,7 +13,6 @@ import time
 from typing import Any, Callable
 
 from config import Settings
-from jobs.eta import eta_seconds, retry_after_seconds
 from engine.status import EngineStatus
 from jobs.backend import Health, ImageEngine
 from jobs.health import memory_health
@@ -116,7 +115,7 @@ class JobQueue:
             if refusal is not None:
                 raise refusal
             if len(state.waiting) + len(requests) > self.settings.queue_size:
-                raise QueueFull(self._retry_after_locked())
+                raise QueueFull(state.retry_after(self.clock()))
             jobs = build_batch(requests, client, self.clock(), tiny_decoder, kind)
             if state.journal is not None:
                 try:
@@ -207,7 +206,7 @@ class JobQueue:
     def snapshot(self, job: Job) -> dict[str, Any]:
         """The job as the JSON the API returns."""
         with self._state.lock:
-            return job.to_json(self._state.position(job), self._eta_locked(job))
+            return job.to_json(self._state.position(job), self._state.eta(job, self.clock()))
 
     def stats(self) -> dict[str, Any]:
         """Queue figures for /health; a `worker_error` means no job can run any more."""
@@ -231,23 +230,6 @@ class JobQueue:
     def _now(self) -> float:
         """`self.clock()`, looked up at each call."""
         return self.clock()
-
-    def _eta_locked(self, job: Job) -> float | None:
-        """The job's ETA (see jobs.eta) from what the queue knows now."""
-        state, steps_left = self._state, job.total_steps - job.step
-        if job.state == JobState.QUEUED:
-            position = state.position(job)
-            ahead = list(state.waiting)[: position - 1] if position else []
-            steps_left = job.total_steps + sum(j.total_steps for j in ahead)
-            if state.running is not None:
-                steps_left += state.running.total_steps - state.running.step
-        return eta_seconds(job.state, steps_left, job.step_marks, job.started_at,
-                           self.clock(), state.seconds_per_step)
-
-    def _retry_after_locked(self) -> int:
-        """A Retry-After estimate: the running job's remaining time, at least a few seconds."""
-        running = self._state.running
-        return retry_after_seconds(self._eta_locked(running) if running else None)
 
 
 def not_accepting(accepting: bool, worker_error: str | None,

@@ -17,7 +17,6 @@ from typing import Any
 from config import Settings
 from jobs import redis_common as rc
 from jobs.backend import Health
-from jobs.eta import eta_seconds, retry_after_seconds
 from jobs.redis_engine import RemoteEngine
 from jobs.redis_events import RedisWatch
 from jobs.redis_metrics import redis_metrics
@@ -110,7 +109,7 @@ class RedisJobQueue:
             model = self.models.target(requests[0].model)  # a batch is of one model
             with self.connection.lock("sd:submit-lock", timeout=SUBMIT_LOCK_SECONDS):
                 if self._waiting() + len(requests) > self.settings.queue_size:
-                    raise QueueFull(self._retry_after())
+                    raise QueueFull(self.records.retry_after(self.settings.default_steps))
                 jobs = self.records.enqueue(requests, client, self.engine.has_tiny_decoder,
                                            model, self.settings.fair_share)
         except RedisError as exc:
@@ -206,7 +205,8 @@ class RedisJobQueue:
     def snapshot(self, job: Job) -> dict[str, Any]:
         """The job as the JSON the API returns, with the worker that ran it."""
         position = self.queue_position(job)
-        return job.to_json(position, self._eta(job, position))
+        workers = self.engine.served().get(job.request.model or "", 0)
+        return job.to_json(position, self.records.eta(job, position, workers))
 
     def stats(self) -> dict[str, Any]:
         """Queue figures for /health (raises redis errors: `health` reports them)."""
@@ -233,20 +233,3 @@ class RedisJobQueue:
         """Jobs waiting in every model's queue (QUEUE_SIZE bounds them all together)."""
         return sum(queue.count for queue in rc.model_queues(self.connection))
 
-    def _eta(self, job: Job, position: int | None) -> float | None:
-        """ETA; a queued job's counts the jobs ahead as its size, shared over the workers."""
-        figures = self.connection.hget(rc.STATS_KEY, "seconds_per_step")
-        earlier = float(figures) if figures else None
-        steps_left = job.total_steps - job.step
-        if job.state == JobState.QUEUED and position:
-            workers = max(1, self.engine.served().get(job.request.model or "", 0))
-            steps_left = job.total_steps + (position - 1) * job.total_steps / workers
-        return eta_seconds(job.state, int(steps_left), job.step_marks, job.started_at,
-                           rc.now(), earlier)
-
-    def _retry_after(self) -> int:
-        """Retry-After for a full queue: about one default job's time (DEFAULT_STEPS at the
-        last measured pace), at least a few seconds."""
-        figures = self.connection.hget(rc.STATS_KEY, "seconds_per_step")
-        return retry_after_seconds(float(figures) * self.settings.default_steps
-                                   if figures else None)

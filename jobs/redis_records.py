@@ -8,6 +8,7 @@ from typing import Any
 
 from jobs import redis_common as rc
 from jobs.batch import build_batch
+from jobs.eta import eta_seconds, retry_after_seconds
 from jobs.fairness import fair_index
 from jobs.job import Job, JobState
 from jobs.redis_events import announce_finished
@@ -113,6 +114,23 @@ class JobRecords:
         rq_job.save_meta()
         rq_job.cancel()
         announce_finished(self.connection, job_id, JobState.CANCELLED)
+
+    def eta(self, job: Job, position: int | None, workers: int) -> float | None:
+        """ETA; a queued job's counts the jobs ahead as its size, shared over the `workers`
+        that serve its model."""
+        figures = self.connection.hget(rc.STATS_KEY, "seconds_per_step")
+        earlier = float(figures) if figures else None
+        steps_left = job.total_steps - job.step
+        if job.state == JobState.QUEUED and position:
+            steps_left = job.total_steps + (position - 1) * job.total_steps / max(1, workers)
+        return eta_seconds(job.state, int(steps_left), job.step_marks, job.started_at,
+                           rc.now(), earlier)
+
+    def retry_after(self, default_steps: int) -> int:
+        """Retry-After for a full queue: about one default job's time (DEFAULT_STEPS at the
+        last measured pace), at least a few seconds."""
+        figures = self.connection.hget(rc.STATS_KEY, "seconds_per_step")
+        return retry_after_seconds(float(figures) * default_steps if figures else None)
 
     def get(self, job_id: str) -> Job | None:
         """The job with this id, or None if unknown or expired."""

@@ -6,6 +6,7 @@ import collections
 import threading
 from dataclasses import dataclass, field
 
+from jobs.eta import eta_seconds, retry_after_seconds
 from jobs.fairness import fair_index
 from jobs.job import Job, JobState
 from jobs.journal import Journal
@@ -44,6 +45,25 @@ class QueueState:
             return self.waiting.index(job) + 1
         except ValueError:
             return None
+
+    def eta(self, job: Job, now: float) -> float | None:
+        """The job's ETA (jobs.eta) from what the queue knows now: a queued job's counts
+        the running job's rest and the jobs ahead of it."""
+        steps_left = job.total_steps - job.step
+        if job.state == JobState.QUEUED:
+            position = self.position(job)
+            ahead = list(self.waiting)[: position - 1] if position else []
+            steps_left = job.total_steps + sum(j.total_steps for j in ahead)
+            if self.running is not None:
+                steps_left += self.running.total_steps - self.running.step
+        return eta_seconds(job.state, steps_left, job.step_marks, job.started_at, now,
+                           self.seconds_per_step)
+
+    def retry_after(self, now: float) -> int:
+        """A Retry-After for a full queue: the running job's remaining time, at least a few
+        seconds."""
+        running = self.running
+        return retry_after_seconds(self.eta(running, now) if running else None)
 
     def enqueue(self, job: Job, fair: bool) -> None:
         """Add a new job to the waiting line: at its fair-share place (jobs.fairness), or
