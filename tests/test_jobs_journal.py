@@ -178,8 +178,12 @@ def test_a_killed_server_resumes_its_job_and_runs_its_queue_after_a_restart(
 
         running = app.post(JOB)["id"]
         queued = [app.post({**JOB, "seed": seed})["id"] for seed in (1, 2)]
-        while app.job(running)["step"] < 5:  # one permit a step, up to step 5
-            poll_until(lambda: connection.getdel(REACHED), 30, "a step")
+        # One permit a step, up to step 5; the job is read only while the app waits at a
+        # step, so a read is never a step behind (which would let one permit too many by).
+        while True:
+            poll_until(lambda: connection.getdel(REACHED), 60, "the app paused at a step")
+            if app.job(running)["step"] >= 5:
+                break
             connection.rpush(PERMITS, "go")
         app.process.send_signal(signal.SIGKILL)
         app.process.wait(30)

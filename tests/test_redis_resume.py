@@ -47,13 +47,14 @@ def client(make_app, redis_env):
 
 
 def go_to_step(connection, client, job_id: str, step: int) -> dict:
-    """Let the job run to `step` (one permit a step) and return its JSON there."""
+    """Let the job run to `step` (one permit a step) and return its JSON there, with its
+    worker paused after that step: the job is read only while the worker waits, so a read
+    can never be a step behind and let one permit too many through."""
     while True:
-        body = poll_until(lambda: (lambda b: b if b["state"] == "running" else None)(
-            client.get(f"/jobs/{job_id}").get_json()), 60, "the job to run")
+        poll_until(lambda: connection.getdel(REACHED), 60, "the worker paused at a step")
+        body = client.get(f"/jobs/{job_id}").get_json()
         if body["step"] >= step:
             return body
-        poll_until(lambda: connection.getdel(REACHED), 30, "the worker at a step")
         connection.rpush(PERMITS, "go")
 
 
