@@ -193,26 +193,30 @@ class StepGate:
         assert self.reached.wait(timeout), "the worker never reached a step"
         self.reached.clear()
 
+    def pause(self, step: int, timeout: float = 60) -> None:
+        """Called by the pipeline after each step: say so, then wait for a permit."""
+        self.reached.set()
+        if not self.open_all:
+            assert self.permits.acquire(timeout=timeout), "test never released the gate"
+
+    def close(self) -> None:
+        """Pause again at every step, from a clean slate (a gate reused across tests)."""
+        self.open_all = False
+        while self.permits.acquire(blocking=False):
+            pass
+        self.reached.clear()
+
 
 @pytest.fixture
 def gate(monkeypatch):
     """Install a StepGate in every Engine.generate of this test."""
     import engine as engine_module
 
+    from tests.gated_worker import gated_generate
+
     g = StepGate()
-    real_generate = engine_module.Engine.generate
-
-    def gated(self, request, seed, on_step=None, *more, **options):
-        def paused(step, total, latents):
-            if on_step is not None:
-                on_step(step, total, latents)  # records progress, raises if cancelled
-            g.reached.set()
-            if not g.open_all:
-                assert g.permits.acquire(timeout=60), "test never released the gate"
-
-        return real_generate(self, request, seed, paused, *more, **options)
-
-    monkeypatch.setattr(engine_module.Engine, "generate", gated)
+    monkeypatch.setattr(engine_module.Engine, "generate",
+                        gated_generate(engine_module.Engine.generate, g.pause))
     yield g
     g.open()
 

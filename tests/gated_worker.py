@@ -19,6 +19,21 @@ REACHED, PERMITS, OPEN = "test-gate:reached", "test-gate:permits", "test-gate:op
 PERMIT_WAIT_SECONDS = 60
 
 
+def gated_generate(real_generate, pause):
+    """`real_generate` (Engine.generate) with `pause(step)` after every step's own callback
+    (which records progress and raises when the job is cancelled): the one step-gate wrapper
+    of the tests, in one process (tests/conftest.py's StepGate) or across them (below)."""
+    def gated(self, request, seed, on_step=None, *more, **options):
+        def paused(step, total, latents):
+            if on_step is not None:
+                on_step(step, total, latents)
+            pause(step)
+
+        return real_generate(self, request, seed, paused, *more, **options)
+
+    return gated
+
+
 def install_gate(url: str) -> None:
     """Wrap Engine.generate so that every step waits for a permit (unless the gate is open)."""
     import redis
@@ -26,20 +41,14 @@ def install_gate(url: str) -> None:
     import engine as engine_module
 
     connection = redis.Redis.from_url(url)
-    real_generate = engine_module.Engine.generate
 
-    def gated(self, request, seed, on_step=None, *more, **options):
-        def paused(step, total, latents):
-            if on_step is not None:
-                on_step(step, total, latents)  # records progress, raises if cancelled
-            connection.set(REACHED, step)
-            if not connection.get(OPEN):
-                granted = connection.blpop([PERMITS], timeout=PERMIT_WAIT_SECONDS)
-                assert granted is not None, "the test never released the gate"
+    def pause(step: int) -> None:
+        connection.set(REACHED, step)
+        if not connection.get(OPEN):
+            granted = connection.blpop([PERMITS], timeout=PERMIT_WAIT_SECONDS)
+            assert granted is not None, "the test never released the gate"
 
-        return real_generate(self, request, seed, paused, *more, **options)
-
-    engine_module.Engine.generate = gated
+    engine_module.Engine.generate = gated_generate(engine_module.Engine.generate, pause)
 
 
 if __name__ == "__main__":

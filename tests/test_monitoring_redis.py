@@ -16,7 +16,7 @@ import pytest
 
 from jobs.metrics import model_label
 from tests.conftest import ROOT, LiveServer
-from tests.helpers import EventStream, metric, metric_samples, poll_until
+from tests.helpers import EventStream, metric, metric_samples, poll_until, stop_process
 from tests.redis_fixtures import *  # noqa: F401,F403  redis_server, redis_env
 from tests.redis_fixtures import START_SECONDS
 from tests.test_queue_backends import RedisGate
@@ -46,11 +46,7 @@ def cluster(redis_env, redis_server, tmp_path_factory):
         gate.open()
         for server in servers:
             server.close()
-        worker.terminate()
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        stop_process(worker)
 
 
 @pytest.fixture

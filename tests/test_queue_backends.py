@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,8 @@ from jobs.backend import QueueBackend
 from jobs.pace import pace_kind
 from params import GenerationRequest
 from tests.conftest import BASE_ENV, StepGate
-from tests.helpers import poll_until
+from tests.gated_worker import gated_generate
+from tests.helpers import poll_until, stop_process
 from tests.redis_fixtures import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,17 +62,6 @@ class RedisGate:
                    "the worker to reach a step")
 
 
-class MemoryGate(StepGate):
-    """conftest's StepGate, re-armable between the module's tests."""
-
-    def close(self) -> None:
-        """Pause again at every step, from a clean slate."""
-        self.open_all = False
-        while self.permits.acquire(blocking=False):
-            pass
-        self.reached.clear()
-
-
 @pytest.fixture(scope="module")
 def memory_backend(tiny_model_dir, tmp_path_factory):
     """The memory backend on a gated real Engine, loaded once for the module."""
@@ -80,18 +69,9 @@ def memory_backend(tiny_model_dir, tmp_path_factory):
     from config import Settings
     from jobs import JobQueue
 
-    gate = MemoryGate()
-    real_generate = engine_module.Engine.generate
-
-    def gated(self, request, seed, on_step=None, *more, **options):
-        def paused(step, total, latents):
-            if on_step is not None:
-                on_step(step, total, latents)
-            gate.reached.set()
-            if not gate.open_all:
-                assert gate.permits.acquire(timeout=WAIT_SECONDS), "the gate was never released"
-
-        return real_generate(self, request, seed, paused, *more, **options)
+    gate = StepGate()
+    gated = gated_generate(engine_module.Engine.generate,
+                           lambda step: gate.pause(step, WAIT_SECONDS))
 
     settings = Settings.from_env({**BASE_ENV, "MODEL_ID": str(tiny_model_dir),
                                   "QUEUE_SIZE": str(QUEUE_SIZE), "MAX_BATCH": str(MAX_BATCH),
@@ -132,11 +112,7 @@ def redis_backend(tiny_model_dir, tmp_path_factory):
         yield queue, gate
     finally:
         gate.open()
-        worker.terminate()
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        stop_process(worker)
         server.stop()
 
 
