@@ -7,6 +7,7 @@ import { readEvents } from "./events.js";
 import { HEALTH_SOON_MS, readHealth } from "./health.js";
 import { Estimate } from "./estimate.js";
 import { InputImage } from "./input-image.js";
+import { LiveMode } from "./live.js";
 import { Recipes } from "./recipes.js";
 
 const POLL_MS = 1000;            // job progress and preview refresh, where streams fail
@@ -26,7 +27,9 @@ const credentials = new CredentialPanel(limits, () => {
   loadHistory();
 });
 const inputImage = new InputImage(limits, showFormError);
-const estimate = new Estimate($("estimate"), apiJson, document.body.dataset.estimateUrl);
+const live = new LiveMode($("live-offer"), $("live-mode"), $("live-hint"), generateLive);
+const estimate = new Estimate($("estimate"), apiJson, document.body.dataset.estimateUrl,
+                              (seconds) => live.offer(seconds));
 
 const state = {
   ready: false,
@@ -301,8 +304,32 @@ function showText(el, text) {
 async function submitForm(event) {
   event?.preventDefault();
   if ($("generate").disabled) return;
-  showFormError("");
+  await submit(requestFromForm());
+}
+
+/** Live mode: submit the form's settings now (with live mode's seed unless one is set),
+ * cancelling the job this page follows first, so superseded images never wait in line. */
+async function generateLive(seed) {
+  if (!state.ready || !$("prompt").value.trim()) return;
+  if (state.submitting) {  // the previous submit is in flight: try again after a pause
+    live.changed();
+    return;
+  }
+  const superseded = state.activeJob;
+  if (superseded) {
+    stopFollowing();
+    try {
+      await apiJson(`${JOBS_URL}/${superseded}/cancel`, { method: "POST" });
+    } catch (_) { /* it finished meanwhile: nothing to cancel */ }
+  }
   const body = requestFromForm();
+  if (body.seed === null) body.seed = seed;
+  await submit(body);
+}
+
+/** POST one job body and follow the job, or say why the server refused it. */
+async function submit(body) {
+  showFormError("");
   state.submitting = true;
   updateGenerateButton();
   try {
@@ -692,6 +719,7 @@ function init() {
   // After the listeners above (they fill the form from a preset or a model's recipe).
   $("form").addEventListener("change", refreshEstimate);
   $("form").addEventListener("input", refreshEstimate);
+  $("form").addEventListener("input", () => live.changed());
   applyPreset(limits.default_preset !== "quality");
   $("prompt").addEventListener("input", updateCounter);
   $("seed-random").addEventListener("change", () => {

@@ -33,11 +33,13 @@ export function estimateText(answer) {
 }
 
 export class Estimate {
-  /** `element` shows the text; `fetchJson(path, options)` is the page's credentialed fetch. */
-  constructor(element, fetchJson, url) {
+  /** `element` shows the text; `fetchJson(path, options)` is the page's credentialed fetch;
+   * `onAnswer(seconds)` hears each answer's expected seconds (null: not measured yet). */
+  constructor(element, fetchJson, url, onAnswer = () => {}) {
     this.element = element;
     this.fetchJson = fetchJson;
     this.url = url;
+    this.onAnswer = onAnswer;
     this.timer = null;
     this.asked = 0;  // answers to older questions are dropped
   }
@@ -61,8 +63,11 @@ export class Estimate {
       if (asked !== this.asked) return;
       this.element.textContent = estimateText(answer);
       this.element.dataset.seconds = answer.seconds ?? "";  // unrounded, for tests and tools
+      this.onAnswer(answer.measured ? answer.seconds : null);
     } catch (err) {  // settings the server refuses: Generate will say why; say nothing here
-      if (asked === this.asked) this.element.textContent = "";
+      if (asked !== this.asked) return;
+      this.element.textContent = "";
+      this.onAnswer(null);
     }
   }
 }
