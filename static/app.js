@@ -6,6 +6,7 @@ import { CredentialPanel, PAGE_HEADER, authorization } from "./auth.js";
 import { readEvents } from "./events.js";
 import { HEALTH_SOON_MS, readHealth } from "./health.js";
 import { Estimate } from "./estimate.js";
+import { History } from "./history.js";
 import { InputImage } from "./input-image.js";
 import { Recipes } from "./recipes.js";
 
@@ -27,6 +28,15 @@ const credentials = new CredentialPanel(limits, () => {
 });
 const inputImage = new InputImage(limits, showFormError);
 const estimate = new Estimate($("estimate"), apiJson, document.body.dataset.estimateUrl);
+const gallery = new History(document.querySelector(".gallery"), {
+  api,
+  fillForm: (request, seed) => {
+    fillForm(request, seed);
+    $("advanced").open = true;
+    $("prompt").focus();
+  },
+  useAsInput,
+});
 
 const state = {
   ready: false,
@@ -566,6 +576,7 @@ async function showResult(job) {
 }
 
 async function loadHistory() {
+  gallery.load();  // every kept image, beside this list of the jobs the server holds
   let jobs;
   try {
     ({ jobs } = await apiJson(`${JOBS_URL}?limit=${HISTORY_LIMIT}`));
@@ -658,8 +669,12 @@ async function resumeActiveJob() {
 async function useResultAsInput() {
   const job = state.shownJob;
   const blob = job && state.imageBlobs.get(job.id);
-  if (!blob) return;
-  await inputImage.useBlob(blob, downloadName(job));
+  if (blob) await useAsInput(blob, downloadName(job));
+}
+
+/** A PNG this page holds becomes the input image; the focus goes to it. */
+async function useAsInput(blob, name) {
+  await inputImage.useBlob(blob, name);
   $("init-image-group").scrollIntoView({ block: "nearest" });
   $("init-image-zone").focus();
 }
