@@ -36,6 +36,7 @@ const gallery = new History(document.querySelector(".gallery"), {
     $("prompt").focus();
   },
   useAsInput,
+  onDeleted: () => loadRecent(),  // a deleted image's job leaves the recent list too
 });
 
 const state = {
@@ -575,8 +576,13 @@ async function showResult(job) {
   }
 }
 
-async function loadHistory() {
-  gallery.load();  // every kept image, beside this list of the jobs the server holds
+/** Both lists: the jobs the server holds, and every kept image (history.js). */
+function loadHistory() {
+  gallery.load();
+  return loadRecent();
+}
+
+async function loadRecent() {
   let jobs;
   try {
     ({ jobs } = await apiJson(`${JOBS_URL}?limit=${HISTORY_LIMIT}`));

@@ -30,13 +30,14 @@ function trapFocus(dialog) {
 
 /** The gallery of kept images and its viewer. `api(path, options)` is the page's
  * credentialed fetch (throws with the server's message); `fillForm(request, seed)` and
- * `useAsInput(blob, name)` are the form's. */
+ * `useAsInput(blob, name)` are the form's; `onDeleted()` after an image is deleted. */
 export class History {
-  constructor(root, { api, fillForm, useAsInput }) {
+  constructor(root, { api, fillForm, useAsInput, onDeleted }) {
     this.url = root.dataset.imagesUrl;
     this.api = api;
     this.fillForm = fillForm;
     this.useAsInput = useAsInput;
+    this.onDeleted = onDeleted;
     this.offset = 0;
     this.asked = 0;          // answers to older page requests are dropped
     this.urls = new Map();   // image name -> object URL of its PNG (fetched with the credential)
@@ -218,6 +219,7 @@ export class History {
     }
     this.opener = null;
     this.viewer.close();
+    this.onDeleted();
     await this.load(this.offset, `Deleted ${image.name}. `);
     ($("gallery").querySelector("button") || $("gallery-title")).focus();
   }

@@ -178,3 +178,12 @@ def test_delete_asks_first_and_needs_the_credential(page, live_server, tmp_path)
     assert not old.exists()
     assert len(gallery_names(page)) == 1
     expect(page.locator("#gallery .history-item button").first).to_be_focused()
+
+    # A generated image's job leaves "Recent images" with it.
+    expect(page.locator("#history .history-item")).to_have_count(1)
+    page.click("#gallery .history-item button")
+    page.click("#viewer-delete")
+    page.click("#confirm-delete-ok")
+    expect(page.locator("#gallery-status")).to_contain_text("No kept images yet.")
+    expect(page.locator("#history .history-item")).to_have_count(0)
+    assert list(out.glob("*/*.png")) == []

@@ -9,7 +9,7 @@ import json
 import re
 
 from tests.test_page_browser import (ARTIFACTS, browser, csp_violations, expect,  # noqa: F401
-                                     image_size, open_ready, page)
+                                     open_ready, page)
 from tests.test_page_image_browser import newest_job, png, upload
 
 
