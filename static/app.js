@@ -30,11 +30,7 @@ const inputImage = new InputImage(limits, showFormError);
 const estimate = new Estimate($("estimate"), apiJson, document.body.dataset.estimateUrl);
 const gallery = new History(document.querySelector(".gallery"), {
   api,
-  fillForm: (request, seed) => {
-    fillForm(request, seed);
-    $("advanced").open = true;
-    $("prompt").focus();
-  },
+  fillForm: reuseSettings,
   useAsInput,
   onDeleted: () => loadRecent(),  // a deleted image's job leaves the recent list too
 });
@@ -678,6 +674,14 @@ async function useResultAsInput() {
   if (blob) await useAsInput(blob, downloadName(job));
 }
 
+/** A finished image's settings into the form, the advanced ones shown; the focus goes to
+ * the prompt. */
+function reuseSettings(request, seed) {
+  fillForm(request, seed);
+  $("advanced").open = true;
+  $("prompt").focus();
+}
+
 /** A PNG this page holds becomes the input image; the focus goes to it. */
 async function useAsInput(blob, name) {
   await inputImage.useBlob(blob, name);
@@ -728,10 +732,7 @@ function init() {
   $("cancel").addEventListener("click", cancelActive);
   $("reuse").addEventListener("click", () => {
     const job = state.shownJob;
-    if (!job) return;
-    fillForm(job.request, job.seed);
-    $("advanced").open = true;
-    $("prompt").focus();
+    if (job) reuseSettings(job.request, job.seed);
   });
   $("use-as-input").addEventListener("click", useResultAsInput);
   $("lora-add")?.addEventListener("click", addLoraToPrompt);
