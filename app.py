@@ -15,8 +15,8 @@ from typing import Any, Callable, NamedTuple
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from api import (ApiError, Services, a1111, core, events, jobs, metrics, openai_images,
-                 openapi, render_native_error, security)
+from api import (ApiError, Services, a1111, core, events, images, jobs, metrics,
+                 openai_images, openapi, render_native_error, security)
 # Re-exported: who may call what is decided in api/security.py.
 from api.security import GENERATING_ENDPOINTS, OPEN_ENDPOINTS, SECURITY_HEADERS  # noqa: F401
 from config import Settings, process_settings
@@ -98,7 +98,7 @@ class ResponseTracker:
 
 
 def _register_blueprints(app: Flask) -> None:
-    for module in (core, jobs, events, metrics, openapi, a1111, openai_images):
+    for module in (core, jobs, images, events, metrics, openapi, a1111, openai_images):
         app.register_blueprint(module.bp)
 
 

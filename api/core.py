@@ -13,7 +13,8 @@ from api.security import auth_kind
 from catalog.loras import list_loras
 from errors import ValidationError
 from jobs.pace import estimate as pace_estimate
-from params import DEFAULT_SCHEDULER, IMAGE_FIELDS, PRESETS, SCHEDULERS, lora_recipe, model_card
+from params import (DEFAULT_MASK_BLUR, DEFAULT_SCHEDULER, IMAGE_FIELDS, PRESETS, SCHEDULERS,
+                    lora_recipe, model_card)
 
 bp = Blueprint("core", __name__)
 
@@ -77,7 +78,7 @@ def index():
         **request_limits(s), "default_guidance": s.default_guidance,
         # "auth": which credential the page asks for (none, bearer, basic or either).
         "api_key_required": bool(s.api_key), "auth": auth_kind(s),
-        "default_preset": s.speed_preset},
+        "default_preset": s.speed_preset, "default_mask_blur": DEFAULT_MASK_BLUR},
         schedulers=[DEFAULT_SCHEDULER, *SCHEDULERS], presets=PRESETS)
 
 

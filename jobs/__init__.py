@@ -20,6 +20,7 @@ through the one job runner (runner.py).
     eta            the pure ETA and Retry-After arithmetic
     retention      the pure rule for which finished jobs to forget
     store          OutputStore: PNGs saved to and restored from OUTPUT_DIR
+    history        ImageHistory: every kept image (queue and OUTPUT_DIR), paged, by name
     responses      OpenResponses: HTTP responses still being handed to the server
     shutdown       drain_in_background: stop, deliver the last responses, then exit
     options        OptionsStore: the A1111 options clients POST, behind their own lock

@@ -138,6 +138,10 @@ class QueueBackend(Protocol):
     def mark_delivered(self, job: Job) -> None:
         """Record that a client received the job's image."""
 
+    def forget(self, job_id: str) -> Job | None:
+        """Drop a finished job and its image now (a user deleted it); None if unknown or
+        not finished (a queued or running job is cancelled, not forgotten)."""
+
     def pace_book(self) -> dict[str, dict[str, float]]:
         """The measured pace per kind of image (jobs.pace: seconds per step, fixed seconds)."""
 

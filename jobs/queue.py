@@ -190,6 +190,19 @@ class JobQueue:
         with self._state.lock:
             job.delivered = True
 
+    def forget(self, job_id: str) -> Job | None:
+        """Drop a finished job and its image (from memory and the journal) now."""
+        state = self._state
+        with state.lock:
+            job = state.jobs.get(job_id)
+            if job is None or not job.state.finished:
+                return None
+            del state.jobs[job_id]
+            if state.journal is not None:
+                state.journal.forget([job_id])
+        log.info("job %s forgotten (its image was deleted)", job_id)
+        return job
+
     def queue_position(self, job: Job) -> int | None:
         """1 for the next job to run, 0 while running, None once finished."""
         with self._state.lock:

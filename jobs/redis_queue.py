@@ -182,6 +182,24 @@ class RedisJobQueue:
         """Count-based pruning does not apply here (Redis TTLs do); kept for the interface."""
         job.delivered = True
 
+    def forget(self, job_id: str) -> Job | None:
+        """Drop a finished job now: its RQ record, its PNG and its place in the recent list
+        (GET /jobs, the history)."""
+        from rq.exceptions import NoSuchJobError
+        from rq.job import Job as RQJob
+
+        job = self.get(job_id)
+        if job is None or not job.state.finished:
+            return None
+        self.connection.zrem(rc.RECENT_KEY, job_id)
+        self.connection.delete(rc.png_key(job_id))
+        try:
+            RQJob.fetch(job_id, connection=self.connection).delete()
+        except NoSuchJobError:
+            pass  # expired meanwhile: nothing left to drop
+        log.info("job %s forgotten (its image was deleted)", job_id)
+        return job
+
     def queue_position(self, job: Job) -> int | None:
         """1 for the next job to run, 0 while running, None once finished."""
         self.refresh(job)

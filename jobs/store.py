@@ -6,6 +6,7 @@ A1111 "parameters" text the engine wrote, from which `restore` rebuilds the job.
 """
 from __future__ import annotations
 
+import glob
 import logging
 import re
 import time
@@ -62,24 +63,57 @@ class OutputStore:
         if folder is None:
             return []
         oldest = self.clock() - self.settings.job_retention_seconds
-        files = []
-        try:
-            paths = list(folder.glob("*/*.png"))
-        except OSError as exc:
-            log.warning("cannot list saved images in %s: %s", folder, exc)
-            return []
-        for path in paths:
-            try:
-                mtime = path.stat().st_mtime
-            except OSError:
-                continue  # vanished or a dangling link: nothing to restore
-            if mtime >= oldest:
-                files.append((mtime, path))
+        files = [(mtime, path) for mtime, path in self.saved_files() if mtime >= oldest]
         files = sorted(files)[-self.settings.job_retention_count:]
         restored = [job for job in (self._load(path, mtime) for mtime, path in files) if job]
         if restored:
             log.info("restored %d saved images from %s", len(restored), folder)
         return restored
+
+    def saved_files(self) -> list[tuple[float, Path]]:
+        """Every PNG in OUTPUT_DIR's day folders as (mtime, path), oldest first; [] when off
+        or unreadable (logged)."""
+        folder = self.folder
+        if folder is None:
+            return []
+        try:
+            paths = list(folder.glob("*/*.png"))
+        except OSError as exc:
+            log.warning("cannot list saved images in %s: %s", folder, exc)
+            return []
+        files = []
+        for path in paths:
+            try:
+                files.append((path.stat().st_mtime, path))
+            except OSError:
+                continue  # vanished or a dangling link: nothing there
+        return sorted(files)
+
+    def find(self, name: str) -> Path | None:
+        """The saved file called `name` (a bare file name, checked by the caller) in any
+        day folder, or None; never a path outside OUTPUT_DIR (a link out is not followed)."""
+        folder = self.folder
+        if folder is None or "/" in name or "\\" in name or name in ("", ".", ".."):
+            return None
+        try:
+            root = folder.resolve()
+            for path in folder.glob(f"*/{glob.escape(name)}"):
+                if path.is_file() and path.resolve().is_relative_to(root):
+                    return path
+        except OSError:
+            return None
+        return None
+
+    def delete(self, path: Path) -> bool:
+        """Remove a saved file (from `find`); False when it could not be (logged)."""
+        try:
+            path.unlink()
+            return True
+        except FileNotFoundError:
+            return True  # already gone: what the caller wanted
+        except OSError as exc:
+            log.warning("could not delete %s: %s", path, exc)
+            return False
 
     def _load(self, path: Path, mtime: float) -> Job | None:
         """One saved PNG as a succeeded job, or None to skip it."""

@@ -6,6 +6,7 @@ import { CredentialPanel, PAGE_HEADER, authorization } from "./auth.js";
 import { readEvents } from "./events.js";
 import { HEALTH_SOON_MS, readHealth } from "./health.js";
 import { Estimate } from "./estimate.js";
+import { History } from "./history.js";
 import { InputImage } from "./input-image.js";
 import { LiveMode } from "./live.js";
 import { Recipes } from "./recipes.js";
@@ -30,6 +31,12 @@ const inputImage = new InputImage(limits, showFormError);
 const live = new LiveMode($("live-offer"), $("live-mode"), $("live-hint"), generateLive);
 const estimate = new Estimate($("estimate"), apiJson, document.body.dataset.estimateUrl,
                               (seconds) => live.offer(seconds));
+const gallery = new History(document.querySelector(".gallery"), {
+  api,
+  fillForm: reuseSettings,
+  useAsInput,
+  onDeleted: () => loadRecent(),  // a deleted image's job leaves the recent list too
+});
 
 const state = {
   ready: false,
@@ -592,7 +599,13 @@ async function showResult(job) {
   }
 }
 
-async function loadHistory() {
+/** Both lists: the jobs the server holds, and every kept image (history.js). */
+function loadHistory() {
+  gallery.load();
+  return loadRecent();
+}
+
+async function loadRecent() {
   let jobs;
   try {
     ({ jobs } = await apiJson(`${JOBS_URL}?limit=${HISTORY_LIMIT}`));
@@ -685,8 +698,20 @@ async function resumeActiveJob() {
 async function useResultAsInput() {
   const job = state.shownJob;
   const blob = job && state.imageBlobs.get(job.id);
-  if (!blob) return;
-  await inputImage.useBlob(blob, downloadName(job));
+  if (blob) await useAsInput(blob, downloadName(job));
+}
+
+/** A finished image's settings into the form, the advanced ones shown; the focus goes to
+ * the prompt. */
+function reuseSettings(request, seed) {
+  fillForm(request, seed);
+  $("advanced").open = true;
+  $("prompt").focus();
+}
+
+/** A PNG this page holds becomes the input image; the focus goes to it. */
+async function useAsInput(blob, name) {
+  await inputImage.useBlob(blob, name);
   $("init-image-group").scrollIntoView({ block: "nearest" });
   $("init-image-zone").focus();
 }
@@ -735,10 +760,7 @@ function init() {
   $("cancel").addEventListener("click", cancelActive);
   $("reuse").addEventListener("click", () => {
     const job = state.shownJob;
-    if (!job) return;
-    fillForm(job.request, job.seed);
-    $("advanced").open = true;
-    $("prompt").focus();
+    if (job) reuseSettings(job.request, job.seed);
   });
   $("use-as-input").addEventListener("click", useResultAsInput);
   $("lora-add")?.addEventListener("click", addLoraToPrompt);

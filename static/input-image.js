@@ -1,6 +1,9 @@
 // The optional input image (img2img) and mask (inpainting) of the page's form: a drop zone
 // that is also a keyboard button opening the file picker, a thumbnail, a remove button, the
-// strength slider and the size selects' "from the input image" choice.
+// strength slider and the size selects' "from the input image" choice. A mask can also be
+// painted on the image (mask-painter.js); an uploaded mask file wins while one is chosen.
+
+import { MaskPainter } from "./mask-painter.js";
 
 const $ = (id) => document.getElementById(id);
 const AUTO = "";  // the size selects' value meaning "fit the input image" (sent as absent)
@@ -106,6 +109,7 @@ export class InputImage {
     this.init = new ImagePicker("init-image", () => this.changed(), showError);
     this.mask = new ImagePicker("mask-image", () => this.maskChanged(), showError);
     this.showError = showError;
+    this.painter = new MaskPainter(() => this.painted(), () => this.takeUploadedMask());
     this.sizeBefore = null;  // the sizes chosen before an input image switched them to auto
     $("strength").addEventListener("input", () => this.showStrength());
     $("steps").addEventListener("input", () => this.showStrength());
@@ -129,10 +133,14 @@ export class InputImage {
   /** The request fields for the image parts: {} without an input image. */
   fields() {
     if (!this.init.image) return {};
-    const out = { init_image: this.init.image.dataUrl, strength: Number($("strength").value) };
-    if (this.mask.image) {
-      out.mask_image = this.mask.image.dataUrl;
+    const out = { init_image: this.init.image.dataUrl, strength: Number($("strength").value),
+                  resize_mode: Number($("resize-mode").value) };
+    const painted = this.painter.hasMask() ? this.painter.dataUrl() : null;
+    const mask = this.mask.image ? this.mask.image.dataUrl : painted;
+    if (mask) {
+      out.mask_image = mask;
       out.mask_invert = $("mask-invert").checked ? 1 : 0;
+      out.mask_blur = Number($("mask-blur").value);
     }
     return out;
   }
@@ -146,6 +154,8 @@ export class InputImage {
   /** Put a finished job's strength back (the input image itself is not kept). */
   fill(request) {
     if (request.strength) $("strength").value = request.strength;
+    if (request.mask_blur !== undefined) $("mask-blur").value = request.mask_blur;
+    if (request.resize_mode !== undefined) $("resize-mode").value = request.resize_mode;
     this.showStrength();
   }
 
@@ -153,6 +163,7 @@ export class InputImage {
     const on = this.init.image !== null;
     $("init-image-options").hidden = !on;
     if (!on) this.mask.clear(false);
+    this.painter.reset(this.init.image);
     this.setAutoSize(on);
     this.checkMask();
     this.showStrength();
@@ -160,6 +171,19 @@ export class InputImage {
 
   maskChanged() {
     this.checkMask();
+    if (this.mask.image) this.painter.reset(this.init.image);  // the file replaces any paint
+  }
+
+  /** The painter changed the mask: the expected time may change with it (inpaint or not). */
+  painted() {
+    $("form").dispatchEvent(new Event("change"));
+  }
+
+  /** The uploaded mask file, handed to the painter to paint on (the slot then empties). */
+  takeUploadedMask() {
+    const file = this.mask.image?.file;
+    if (file) this.mask.clear(false);
+    return file || null;
   }
 
   /** A mask of another size than the input image is refused here, as the server would. */

@@ -44,3 +44,42 @@ def test_the_page_has_no_axe_violations_idle_generating_and_with_a_result(page, 
     page.set_viewport_size({"width": 360, "height": 800})
     assert axe_violations(page) == []  # a phone's width
     page.screenshot(path=ARTIFACTS / "a11y-phone.png", full_page=True)
+
+
+def test_no_axe_violations_with_the_mask_painter_and_the_image_viewer_open(page, live_server):
+    from tests.test_page_image_browser import png, upload
+    from tests.test_page_mask_browser import stroke
+
+    server = live_server()
+    open_ready(page, server)
+    upload(page, "#init-image-file", png(64, 64))
+    page.click("#mask-paint-toggle")
+    stroke(page, [(0.2, 0.2), (0.6, 0.6)])
+    expect(page.locator("#mask-paint-status")).to_contain_text("Painted mask")
+    assert axe_violations(page) == []  # the mask painter open, with a painted mask
+    page.set_viewport_size({"width": 360, "height": 800})
+    assert axe_violations(page) == []
+    overflow = page.evaluate(
+        "() => document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 0
+    page.screenshot(path=ARTIFACTS / "a11y-mask-painter-phone.png", full_page=True)
+
+    page.set_viewport_size({"width": 1100, "height": 900})
+    page.fill("#prompt", "a painted window")
+    page.click("#generate")
+    expect(page.locator("#gallery .history-item")).to_have_count(1)
+    page.click("#gallery .history-item button")
+    expect(page.locator("#viewer")).to_be_visible()
+    page.click("#viewer summary")  # the infotext as written, opened
+    assert axe_violations(page) == []  # the image viewer open
+    page.click("#viewer-delete")
+    expect(page.locator("#confirm-delete")).to_be_visible()
+    assert axe_violations(page) == []  # and the question before deleting
+    page.click("#confirm-keep")
+    page.set_viewport_size({"width": 360, "height": 800})
+    assert axe_violations(page) == []  # the viewer at a phone's width
+    overflow = page.evaluate("""() => { const v = document.getElementById("viewer");
+        return [document.documentElement.scrollWidth - document.documentElement.clientWidth,
+                v.scrollWidth - v.clientWidth, v.getBoundingClientRect().right]; }""")
+    assert overflow[0] <= 0 and overflow[1] <= 0 and overflow[2] <= 360
+    page.screenshot(path=ARTIFACTS / "a11y-viewer-phone.png")

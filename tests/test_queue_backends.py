@@ -289,6 +289,22 @@ def test_a_finished_job_is_kept_for_the_retention_time_then_forgotten(backend):
         queue.clock = real_clock
 
 
+def test_forget_drops_a_finished_job_and_its_image_never_an_unfinished_one(backend):
+    """What deleting an image from the history does to its job (DELETE /images/<name>)."""
+    queue, gate = backend
+    running = queue.submit(LONG)
+    gate.wait_reached()
+    assert queue.forget(running.id) is None  # running: cancelled, never forgotten
+    assert queue.get(running.id) is not None
+    queue.cancel(running.id)
+    gate.open()
+    done = queue.submit(QUICK)
+    assert finished(queue, done) and finished(queue, running)
+    assert queue.forget(done.id).id == done.id
+    assert queue.get(done.id) is None and done.id not in [j.id for j in queue.recent()]
+    assert queue.forget(done.id) is None and queue.forget("no-such-job") is None
+
+
 def test_health_is_200_with_the_model_and_queue_figures(backend):
     queue, _gate = backend
     health = queue.health()

@@ -219,6 +219,25 @@ def test_a_killed_worker_leaves_and_the_other_goes_on(redis_app, two_workers):
                "the dead worker to leave /health")
 
 
+def test_the_image_history_reads_and_deletes_what_the_workers_made(redis_app, two_workers,
+                                                                   redis_env):
+    """GET/DELETE /images under Redis: the job from Redis, its file from the workers'
+    OUTPUT_DIR (shared with the web process here, as a volume would be)."""
+    from pathlib import Path
+
+    client = redis_app().test_client()
+    made = client.post("/generate", json={"prompt": "a worker's cat", "seed": 9})
+    job_id = made.headers["X-Job-Id"]
+    newest = client.get("/images?limit=1").get_json()["images"][0]
+    assert newest["job_id"] == job_id and newest["settings"]["Seed"] == "9"
+    assert newest["name"].startswith(f"{job_id}-9-")
+    assert client.get(newest["url"]).data == made.data
+    assert client.delete(newest["url"]).status_code == 200
+    assert client.get(f"/jobs/{job_id}").status_code == 404
+    assert client.get(newest["url"]).status_code == 404
+    assert not list(Path(redis_env["OUTPUT_DIR"]).glob(f"*/{newest['name']}"))
+
+
 def test_unreachable_redis_is_503_unhealthy_with_the_password_redacted(make_app, redis_env):
     url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
     app = make_app(wait=False, MODEL_ID=redis_env["MODEL_ID"], QUEUE_BACKEND="redis",
