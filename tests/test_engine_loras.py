@@ -15,7 +15,6 @@ from safetensors.torch import load_file, save_file
 from catalog.loras import find_lora, list_loras
 from engine.loras import LoraAdapters
 from errors import LoraError
-from tests.random_lora import build_random_lora
 
 
 @pytest.fixture(scope="module")

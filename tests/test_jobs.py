@@ -43,7 +43,7 @@ def test_queue_full_raises_with_retry_after(app, gate):
 
 def test_cancel_queued_job_leaves_queue_and_never_runs(app, gate):
     q = queue_of(app)
-    first = q.submit(REQ)
+    q.submit(REQ)  # runs first, paused by the gate
     gate.wait_reached()
     second, third = q.submit(REQ), q.submit(REQ)
     q.cancel(second.id)

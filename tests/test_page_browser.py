@@ -99,7 +99,7 @@ def image_size(page, selector: str) -> tuple[int, int]:
 def test_generate_shows_moving_progress_preview_and_the_image(page, live_server, gate):
     server = live_server()
     open_ready(page, server)
-    expect(page.locator("#prompt-count")).to_have_text(f"0 / 200")
+    expect(page.locator("#prompt-count")).to_have_text("0 / 200")
     page.fill("#prompt", "a lighthouse at dusk")
     expect(page.locator("#prompt-count")).to_have_text("20 / 200")
     page.click("summary")

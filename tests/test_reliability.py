@@ -1,5 +1,4 @@
 """Faults, disconnects, shutdown, many clients over real HTTP, and the optional safety checker."""
-import http.client
 import io
 import json
 import signal
