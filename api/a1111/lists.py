@@ -2,7 +2,7 @@
 
 Clients (SillyTavern, webuiapi, Open WebUI) call these to fill their menus; a 404 or a 500
 breaks them, a made-up entry misleads them. So each answers 200 with the truth: the Pillow
-upscalers extras really uses, the LoRAs in LORA_DIR, the embeddings in EMBEDDINGS_DIR, and
+upscalers and ESRGAN-family files extras really uses, the LoRAs in LORA_DIR, the embeddings in EMBEDDINGS_DIR, and
 empty lists where this server has none (no hypernetworks, face restorers, Real-ESRGAN
 models, styles, latent upscaling or VAE files).
 """
@@ -15,8 +15,8 @@ from flask import jsonify
 
 from api import services
 from api.a1111.blueprint import A1111_DOC, bp
-from api.a1111.extras import UPSCALERS
 from api.openapi import doc
+from catalog.upscalers import NONE, PILLOW_UPSCALERS, list_upscalers
 from system import meminfo, process_status
 
 log = logging.getLogger(__name__)
@@ -91,13 +91,22 @@ def refresh_loras():
 
 
 @bp.get("/upscalers")
-@doc("AUTOMATIC1111 upscalers: None and the Pillow resamplers extra-single-image and "
-     "extra-batch-images use (no model-based upscalers on this CPU server).",
+@doc("AUTOMATIC1111 upscalers: None, the Pillow resamplers and the ESRGAN-family files in "
+     "MODELS_DIR/ESRGAN and MODELS_DIR/RealESRGAN (scale from the file's keys, or its name for "
+     "a .pth) that extra-single-image and extra-batch-images use; a file that cannot be read "
+     "is left out (the log says why, and naming it is a 400 with the reason).",
      responses={200: UPSCALERS_RESPONSE}, errors=(401,), **A1111_DOC)
 def upscalers():
     """The upscalers extras accepts, in A1111's UpscalerItem shape."""
-    return jsonify([{"name": name, "model_name": None, "model_path": None, "model_url": None,
-                     "scale": None} for name in UPSCALERS])
+    items = [{"name": name, "model_name": None, "model_path": None, "model_url": None,
+              "scale": None} for name in (NONE, *PILLOW_UPSCALERS)]
+    for entry in list_upscalers(services().settings):
+        if entry.problem:
+            log.warning("upscaler %s skipped: %s", entry.relative, entry.problem)
+            continue
+        items.append({"name": entry.name, "model_name": entry.path.stem,
+                      "model_path": entry.relative, "model_url": None, "scale": entry.scale})
+    return jsonify(items)
 
 
 EMBEDDING_RESPONSE = {"type": "object", "properties": {
