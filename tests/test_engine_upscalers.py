@@ -139,8 +139,8 @@ def test_upscale_image_runs_the_model_to_the_exact_size(settings, models_dir):
 def test_a_bigger_scale_than_the_models_runs_it_again(settings, monkeypatch):
     calls = []
     real = upscalers.run_tiled
-    monkeypatch.setattr(upscalers, "run_tiled", lambda net, image: calls.append(image.size)
-                        or real(net, image))
+    monkeypatch.setattr(upscalers, "run_tiled", lambda net, image, **kw: calls.append(
+        image.size) or real(net, image, **kw))
     out = upscalers.upscale_image(picture(10, 8), "RealESRGAN_x2plus", (70, 56), settings)
     assert out.size == (70, 56) and calls == [(10, 8), (20, 16), (40, 32)]
 
@@ -149,6 +149,19 @@ def test_x2_pixel_unshuffle_takes_odd_sizes_and_alpha(settings):
     source = picture(13, 9).convert("RGBA")
     out = upscalers.upscale_image(source, "RealESRGAN_x2plus", (26, 18), settings)
     assert out.size == (26, 18) and out.mode == "RGBA"
+
+
+def test_dtype_bfloat16_runs_the_model_under_bf16_autocast(make_settings, models_dir, caplog):
+    source = picture()
+    exact = upscalers.upscale_image(source, "4x-Old", (96, 80),
+                                    make_settings(MODELS_DIR=str(models_dir), DTYPE="float32"))
+    with caplog.at_level("INFO", logger="engine.upscalers"):
+        bf16 = upscalers.upscale_image(source, "4x-Old", (96, 80), make_settings(
+            MODELS_DIR=str(models_dir), DTYPE="bfloat16"))
+    assert "bf16" in caplog.text
+    diff = np.abs(np.asarray(exact, dtype=int) - np.asarray(bf16, dtype=int))
+    assert 0 < diff.mean() < 2  # ran in bf16: close, not equal
+    upscalers.unload_upscaler()
 
 
 def test_tiles_give_the_untiled_picture(settings, models_dir):
