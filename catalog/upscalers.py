@@ -11,6 +11,7 @@ cannot use is listed with its `problem` (A1111 "skipped") and never offered as a
 """
 from __future__ import annotations
 
+import functools
 import io
 import pickletools
 import re
@@ -189,6 +190,17 @@ def pth_problem(path: Path) -> str:
 
 
 def _entry(path: Path) -> UpscalerEntry:
+    """The file's entry, read once per version of the file (a listing per extras request
+    would otherwise re-read every pickle: ~10 ms each)."""
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        return UpscalerEntry(path.stem, path, None, f"it cannot be read ({exc.strerror})")
+    return _read_entry(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _read_entry(path: Path, size: int, mtime_ns: int) -> UpscalerEntry:
     name = A1111_NAMES.get(path.stem.lower(), path.stem)
     if path.suffix.lower() == ".pth":
         match = _NAME_SCALE.search(path.stem)
