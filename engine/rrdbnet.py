@@ -77,13 +77,20 @@ class RRDBNet(nn.Module):
                                  for _ in range(spec.num_upsample))
         self.conv_hr = nn.Conv2d(feat, feat, 3, 1, 1)
         self.conv_last = nn.Conv2d(feat, spec.out_channels, 3, 1, 1)
+        # The 2x and 4x stages run channels-last: oneDNN then reads and writes the big maps
+        # in place instead of reordering each into a blocked copy (measured on one 224 px
+        # tile: peak 473 vs 686 MiB in float32, 258 vs 455 in bf16, and faster). The trunk
+        # stays NCHW, where its dense buffer's channel prefixes are contiguous.
+        for conv in (*self.ups, self.conv_hr, self.conv_last):
+            conv.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) in 0..1 -> (N, C, H x scale, W x scale); H, W multiples of unshuffle."""
         if self.spec.unshuffle > 1:
             x = F.pixel_unshuffle(x, self.spec.unshuffle)
         feat = self.conv_first(x)
-        feat = feat + self.conv_body(self.body(feat))
+        feat = (feat + self.conv_body(self.body(feat))).contiguous(
+            memory_format=torch.channels_last)
         for conv in self.ups:
             feat = F.leaky_relu(conv(F.interpolate(feat, scale_factor=2, mode="nearest")), 0.2,
                                 inplace=True)
