@@ -63,6 +63,8 @@ def test_the_files_are_listed_beside_the_pillow_upscalers(up_client):
     assert items[5] == {"name": "4x-Test", "model_name": "4x-Test",
                         "model_path": "ESRGAN/4x-Test.pth", "model_url": None, "scale": 4}
     assert items[6]["scale"] == 2 and items[6]["model_path"].startswith("RealESRGAN/")
+    assert up_client.get(f"{URL}/realesrgan-models").json == [
+        {"name": "R-ESRGAN 2x+", "path": "RealESRGAN/RealESRGAN_x2plus.safetensors", "scale": 2}]
 
 
 def test_extra_single_image_runs_the_model(up_client, make_settings, upscaler_models):

@@ -2,9 +2,10 @@
 
 Clients (SillyTavern, webuiapi, Open WebUI) call these to fill their menus; a 404 or a 500
 breaks them, a made-up entry misleads them. So each answers 200 with the truth: the Pillow
-upscalers and ESRGAN-family files extras really uses, the LoRAs in LORA_DIR, the embeddings in EMBEDDINGS_DIR, and
-empty lists where this server has none (no hypernetworks, face restorers, Real-ESRGAN
-models, styles, latent upscaling or VAE files).
+upscalers and ESRGAN-family files extras really uses (those in MODELS_DIR/RealESRGAN are the
+Real-ESRGAN models too), the LoRAs in LORA_DIR, the embeddings in EMBEDDINGS_DIR, and empty
+lists where this server has none (no hypernetworks, face restorers, styles, latent upscaling
+or VAE files).
 """
 from __future__ import annotations
 
@@ -49,7 +50,6 @@ def _empty_list(path: str, what: str) -> None:
 
 for _path, _what in (("hypernetworks", "hypernetworks"),
                      ("face-restorers", "face restorers"),
-                     ("realesrgan-models", "Real-ESRGAN models"),
                      ("prompt-styles", "prompt styles"),
                      ("latent-upscale-modes", "latent upscale modes"),
                      ("sd-vae", "VAE files (the vae_decoder option picks full or TAESD)")):
@@ -107,6 +107,20 @@ def upscalers():
         items.append({"name": entry.name, "model_name": entry.path.stem,
                       "model_path": entry.relative, "model_url": None, "scale": entry.scale})
     return jsonify(items)
+
+
+@bp.get("/realesrgan-models")
+@doc("AUTOMATIC1111 realesrgan-models: the usable files in MODELS_DIR/RealESRGAN (name, path, "
+     "scale), also listed by GET upscalers.", responses={200: {"type": "array", "items": {
+         "type": "object", "properties": {"name": {"type": "string"},
+                                          "path": {"type": "string"},
+                                          "scale": {"type": "integer", "nullable": True}}}}},
+     errors=(401,), **A1111_DOC)
+def realesrgan_models():
+    """The Real-ESRGAN files, in A1111's RealesrganItem shape."""
+    return jsonify([{"name": e.name, "path": e.relative, "scale": e.scale}
+                    for e in list_upscalers(services().settings)
+                    if not e.problem and e.relative.startswith("RealESRGAN/")])
 
 
 EMBEDDING_RESPONSE = {"type": "object", "properties": {
