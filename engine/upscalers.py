@@ -43,6 +43,10 @@ class UnknownUpscaler(UnsupportedRequest):
     """No upscaler has that name, or its file cannot be used; the message says which."""
 
 
+class UpscaleTooBig(UnsupportedRequest):
+    """The model ran out of memory on this picture; the message says to ask for less."""
+
+
 _settings: Settings | None = None
 _loaded: tuple[tuple[str, int, int], Any] | None = None  # (file identity, net): at most one
 _bf16_measured: bool | None = None  # DTYPE=auto: the precision probe's answer, asked once
@@ -70,7 +74,8 @@ def upscale_image(image: Image.Image, name: str, size: tuple[int, int],
                   settings: Settings | None = None) -> Image.Image:
     """`image` upscaled by the upscaler `name` to exactly `size` (width, height): a Pillow
     resampler, or a model file run at its native scale then resized with Lanczos.
-    UnknownUpscaler (a 4xx) for a name we do not have or a file we cannot use."""
+    UnknownUpscaler (a 4xx) for a name we do not have or a file we cannot use. `settings`
+    defaults to the Engine's (`configure`), else the environment's."""
     if name == NONE:
         return image if image.size == tuple(size) else image.resize(size, Image.Resampling.LANCZOS)
     if name in RESAMPLERS:
@@ -84,7 +89,15 @@ def upscale_image(image: Image.Image, name: str, size: tuple[int, int],
         raise UnknownUpscaler(f"upscaler {name!r} ({entry.relative}) cannot be used: "
                               f"{entry.problem}")
     net = _net(entry)
-    return _upscale_with(net, image, size, use_bf16(settings))
+    try:
+        return _upscale_with(net, image, size, use_bf16(settings))
+    except (MemoryError, RuntimeError) as exc:
+        # torch reports a failed allocation as RuntimeError("... can't allocate memory ...")
+        if not isinstance(exc, MemoryError) and "alloc" not in str(exc).lower():
+            raise
+        raise UpscaleTooBig(f"out of memory upscaling {image.width}x{image.height} to "
+                            f"{size[0]}x{size[1]} with {name!r}: ask for a smaller size, or "
+                            "close other programs") from None
 
 
 def use_bf16(settings: Settings) -> bool:

@@ -200,3 +200,13 @@ def test_pillow_resamplers_need_no_model(settings):
         assert upscalers.upscale_image(source, name, (50, 41), settings).size == (50, 41)
     assert upscalers.upscale_image(source, "None", source.size, settings) is source
     assert upscalers.loaded_upscaler() is None
+
+
+def test_running_out_of_memory_is_a_request_error(settings, monkeypatch):
+    """A fake allocation failure (a real one would need more RAM than this box has)."""
+    def no_memory(net, image, **kw):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate")
+
+    monkeypatch.setattr(upscalers, "run_tiled", no_memory)
+    with pytest.raises(upscalers.UpscaleTooBig, match="out of memory upscaling 24x20 to 96x80"):
+        upscalers.upscale_image(picture(), "4x-Old", (96, 80), settings)
