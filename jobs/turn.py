@@ -4,7 +4,8 @@ request's that runs something short on the engine itself (an extras upscale).
 The worker takes a turn per job; a request's turn waits for the running job to finish and
 goes before the next one (requests waiting here are served first, so a busy queue cannot
 starve them, and one at a time). The next job may already show as running while it waits
-for such a turn: the worker takes it off the queue, then its turn. Nothing else ever runs beside a generation: two torch
+for such a turn: the worker takes it off the queue, then its turn. The model load at start
+is no turn: an upscale needs no SD model, so extras answer while it loads. Nothing else ever runs beside a generation: two torch
 workloads on a small CPU only slow each other, and the engine is not thread-safe.
 """
 from __future__ import annotations
