@@ -23,6 +23,9 @@
     preview         live previews of the latents (TAESD when loaded, else a linear map)
     images          PNG encoding
     load_errors     a loading failure as one line of advice
+    upscalers       upscale_image: Pillow resamplers and ESRGAN-family models, tiled; one
+                    model kept loaded
+    rrdbnet         RRDBNet (ESRGAN, Real-ESRGAN) from its published architecture
     random_model    random-weight pipelines: tiny ones of every family (tests), full-size
                     SD v1-4 (benchmarks)
 

@@ -27,6 +27,7 @@ from engine.preview import latent_preview_png
 from engine.slot import ModelSlot, choose_bf16
 from engine.status import CheckpointSink, EngineStatus, GenerationResult, StepCallback
 from engine.unet_backend import unet_backend
+from engine import upscalers
 from params import GenerationRequest
 
 
@@ -37,6 +38,7 @@ class Engine:
         self.settings = settings
         self.slot = ModelSlot(settings, unet_backend(settings))
         self._generation = Generation(settings, self.slot)
+        upscalers.configure(settings)  # engine.upscalers.upscale_image finds MODELS_DIR's files
 
     # ---------------------------------------------------- worker thread only
     def load(self) -> None:
@@ -54,6 +56,11 @@ class Engine:
         """Make one image; `on_step(step, total, latents)` runs after every step and may raise;
         `on_checkpoint` keeps checkpoints, `resume_from` one of them (see Generation.generate)."""
         return self._generation.generate(request, seed, on_step, resume_from, on_checkpoint)
+
+    def upscale(self, image, name: str, size: tuple[int, int]):
+        """`image` (PIL) upscaled by upscaler `name` to exactly `size` (engine.upscalers);
+        callers run one at a time with generation (jobs' engine turn)."""
+        return upscalers.upscale_image(image, name, size, self.settings)
 
     def _pipeline_for(self, mode: str, scheduler_name: str):
         """The pipeline view a job of this mode and scheduler runs (tests, benchmarks)."""

@@ -12,6 +12,7 @@ through the one job runner (runner.py).
     runner         the one job runner: a job to its outcome, through a JobRecorder
     queue          JobQueue, the memory backend's public face
     worker         the one thread that owns the engine; StateRecorder
+    turn           EngineTurn: a request's short turn on the engine between two jobs
     state          QueueState: what the queue and the worker share, and its lock
     journal        the memory backend's accepted jobs and checkpoints on disk (SQLite)
     fairness       fair share: the round-robin place of a new job in the waiting line

@@ -73,6 +73,10 @@ class ImageEngine(EngineView, Protocol):
     def preview_png(self, latents: Any) -> bytes:
         """A small PNG of the given latents."""
 
+    def upscale(self, image: Any, name: str, size: tuple[int, int]) -> Any:
+        """The PIL image upscaled by upscaler `name` to exactly `size`; UnsupportedRequest
+        for a name it does not have (callers take turns with generation)."""
+
 
 @dataclass(frozen=True)
 class Health:
@@ -116,6 +120,11 @@ class QueueBackend(Protocol):
 
     def submit_switch(self, model: str, client: str = "") -> Job:
         """Queue a model switch, or raise BackendUnsupported where switching is not done."""
+
+    def upscale(self, image: Any, name: str, size: tuple[int, int]) -> Any:
+        """The PIL image upscaled by upscaler `name` to exactly `size`, now, between two
+        jobs for a model upscaler; UnsupportedRequest for a name we cannot use, NotAccepting
+        (BackendUnsupported where the backend cannot run model upscalers)."""
 
     def get(self, job_id: str) -> Job | None:
         """The job with this id, or None if unknown or no longer retained."""

@@ -12,6 +12,7 @@ import logging
 import time
 from typing import Any, Callable
 
+from catalog.upscalers import NONE, PILLOW_UPSCALERS
 from config import Settings
 from engine.status import EngineStatus
 from jobs.backend import Health, ImageEngine
@@ -130,6 +131,16 @@ class JobQueue:
         for job in jobs:
             log.info("job %s queued (position %s)", job.id, self.queue_position(job))
         return jobs
+
+    def upscale(self, image: Any, name: str, size: tuple[int, int]) -> Any:
+        """Upscale on the engine now: a Pillow resampler at once in this thread, a model
+        after the running job and before the next (jobs.turn), never beside a generation."""
+        if not self._state.accepting:
+            raise not_accepting(False, None, self.engine.status)
+        if name in (NONE, *PILLOW_UPSCALERS):
+            return self.engine.upscale(image, name, size)
+        with self._worker.turn.request():
+            return self.engine.upscale(image, name, size)
 
     def current(self) -> Job | None:
         """The running job, if any."""

@@ -14,6 +14,7 @@ import logging
 import time
 from typing import Any
 
+from catalog.upscalers import NONE, PILLOW_UPSCALERS
 from config import Settings
 from jobs import redis_common as rc
 from jobs.backend import Health
@@ -23,7 +24,7 @@ from jobs.redis_metrics import redis_metrics
 from jobs.redis_health import queue_figures, redis_health
 from jobs.redis_models import ModelRouter
 from jobs.redis_records import JobRecords
-from jobs.job import Job, JobState, NotAccepting, QueueFull
+from jobs.job import BackendUnsupported, Job, JobState, NotAccepting, QueueFull
 from params import GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,18 @@ class RedisJobQueue:
         for job in jobs:
             log.info("job %s queued in Redis", job.id)
         return jobs
+
+    def upscale(self, image: Any, name: str, size: tuple[int, int]) -> Any:
+        """Pillow's resamplers here in the web process (no model needed); a model upscaler
+        is BackendUnsupported: the workers run only generation jobs so far."""
+        if name not in (NONE, *PILLOW_UPSCALERS):
+            raise BackendUnsupported(
+                "upscaler_unsupported", f"upscaler {name!r} is a model, and model upscalers "
+                "run only with QUEUE_BACKEND=memory for now; use Lanczos (or another Pillow "
+                "upscaler) here", None)
+        from engine.upscalers import upscale_image
+
+        return upscale_image(image, name, size, self.settings)
 
     def get(self, job_id: str) -> Job | None:
         """The job with this id, or None if unknown or expired."""

@@ -22,6 +22,7 @@ from jobs.pace import merged
 from jobs.runner import run_job
 from jobs.state import QueueState
 from jobs.store import OutputStore
+from jobs.turn import EngineTurn
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class Worker:
         self._stop_requested = False
         self.max_attempts = max_attempts  # runs a journaled job may have before it fails
         self._recorder = StateRecorder(state, clock)
+        self.turn = EngineTurn()  # extras upscales run between jobs (JobQueue.upscale)
 
     def start(self) -> None:
         """Start the thread: restore, load the model in the background, then serve jobs."""
@@ -94,7 +96,8 @@ class Worker:
             self.engine.load()
             while (job := self._take_next()) is not None:
                 try:
-                    run_job(job, self.engine, self.store, self._recorder)
+                    with self.turn.job():
+                        run_job(job, self.engine, self.store, self._recorder)
                 except Exception:  # a fault outside the generation fails this job only
                     log.exception("job %s: unexpected error in the worker", job.id)
                     self._recorder.ended(job, JobState.FAILED, UNEXPECTED_JOB_ERROR)

@@ -1,12 +1,13 @@
 """A1111 extras: upscaling (`extra-single-image`, `extra-batch-images`), `png-info` and
 `interrogate`.
 
-Upscaling here is Pillow resampling (Lanczos, Nearest, Bicubic, Bilinear): real, fast on
-a CPU, and what A1111 itself calls "Lanczos" and "Nearest"; no model upscalers (ESRGAN...)
-or face restorers. It runs in the request thread, not the job queue: the largest allowed
-output (16 MP, 1024x1024 x4 with Lanczos) takes about 1 s to resample and 2 s to encode
-as PNG on this session's CPU, small next to a generation. png-info parses the `parameters` text
-chunk (or a JPEG/WebP's EXIF UserComment) as A1111's infotext parser does.
+Upscaling goes to the engine through the queue backend (`queue.upscale`, jobs.backend): the
+Pillow resamplers (Lanczos, Nearest, Bicubic, Bilinear) at once, an ESRGAN-family model file
+(MODELS_DIR/ESRGAN, MODELS_DIR/RealESRGAN; catalog.upscalers) after the running job and before
+the next one, tiled (a 4x of 1024 px: see README, Upscalers). No face restorers. Pillow's
+largest allowed output (16 MP, 1024x1024 x4 with Lanczos) takes about 1 s to resample and 2 s
+to encode as PNG. png-info parses the `parameters` text chunk (or a JPEG/WebP's EXIF
+UserComment) as A1111's infotext parser does.
 """
 from __future__ import annotations
 
@@ -22,14 +23,12 @@ from api import ApiError, json_body, services
 from api.a1111.blueprint import A1111_DOC, bp
 from api.a1111.generation import INVALID
 from api.openapi import doc
-from errors import ValidationError
+from catalog.upscalers import NONE, find_upscaler, upscaler_names
+from errors import UnsupportedRequest, ValidationError
+from jobs import NotAccepting
 from params import FieldSpec, field_value, uploads
 from params.infotext import parse_parameters
 
-# What `upscaler_1` / `upscaler_2` may name ("None" = no upscaling), as GET upscalers lists.
-UPSCALERS: dict[str, Image.Resampling | None] = {
-    "None": None, "Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEAREST,
-    "Bicubic": Image.Resampling.BICUBIC, "Bilinear": Image.Resampling.BILINEAR}
 # A batch may hold this many images, and its outputs this many times MAX_INPUT_PIXELS in
 # all: enough for real batches, bounded so one request cannot hold gigabytes of pixels.
 MAX_BATCH_IMAGES, MAX_BATCH_PIXEL_FACTOR = 32, 4
@@ -50,9 +49,11 @@ EXTRAS_SPECS = [
               maximum=65536, default=512),
     FieldSpec("upscaling_resize_h", "integer", "target height (resize_mode 1)", minimum=1,
               maximum=65536, default=512),
-    FieldSpec("upscaler_1", "string", "main upscaler", enum=tuple(UPSCALERS), default="None"),
-    FieldSpec("upscaler_2", "string", "second upscaler, blended in", enum=tuple(UPSCALERS),
+    FieldSpec("upscaler_1", "string", "main upscaler: None, Lanczos, Nearest, Bicubic, "
+              "Bilinear or a model file's name (GET upscalers)", max_length=200,
               default="None"),
+    FieldSpec("upscaler_2", "string", "second upscaler, blended in (as upscaler_1)",
+              max_length=200, default="None"),
     FieldSpec("extras_upscaler_2_visibility", description="weight of upscaler_2", **_UNIT),
     FieldSpec("gfpgan_visibility", description="must be 0: no face restorers here", **_UNIT),
     FieldSpec("codeformer_visibility", description="must be 0: no face restorers here",
@@ -92,11 +93,21 @@ def parse_extras(body: Any) -> dict[str, Any]:
     try:
         values = {spec.name: field_value(spec, body) for spec in EXTRAS_SPECS}
     except ValidationError as exc:
-        if exc.field.startswith("upscaler_"):
-            raise _invalid(exc.field, f"upscaler {body.get(exc.field)!r} is not available "
-                           f"here; use one of {', '.join(UPSCALERS)} (GET "
-                           "/sdapi/v1/upscalers)") from None
         raise _invalid(exc.field, exc.message) from None
+    settings = services().settings
+    names = upscaler_names(settings)
+    for field in ("upscaler_1", "upscaler_2"):
+        if values[field] in names:
+            continue
+        entry = find_upscaler(settings, values[field])
+        if entry is not None and not entry.problem:
+            values[field] = entry.name  # its file name or stem: the listed name
+        elif entry is not None:  # a file we have but cannot read: say which and why
+            raise ApiError(400, "upscaler_unusable", f"'{field}': upscaler {entry.name!r} "
+                           f"({entry.relative}) cannot be used: {entry.problem}", param=field)
+        else:
+            raise _invalid(field, f"upscaler {values[field]!r} is not available here; use "
+                           f"one of {', '.join(names)} (GET /sdapi/v1/upscalers)")
     for name, default in BOOLEANS.items():
         value = body.get(name, default)
         if not isinstance(value, bool):
@@ -127,8 +138,7 @@ def target_size(width: int, height: int, opts: dict[str, Any]) -> tuple[tuple[in
 
 def upscale(image: Image.Image, field: str, opts: dict[str, Any]) -> Image.Image:
     """One image upscaled as `opts` say; unchanged when upscaler_1 is "None" (as A1111)."""
-    first = UPSCALERS[opts["upscaler_1"]]
-    if first is None:
+    if opts["upscaler_1"] == NONE:
         return image
     image = image.convert("RGBA" if "A" in image.getbands() or "transparency" in image.info
                           else "RGB")
@@ -140,14 +150,27 @@ def upscale(image: Image.Image, field: str, opts: dict[str, Any]) -> Image.Image
             raise _invalid(knob, f"'{field}' ({image.width}x{image.height}) would become "
                            f"{size[0]}x{size[1]} = {size[0] * size[1]} pixels; the limit is "
                            f"{limit} (MAX_INPUT_PIXELS): ask for a smaller size")
-    out = image.resize(scaled, first)
-    second = UPSCALERS[opts["upscaler_2"]]
-    if second is not None and opts["extras_upscaler_2_visibility"] > 0:
-        out = Image.blend(out, image.resize(scaled, second), opts["extras_upscaler_2_visibility"])
+    out = _engine_upscale(image, opts["upscaler_1"], scaled)
+    if opts["upscaler_2"] != NONE and opts["extras_upscaler_2_visibility"] > 0:
+        out = Image.blend(out, _engine_upscale(image, opts["upscaler_2"], scaled),
+                          opts["extras_upscaler_2_visibility"])
     if final != scaled:
         left, top = (scaled[0] - final[0]) // 2, (scaled[1] - final[1]) // 2
         out = out.crop((left, top, left + final[0], top + final[1]))
     return out
+
+
+def _engine_upscale(image: Image.Image, name: str, size: tuple[int, int]) -> Image.Image:
+    """The engine's upscale through the queue backend, its refusals as JSON errors."""
+    try:
+        out = services().queue.upscale(image, name, size)
+    except NotAccepting as exc:  # shutting down, or a backend without model upscalers
+        headers = {"Retry-After": exc.retry_after} if exc.retry_after else {}
+        raise ApiError(exc.status, exc.reason, exc.message, headers) from None
+    except UnsupportedRequest as exc:  # the file turned out unreadable when loaded
+        raise ApiError(400, "upscaler_unusable", str(exc), param="upscaler_1") from None
+    # RGBA in, RGBA out (a model upscales the colours, Lanczos the alpha)
+    return out.convert(image.mode) if out.mode != image.mode else out
 
 
 def png_base64(image: Image.Image, info: dict[str, Any]) -> str:
@@ -171,7 +194,7 @@ def _decode(field: str, data: Any) -> Image.Image:
 
 
 def _html_info(opts: dict[str, Any], count: int) -> str:
-    if UPSCALERS[opts["upscaler_1"]] is None:
+    if opts["upscaler_1"] == NONE:
         return f"<p>{count} image(s) unchanged (upscaler_1 is None)</p>"
     how = (f"by {opts['upscaling_resize']:g}" if opts["resize_mode"] == 0 else
            f"to {opts['upscaling_resize_w']}x{opts['upscaling_resize_h']}")
@@ -179,9 +202,11 @@ def _html_info(opts: dict[str, Any], count: int) -> str:
 
 
 @bp.post("/extra-single-image")
-@doc("AUTOMATIC1111 extras on one image: upscale with a Pillow resampler (GET upscalers), "
-     "by a factor or to a size with an optional centre crop; upscaler_1 \"None\" returns the "
-     "image unchanged. No face restoration (its visibilities must be 0). The output is at "
+@doc("AUTOMATIC1111 extras on one image: upscale with a Pillow resampler or an ESRGAN-family "
+     "model (GET upscalers), by a factor or to a size with an optional centre crop; "
+     "upscaler_1 \"None\" returns the image unchanged. A model runs after the running "
+     "generation, before the next (400 under QUEUE_BACKEND=redis; 400 naming a file we "
+     "cannot read). No face restoration (its visibilities must be 0). The output is at "
      "most MAX_INPUT_PIXELS pixels.", request=SINGLE_SCHEMA,
      responses={200: {"type": "object", "properties": {"html_info": {"type": "string"},
                                                         "image": IMAGE_B64}}},

@@ -2,9 +2,10 @@
 
 Clients (SillyTavern, webuiapi, Open WebUI) call these to fill their menus; a 404 or a 500
 breaks them, a made-up entry misleads them. So each answers 200 with the truth: the Pillow
-upscalers extras really uses, the LoRAs in LORA_DIR, the embeddings in EMBEDDINGS_DIR, and
-empty lists where this server has none (no hypernetworks, face restorers, Real-ESRGAN
-models, styles, latent upscaling or VAE files).
+upscalers and ESRGAN-family files extras really uses (those in MODELS_DIR/RealESRGAN are the
+Real-ESRGAN models too), the LoRAs in LORA_DIR, the embeddings in EMBEDDINGS_DIR, and empty
+lists where this server has none (no hypernetworks, face restorers, styles, latent upscaling
+or VAE files).
 """
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from flask import jsonify
 
 from api import services
 from api.a1111.blueprint import A1111_DOC, bp
-from api.a1111.extras import UPSCALERS
 from api.openapi import doc
+from catalog.upscalers import NONE, PILLOW_UPSCALERS, list_upscalers
 from system import meminfo, process_status
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,6 @@ def _empty_list(path: str, what: str) -> None:
 
 for _path, _what in (("hypernetworks", "hypernetworks"),
                      ("face-restorers", "face restorers"),
-                     ("realesrgan-models", "Real-ESRGAN models"),
                      ("prompt-styles", "prompt styles"),
                      ("latent-upscale-modes", "latent upscale modes"),
                      ("sd-vae", "VAE files (the vae_decoder option picks full or TAESD)")):
@@ -91,13 +91,36 @@ def refresh_loras():
 
 
 @bp.get("/upscalers")
-@doc("AUTOMATIC1111 upscalers: None and the Pillow resamplers extra-single-image and "
-     "extra-batch-images use (no model-based upscalers on this CPU server).",
+@doc("AUTOMATIC1111 upscalers: None, the Pillow resamplers and the ESRGAN-family files in "
+     "MODELS_DIR/ESRGAN and MODELS_DIR/RealESRGAN (scale from the file's keys, or its name for "
+     "a .pth) that extra-single-image and extra-batch-images use; a file that cannot be read "
+     "is left out (the log says why, and naming it is a 400 with the reason).",
      responses={200: UPSCALERS_RESPONSE}, errors=(401,), **A1111_DOC)
 def upscalers():
     """The upscalers extras accepts, in A1111's UpscalerItem shape."""
-    return jsonify([{"name": name, "model_name": None, "model_path": None, "model_url": None,
-                     "scale": None} for name in UPSCALERS])
+    items = [{"name": name, "model_name": None, "model_path": None, "model_url": None,
+              "scale": None} for name in (NONE, *PILLOW_UPSCALERS)]
+    for entry in list_upscalers(services().settings):
+        if entry.problem:
+            log.warning("upscaler %s skipped: %s", entry.relative, entry.problem)
+            continue
+        items.append({"name": entry.name, "model_name": entry.path.stem,
+                      "model_path": entry.relative, "model_url": None, "scale": entry.scale})
+    return jsonify(items)
+
+
+@bp.get("/realesrgan-models")
+@doc("AUTOMATIC1111 realesrgan-models: the usable files in MODELS_DIR/RealESRGAN (name, path, "
+     "scale), also listed by GET upscalers.", responses={200: {"type": "array", "items": {
+         "type": "object", "properties": {"name": {"type": "string"},
+                                          "path": {"type": "string"},
+                                          "scale": {"type": "integer", "nullable": True}}}}},
+     errors=(401,), **A1111_DOC)
+def realesrgan_models():
+    """The Real-ESRGAN files, in A1111's RealesrganItem shape."""
+    return jsonify([{"name": e.name, "path": e.relative, "scale": e.scale}
+                    for e in list_upscalers(services().settings)
+                    if not e.problem and e.relative.startswith("RealESRGAN/")])
 
 
 EMBEDDING_RESPONSE = {"type": "object", "properties": {
