@@ -60,6 +60,9 @@ KNOBS: tuple[Knob, ...] = (
          "a multiple of 8 in 64..2048"),
     Knob("MAX_SIZE", "768", "Largest width/height a request may ask for", integer(64, 2048, 8),
          "a multiple of 8 in 64..2048"),
+    Knob("MAX_HIRES_SIZE", "1024", "Largest width/height a hires fix may upscale to (its "
+         "second pass and decode run at that size)", integer(64, 2048, 8),
+         "a multiple of 8 in 64..2048"),
     Knob("ENGINE", "torch", "What runs the model: torch (default: fits an 8 GB laptop, weights "
          "memory-mapped) or openvino (faster per step on x86, needs several GB more RAM and "
          "`pip install -r requirements-openvino.txt`; the model is exported once to "
