@@ -6,6 +6,7 @@ import { CredentialPanel, PAGE_HEADER, authorization } from "./auth.js";
 import { readEvents } from "./events.js";
 import { HEALTH_SOON_MS, readHealth } from "./health.js";
 import { Estimate } from "./estimate.js";
+import { HiresFix } from "./hires.js";
 import { InputImage } from "./input-image.js";
 import { Recipes } from "./recipes.js";
 
@@ -26,6 +27,7 @@ const credentials = new CredentialPanel(limits, () => {
   loadHistory();
 });
 const inputImage = new InputImage(limits, showFormError);
+const hires = new HiresFix(limits);
 const estimate = new Estimate($("estimate"), apiJson, document.body.dataset.estimateUrl);
 
 const state = {
@@ -249,7 +251,8 @@ function requestFromForm() {
   };
   if (!$("seed-random").checked && $("seed").value !== "") body.seed = Number($("seed").value);
   if ($("model").value) body.model = $("model").value;
-  return { ...body, ...inputImage.fields() };
+  const withImage = { ...body, ...inputImage.fields() };
+  return { ...withImage, ...hires.fields(withImage) };
 }
 
 /** Put a request's settings (and optionally its seed) back into the form. */
@@ -262,6 +265,7 @@ function fillForm(request, seed) {
   setSelect("height", request.height);
   setSelect("scheduler", request.scheduler);
   inputImage.fill(request);
+  hires.fill(request);
   if (request.speed_preset) {
     $("speed_preset").value = request.speed_preset;
     applyPreset(false);
