@@ -98,3 +98,31 @@ def test_a_cancel_in_the_second_pass_stops_the_job(engine):
         engine.generate(hires_request(), seed=1, on_step=on_step)
     assert engine.generate(GenerationRequest(prompt="x", steps=1, width=64, height=64),
                            seed=1).width == 64  # the engine goes on
+
+
+@pytest.fixture(scope="module")
+def resuming_engine(tiny_model_dir):
+    from config import Settings
+    from tests.conftest import BASE_ENV
+
+    e = Engine(Settings.from_env({**BASE_ENV, "MODEL_ID": str(tiny_model_dir),
+                                  "CHECKPOINT_STEPS": "2", "CHECKPOINT_MAX_COST": "1"}))
+    e.load()
+    assert e.status.state == "ready", e.status.error
+    return e
+
+
+def test_a_job_stopped_in_the_second_pass_resumes_from_a_first_pass_checkpoint(
+        resuming_engine):
+    """Checkpoints are kept in the first pass only; resumed from one, the job replays the
+    first pass to it, runs the second whole, and makes the uninterrupted run's bytes."""
+    from tests.test_engine_resume import interrupted, resumed
+
+    request = GenerationRequest(prompt="a red cube", steps=6, width=64, height=64,
+                                hires=HiresFix(scale=2, steps=2, denoising_strength=0.5))
+    whole = resuming_engine.generate(request, 5)
+    kept = interrupted(resuming_engine, request, 5, crash_after=7)
+    assert [step for step, _ in kept][:2] == [2, 4] and kept[-1][0] <= 6  # first pass only
+    for step, checkpoint in kept:
+        png, steps = resumed(resuming_engine, request, 5, checkpoint)
+        assert steps[0] == step and steps[-1] == 8 and png == whole.png  # 6 + 2 steps
