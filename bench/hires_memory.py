@@ -9,7 +9,8 @@ The model is the one bench/run.py builds in bench/cache/sd-v1-4-random (build it
 bench/run.py builds it under the same lock, so not from inside this one). Loads it through
 the app's Engine with the server's default settings, then makes a plain 512x512 txt2img
 (the reference), a hires fix with the "Latent" upscaler and one with "Lanczos" (an image
-upscaler: decode at 512, resize, encode at 1024), each 2 + 2 steps. RssAnon is sampled every
+upscaler: decode at 512, resize, encode at 1024), each 2 + 2 steps, with HIRES_VAE_TILES on
+(the default) and off. RssAnon is sampled every
 20 ms; the step callback splits the peak into phases: first pass, upscale + second pass,
 decode + PNG.
 """
@@ -31,11 +32,14 @@ from run import MODEL_DIR, AnonPeak  # noqa: E402
 
 RESULT_FILE = BENCH / "hires-memory.md"
 SIZE, STEPS, SEED = 512, 2, 42
-RUNS = {"txt2img 512": None,
-        "hires 512->1024, Latent": {"scale": 2, "upscaler": "Latent", "steps": STEPS,
-                                    "denoising_strength": 0.5},
-        "hires 512->1024, Lanczos": {"scale": 2, "upscaler": "Lanczos", "steps": STEPS,
-                                     "denoising_strength": 0.5}}
+LATENT = {"scale": 2, "upscaler": "Latent", "steps": STEPS, "denoising_strength": 0.5}
+LANCZOS = {**LATENT, "upscaler": "Lanczos"}
+# name -> (hires object or None, HIRES_VAE_TILES)
+RUNS = {"txt2img 512": (None, "on"),
+        "hires 512->1024, Latent, VAE tiles": (LATENT, "on"),
+        "hires 512->1024, Lanczos, VAE tiles": (LANCZOS, "on"),
+        "hires 512->1024, Latent, one VAE pass": (LATENT, "off"),
+        "hires 512->1024, Lanczos, one VAE pass": (LANCZOS, "off")}
 
 
 def measure() -> tuple[list[dict], dict]:
@@ -53,7 +57,11 @@ def measure() -> tuple[list[dict], dict]:
         raise SystemExit(f"load failed: {engine.status.error}")
     rows = []
     loaded = memory_mib()
-    for name, hires in RUNS.items():
+    from dataclasses import replace
+
+    for name, (hires, tiles) in RUNS.items():
+        # the knob, as a server started with HIRES_VAE_TILES=<tiles> reads it
+        engine._generation.settings = replace(settings, hires_vae_tiles=tiles)
         body = {"prompt": "a lighthouse at dusk", "steps": STEPS, "width": SIZE,
                 "height": SIZE, **({"hires": hires} if hires else {})}
         request = parse_generation_request(body, settings)
@@ -110,6 +118,9 @@ second-pass steps at 1024x1024 (denoising strength 0.5). RssAnon after the load:
 Peak RssAnon of each phase is sampled every 20 ms between step callbacks: "first pass" up to
 its last step, "upscale + second pass" from there to the last step (the Lanczos run decodes
 at 512, resizes and encodes at 1024 in it), "decode + PNG" after the last step.
+"VAE tiles" is HIRES_VAE_TILES=on (the default): the VAE's work at 1024 in its own 512 px
+tiles, blended, each decoded in row bands; "one VAE pass" is off: the whole 1024x1024 decode
+in row bands (exact, as at 512) and the encode in one piece.
 """
 
 

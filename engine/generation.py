@@ -18,7 +18,7 @@ from config import Settings
 from engine.cpu import threads_for_next_job
 from engine.decoders import decode_image
 from engine.hires import (counting_both_passes, second_pass_prompts, second_pass_request,
-                          upscaled_latents)
+                          upscaled_latents, vae_in_tiles)
 from engine.images import encode_png
 from engine.img2img import TENSOR_INPUTS, mode_arguments, paste_over_input, pipeline_view
 from engine.slot import ModelSlot, release_freed_memory
@@ -208,7 +208,8 @@ class Generation:
             self.slot.loras.deactivate(self.slot.pipe)  # the next job starts from the bare model
         # 5. decode and paste
         decode_started = time.perf_counter()
-        image, nsfw = self.decode(pipe, request, latents, generator)
+        with vae_in_tiles(pipe.vae, self.hires_tiles(request)):
+            image, nsfw = self.decode(pipe, request, latents, generator)
         timings = {"decode_seconds": time.perf_counter() - decode_started,
                    "seconds": time.perf_counter() - started,
                    "seconds_per_step": seconds_per_step(started, hooks.step_times)}
@@ -333,8 +334,8 @@ class Generation:
         """The hires fix after its first pass: upscale, then an img2img pass over the same
         modules (no checkpoints: a resumed job replays its first pass from one and runs this
         pass whole); its step times join `first_hooks`' for the image's pace."""
-        second = second_pass_request(request, upscaled_latents(pipe, request, latents,
-                                                               generator))
+        second = second_pass_request(request, upscaled_latents(
+            pipe, request, latents, generator, self.hires_tiles(request)))
         view = self.pipeline_for(second.mode, second.scheduler)
         second = without_unused_eta(view, second)
         hooks = StepHooks(second, counting_both_passes(on_step, request.steps,
@@ -344,6 +345,10 @@ class Generation:
                                second_pass_prompts(request, prompts))
         first_hooks.step_times.extend(hooks.step_times)
         return latents
+
+    def hires_tiles(self, request: GenerationRequest) -> bool:
+        """Whether this job's VAE work at the hires size runs in tiles (HIRES_VAE_TILES)."""
+        return request.hires is not None and self.settings.hires_vae_tiles == "on"
 
     def decode(self, pipe, request: GenerationRequest, latents, generator):
         """(image, nsfw): the latents as pixels, by the VAE or TAESD as asked, with the

@@ -126,3 +126,19 @@ def test_a_job_stopped_in_the_second_pass_resumes_from_a_first_pass_checkpoint(
     for step, checkpoint in kept:
         png, steps = resumed(resuming_engine, request, 5, checkpoint)
         assert steps[0] == step and steps[-1] == 8 and png == whole.png  # 6 + 2 steps
+
+
+@pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
+def test_vae_tiles_at_the_hires_size_only_for_that_job(engine, monkeypatch, upscaler):
+    """HIRES_VAE_TILES=on decodes (and encodes) the large image in the VAE's own tiles: same
+    size, pixels blended at the seams (so not the untiled bytes); the shared VAE is left
+    untiled after the job, and off is the one exact pass."""
+    from dataclasses import replace
+
+    tiled = engine.generate(hires_request(upscaler=upscaler), seed=4)
+    assert engine.pipe.vae.use_tiling is False
+    monkeypatch.setattr(engine._generation, "settings",
+                        replace(engine._generation.settings, hires_vae_tiles="off"))
+    exact = engine.generate(hires_request(upscaler=upscaler), seed=4)
+    assert (exact.width, exact.height) == (tiled.width, tiled.height) == (128, 128)
+    assert exact.png != tiled.png
