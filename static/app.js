@@ -6,7 +6,7 @@ import { CredentialPanel, PAGE_HEADER, authorization } from "./auth.js";
 import { readEvents } from "./events.js";
 import { HEALTH_SOON_MS, readHealth } from "./health.js";
 import { Estimate } from "./estimate.js";
-import { HiresFix } from "./hires.js";
+import { HiresFix, hiresSummary } from "./hires.js";
 import { InputImage } from "./input-image.js";
 import { Recipes } from "./recipes.js";
 
@@ -509,6 +509,7 @@ function paramRows(job) {
     rows.push(["Input", `${r.init_image.width}×${r.init_image.height} image, ${what}, ` +
                         `strength ${r.strength}`]);
   }
+  if (r.hires) rows.push(["Hires fix", hiresSummary(r.hires)]);
   const speed = [];
   if (r.cfg_cutoff !== undefined && r.cfg_cutoff < 1) speed.push(`CFG cutoff ${r.cfg_cutoff}`);
   if (r.deep_cache > 1) speed.push(`DeepCache ${r.deep_cache}`);

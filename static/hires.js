@@ -7,6 +7,14 @@ const $ = (id) => document.getElementById(id);
 /** A size rounded down to a multiple of 8, as the server does. */
 const down8 = (value) => Math.max(8, Math.floor(value / 8) * 8);
 
+/** A request's hires fix in a few words, for the result's settings. */
+export function hiresSummary(hires) {
+  const size = hires.width || hires.height
+    ? `to ${hires.width || "auto"}×${hires.height || "auto"}` : `×${hires.scale}`;
+  const steps = hires.steps ? `${hires.steps} steps` : "same steps";
+  return `${size}, ${hires.upscaler}, ${steps}, denoising ${hires.denoising_strength}`;
+}
+
 export class HiresFix {
   constructor(limits) {
     this.limits = limits;

@@ -36,6 +36,8 @@ def test_hires_switch_sends_the_hires_object_and_shows_both_passes(page, live_se
     expect(page.locator("#result-image")).to_be_visible()
     width = page.eval_on_selector("#result-image", "img => img.naturalWidth")
     assert width == 96
+    expect(page.locator("#result-params")).to_contain_text(
+        "×1.5, Lanczos, 1 steps, denoising 0.7")
     page.uncheck("#hires")
     expect(page.locator("#hires-options")).to_be_hidden()
     with page.expect_request(lambda r: r.url.endswith("/jobs") and r.method == "POST") as sent:

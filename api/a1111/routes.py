@@ -42,7 +42,8 @@ def txt2img():
 @doc("AUTOMATIC1111 progress over the running request's batch: job_count = its images, "
      "job_no = the image being made (0-based), progress = (images done + this image's "
      "fraction) / job_count, sampling_steps = the steps that really run (steps, or steps x "
-     "denoising_strength for img2img; PNDM's extra internal step is never counted), and a "
+     "denoising_strength for img2img, plus the second pass's with enable_hr; PNDM's extra "
+     "internal step is never counted), and a "
      "base64 preview of the current latents. Idle: job_count 0.",
      responses={200: PROGRESS_RESPONSE}, errors=(401,),
      query={"skip_current_image": {"type": "boolean", "default": False}}, **A1111_DOC)
