@@ -73,8 +73,11 @@ def upscale_through_image(pipe, latents, upscaler: str, size: tuple[int, int], g
     image = upscale_image(image, upscaler, size)
     vae = pipe.vae
     tensor = pipe.image_processor.preprocess(image).to(vae.dtype)
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import \
+        retrieve_latents  # a KL VAE's sample, or a tiny VAE's (SDXS) latents
+
     with vae_in_tiles(vae, tiles):
-        encoded = vae.encode(tensor).latent_dist.sample(generator)
+        encoded = retrieve_latents(vae.encode(tensor), generator)
     return (encoded * vae.config.scaling_factor).to(latents.dtype)
 
 

@@ -142,3 +142,17 @@ def test_vae_tiles_at_the_hires_size_only_for_that_job(engine, monkeypatch, upsc
     exact = engine.generate(hires_request(upscaler=upscaler), seed=4)
     assert (exact.width, exact.height) == (tiled.width, tiled.height) == (128, 128)
     assert exact.png != tiled.png
+
+
+@pytest.mark.parametrize("arch", ["tiny-sdxs", "tiny-sd2-v"])
+@pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
+def test_other_families_run_the_hires_fix(make_settings, family_model, arch, upscaler):
+    """SDXS's own VAE is a tiny one (its encode gives latents, not a distribution); SD 2.x is
+    v-prediction: both run both kinds of upscaler."""
+    e = Engine(make_settings(MODEL_ID=str(family_model(arch))))
+    e.load()
+    assert e.status.state == "ready", e.status.error
+    request = GenerationRequest(prompt="a cat", steps=1, width=64, height=64, hires=HiresFix(
+        scale=1.5, upscaler=upscaler, steps=1, denoising_strength=0.6))
+    result = e.generate(request, seed=1)
+    assert (result.width, result.height) == (96, 96)
