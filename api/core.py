@@ -15,6 +15,7 @@ from errors import ValidationError
 from jobs.pace import estimate as pace_estimate
 from params import (DEFAULT_MASK_BLUR, DEFAULT_SCHEDULER, IMAGE_FIELDS, PRESETS, SCHEDULERS,
                     lora_recipe, model_card)
+from params.hires import IMAGE_UPSCALERS, LATENT_UPSCALERS
 
 bp = Blueprint("core", __name__)
 
@@ -50,7 +51,8 @@ def request_limits(settings) -> dict:
     """What a request may ask for on this server, as the page and /health report it."""
     return {"max_prompt_length": settings.max_prompt_length, "min_size": settings.min_size,
             "max_size": settings.max_size, "max_steps": settings.max_steps,
-            "default_steps": settings.default_steps, "default_size": settings.default_size}
+            "default_steps": settings.default_steps, "default_size": settings.default_size,
+            "max_hires_size": settings.max_hires_size}
 
 
 def parse_or_400(body) -> object:
@@ -79,7 +81,8 @@ def index():
         # "auth": which credential the page asks for (none, bearer, basic or either).
         "api_key_required": bool(s.api_key), "auth": auth_kind(s),
         "default_preset": s.speed_preset, "default_mask_blur": DEFAULT_MASK_BLUR},
-        schedulers=[DEFAULT_SCHEDULER, *SCHEDULERS], presets=PRESETS)
+        schedulers=[DEFAULT_SCHEDULER, *SCHEDULERS], presets=PRESETS,
+        hires_upscalers=[*LATENT_UPSCALERS, *IMAGE_UPSCALERS])
 
 
 def recipe_label(lora, recipe: dict) -> str:

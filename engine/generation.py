@@ -17,6 +17,8 @@ from catalog.loras import find_lora
 from config import Settings
 from engine.cpu import threads_for_next_job
 from engine.decoders import decode_image
+from engine.hires import (counting_both_passes, second_pass_prompts, second_pass_request,
+                          upscaled_latents, vae_in_tiles)
 from engine.images import encode_png
 from engine.img2img import TENSOR_INPUTS, mode_arguments, paste_over_input, pipeline_view
 from engine.slot import ModelSlot, release_freed_memory
@@ -192,17 +194,22 @@ class Generation:
         # 3. activate LoRAs and the embeddings the prompts write
         lora_hashes = self.activate_loras(request)
         prompts, ti_hashes = self.activate_embeddings(request)
-        # 4. denoise (from a checkpoint, when resuming)
+        # 4. denoise (from a checkpoint, when resuming); with a hires fix, this is its first pass
+        first = request if request.hires is None else replace(request, hires=None)
         deep_cache = DeepCache(pipe.unet, request.deep_cache)
-        hooks = self.step_hooks(request, on_step, resume_from, on_checkpoint, pipe, generator,
-                                deep_cache)
+        hooks = self.step_hooks(first, counting_both_passes(on_step, 0, request.denoising_steps),
+                                resume_from, on_checkpoint, pipe, generator, deep_cache)
         try:
-            latents = self.denoise(pipe, request, generator, hooks, deep_cache, prompts)
+            latents = self.denoise(pipe, first, generator, hooks, deep_cache, prompts)
+            if request.hires is not None:
+                latents = self.hires_pass(pipe, request, latents, generator, on_step, prompts,
+                                          hooks)
         finally:
             self.slot.loras.deactivate(self.slot.pipe)  # the next job starts from the bare model
         # 5. decode and paste
         decode_started = time.perf_counter()
-        image, nsfw = self.decode(pipe, request, latents, generator)
+        with vae_in_tiles(pipe.vae, self.hires_tiles(request)):
+            image, nsfw = self.decode(pipe, request, latents, generator)
         timings = {"decode_seconds": time.perf_counter() - decode_started,
                    "seconds": time.perf_counter() - started,
                    "seconds_per_step": seconds_per_step(started, hooks.step_times)}
@@ -320,6 +327,28 @@ class Generation:
                         callback_on_step_end_tensor_inputs=TENSOR_INPUTS[request.mode],
                         **({} if request.eta is None else {"eta": request.eta}),
                         **mode_arguments(request)).images
+
+    def hires_pass(self, pipe, request: GenerationRequest, latents, generator,
+                   on_step: StepCallback | None, prompts: tuple[str, str | None],
+                   first_hooks: StepHooks):
+        """The hires fix after its first pass: upscale, then an img2img pass over the same
+        modules (no checkpoints: a resumed job replays its first pass from one and runs this
+        pass whole); its step times join `first_hooks`' for the image's pace."""
+        second = second_pass_request(request, upscaled_latents(
+            pipe, request, latents, generator, self.hires_tiles(request)))
+        view = self.pipeline_for(second.mode, second.scheduler)
+        second = without_unused_eta(view, second)
+        hooks = StepHooks(second, counting_both_passes(on_step, request.steps,
+                                                       request.denoising_steps))
+        latents = self.denoise(view, second, generator, hooks,
+                               DeepCache(view.unet, second.deep_cache),
+                               second_pass_prompts(request, prompts))
+        first_hooks.step_times.extend(hooks.step_times)
+        return latents
+
+    def hires_tiles(self, request: GenerationRequest) -> bool:
+        """Whether this job's VAE work at the hires size runs in tiles (HIRES_VAE_TILES)."""
+        return request.hires is not None and self.settings.hires_vae_tiles == "on"
 
     def decode(self, pipe, request: GenerationRequest, latents, generator):
         """(image, nsfw): the latents as pixels, by the VAE or TAESD as asked, with the

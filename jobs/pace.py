@@ -25,6 +25,10 @@ NEW_WEIGHT = 0.5
 def pace_kind(request: GenerationRequest, model: str) -> str:
     """The kind of image `request` makes on `model`, as one string key."""
     mode = request.mode if request.mode == "txt2img" else f"{request.mode}@{request.strength:g}"
+    if request.hires is not None:  # a second pass at another size: its own kind
+        h = request.hires
+        mode += (f"+hires@{h.scale:g}:{h.width}x{h.height}:{h.upscaler}:{h.steps}:"
+                 f"{h.denoising_strength:g}")
     return "|".join((model, f"{request.width}x{request.height}", request.scheduler, mode,
                      "cfg" if request.guidance_scale > 1 else "nocfg",
                      f"cutoff={request.cfg_cutoff:g}", f"deepcache={request.deep_cache}",

@@ -54,8 +54,10 @@ class JobRecorder(Protocol):
 def comparable_pace(request: GenerationRequest, result: GenerationResult) -> float | None:
     """The run's seconds per step when it can stand for a plain job's, else None: a cached
     (DeepCache) or batch-1 (CFG cutoff) step is up to 10x cheaper, and such a job's pace
-    would make every other job's ETA (and Retry-After) far too short."""
-    if result.seconds_per_step and request.cfg_cutoff >= 1 and request.deep_cache <= 1:
+    would make every other job's ETA (and Retry-After) far too short (a hires fix's second
+    pass, at 4x the pixels, far too long)."""
+    if result.seconds_per_step and request.cfg_cutoff >= 1 and request.deep_cache <= 1 \
+            and request.hires is None:  # a hires pass's steps are larger ones
         return result.seconds_per_step
     return None
 

@@ -9,6 +9,8 @@ from typing import Any, Mapping
 
 from config import Settings
 from errors import ValidationError
+from params.hires import (DEFAULT_DENOISING, DEFAULT_UPSCALER, IMAGE_UPSCALERS,
+                          LATENT_UPSCALERS, MAX_SCALE, MIN_SCALE)
 from params.prompt import MAX_LORA_WEIGHT, MAX_LORAS, MIN_LORA_WEIGHT
 from params.request import DEFAULT_MASK_BLUR, DEFAULT_STRENGTH, MAX_SEED
 from params.samplers import DEFAULT_SCHEDULER, ETA_SAMPLERS, SCHEDULERS
@@ -48,6 +50,7 @@ class FieldSpec:
     exclusive_minimum: bool = False  # the minimum itself is not allowed
     default: Any = None
     setting: str | None = None  # the knob that sets `maximum`, named in error messages
+    properties: tuple["FieldSpec", ...] = ()  # an object field's own fields (hires)
 
     def schema(self) -> dict[str, Any]:
         """This field as a JSON Schema (OpenAPI 3.0 flavour)."""
@@ -58,6 +61,10 @@ class FieldSpec:
                     "type": "number", "minimum": MIN_LORA_WEIGHT, "maximum": MAX_LORA_WEIGHT,
                     "default": 1.0}}}
             out["maxItems"] = MAX_LORAS
+        if self.properties:
+            out["additionalProperties"] = False
+            out["properties"] = {spec.name.split(".", 1)[-1]: spec.schema()
+                                 for spec in self.properties}
         for key, value in (("minimum", self.minimum), ("maximum", self.maximum),
                            ("maxLength", self.max_length), ("multipleOf", self.multiple_of),
                            ("default", self.default)):
@@ -106,6 +113,10 @@ def request_fields(settings: Settings) -> list[FieldSpec]:
                   "the same. With a few-step LoRA (LCM, Hyper-SD, TCD, PCM), absent "
                   "steps/guidance/scheduler/eta follow its recipe (LCM: 4, 1, LCM).",
                   nullable=True),
+        FieldSpec("hires", "object", "Hires fix: the first pass at width x height, an upscale, "
+                  "then an img2img pass at the larger size over the same model (A1111's "
+                  "enable_hr); progress counts both passes. Absent or null = none.",
+                  nullable=True, properties=tuple(hires_fields(settings))),
     ]
 
 
@@ -146,6 +157,37 @@ def speed_fields(settings: Settings) -> list[FieldSpec]:
         FieldSpec("vae_decoder", "string", "Final decode: full (the model's VAE) or tiny "
                   "(TAESD: faster, softer).", enum=("full", "tiny"),
                   default=settings.vae_decoder),
+    ]
+
+
+def hires_fields(settings: Settings) -> list[FieldSpec]:
+    """The native `hires` object's fields (named hires.<field> in errors)."""
+    size = dict(type="integer", minimum=0, maximum=settings.max_hires_size, default=0,
+                setting="MAX_HIRES_SIZE")
+    text = dict(type="string", max_length=settings.max_prompt_length, nullable=True)
+    return [
+        FieldSpec("hires.scale", "number", "Upscale factor of the first pass's size (when "
+                  "width and height are 0).", minimum=MIN_SCALE, maximum=MAX_SCALE,
+                  default=2.0),
+        FieldSpec("hires.width", description="Output width instead of scale (A1111 "
+                  "hr_resize_x); 0 = from height's aspect or scale.", **size),
+        FieldSpec("hires.height", description="Output height instead of scale (A1111 "
+                  "hr_resize_y); 0 = from width's aspect or scale.", **size),
+        FieldSpec("hires.upscaler", "string", "A1111's latent modes (interpolate the latents) "
+                  "or an image upscaler of GET /sdapi/v1/upscalers (decode, upscale, encode).",
+                  enum=(*LATENT_UPSCALERS, *IMAGE_UPSCALERS), default=DEFAULT_UPSCALER),
+        FieldSpec("hires.steps", "integer", "Second-pass denoising steps; 0 = as many as the "
+                  "first pass.", minimum=0, maximum=settings.max_steps, default=0,
+                  setting="MAX_STEPS"),
+        FieldSpec("hires.denoising_strength", "number", "How much the second pass changes "
+                  "the upscaled image.", minimum=0.0, maximum=1.0, exclusive_minimum=True,
+                  default=DEFAULT_DENOISING),
+        FieldSpec("hires.prompt", description="Second-pass prompt; empty = the prompt.",
+                  **text),
+        FieldSpec("hires.negative_prompt", description="Second-pass negative prompt; empty = "
+                  "the negative prompt.", **text),
+        FieldSpec("hires.scheduler", "string", "Second-pass sampler; absent = the first "
+                  "pass's.", enum=tuple(SCHEDULERS), nullable=True),
     ]
 
 

@@ -10,6 +10,7 @@ import json
 import re
 from typing import Any, Mapping
 
+from params.hires import DEFAULT_DENOISING, DEFAULT_UPSCALER, HiresFix
 from params.prompt import lora_tags
 from params.request import DEFAULT_MASK_BLUR, DEFAULT_STRENGTH, GenerationRequest
 from params.samplers import DEFAULT_SCHEDULER, SCHEDULERS
@@ -48,12 +49,48 @@ def write_infotext(request: GenerationRequest, seed: int, model: str,
         ("VAE", "TAESD" if r.vae_decoder == "tiny" else None),
         ("Denoising strength", f"{r.strength:g}" if r.init_image is not None else None),
         ("Mask blur", r.mask_blur if r.mask_image is not None else None),
+        *_hires_params(r, sampler),
         ("Lora hashes", _hashes(lora_hashes)), ("TI hashes", _hashes(ti_hashes)))
         if value is not None)
     model_part = (f"Model hash: {model_hash[:10]}, " if model_hash else "") + f"Model: {model}"
     lines.append(f"Steps: {r.steps}, Sampler: {sampler}, CFG scale: {r.guidance_scale:g}, "
                  f"Seed: {seed}, Size: {r.width}x{r.height}{speed}, {model_part}")
     return "\n".join(lines)
+
+
+def _hires_params(r: GenerationRequest, sampler: str) -> list[tuple[str, Any]]:
+    """A1111's hires fix keys (Denoising strength, Hires upscale or Hires resize, Hires
+    steps, Hires upscaler, and the second pass's prompts and sampler where they differ)."""
+    h = r.hires
+    if h is None:
+        return []
+    return [("Denoising strength", f"{h.denoising_strength:g}"),
+            ("Hires upscale", f"{h.scale:g}" if not (h.width or h.height) else None),
+            ("Hires resize", f"{h.width}x{h.height}" if h.width or h.height else None),
+            ("Hires steps", h.steps or None), ("Hires upscaler", h.upscaler),
+            ("Hires prompt", json.dumps(h.prompt, ensure_ascii=False)
+             if h.prompt and h.prompt != r.prompt else None),
+            ("Hires negative prompt", json.dumps(h.negative_prompt, ensure_ascii=False)
+             if h.negative_prompt and h.negative_prompt != r.negative_prompt else None),
+            ("Hires sampler", h.scheduler if h.scheduler and h.scheduler != sampler
+             else None)]
+
+
+def hires_from_infotext(values: Mapping[str, Any]) -> HiresFix | None:
+    """The hires fix a parsed infotext describes (A1111's keys), or None when it has none."""
+    if not any(key in values for key in ("Hires upscale", "Hires resize-1", "Hires upscaler")):
+        return None
+    sampler = values.get("Hires sampler")
+    return HiresFix(scale=float(values.get("Hires upscale", 2)),
+                    width=int(values.get("Hires resize-1", 0)),
+                    height=int(values.get("Hires resize-2", 0)),
+                    upscaler=values.get("Hires upscaler", DEFAULT_UPSCALER),
+                    steps=int(values.get("Hires steps", 0)),
+                    denoising_strength=float(values.get("Denoising strength",
+                                                        DEFAULT_DENOISING)),
+                    prompt=values.get("Hires prompt") or None,
+                    negative_prompt=values.get("Hires negative prompt") or None,
+                    scheduler=sampler if sampler in SCHEDULERS else None)
 
 
 def _hashes(hashes: Mapping[str, str] | None) -> str | None:
@@ -99,6 +136,7 @@ def request_from_infotext(text: str) -> tuple[GenerationRequest, int]:
     `parse_parameters`), or ValueError naming what is missing."""
     values = parse_parameters(text)
     try:
+        hires = hires_from_infotext(values)
         sampler = values.get("Sampler", DEFAULT_SCHEDULER)
         request = GenerationRequest(
             prompt=values["Prompt"], negative_prompt=values["Negative prompt"],
@@ -110,8 +148,9 @@ def request_from_infotext(text: str) -> tuple[GenerationRequest, int]:
             cfg_cutoff=float(values.get("CFG cutoff", 1)),
             deep_cache=int(values.get("DeepCache", 1)),
             vae_decoder="tiny" if values.get("VAE") == "TAESD" else "full",
-            strength=float(values.get("Denoising strength", DEFAULT_STRENGTH)),
-            mask_blur=int(values.get("Mask blur", DEFAULT_MASK_BLUR)))
+            strength=float(values.get("Denoising strength", DEFAULT_STRENGTH)
+                           if hires is None else DEFAULT_STRENGTH),
+            mask_blur=int(values.get("Mask blur", DEFAULT_MASK_BLUR)), hires=hires)
     except (KeyError, ValueError) as exc:
         raise ValueError(f"not an infotext this server wrote: missing or bad {exc}") from None
     return request, request.seed

@@ -6,6 +6,7 @@ import io
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from params.hires import HiresFix, second_pass_schedule
 from params.prompt import clip_prompt
 from params.samplers import DEFAULT_SCHEDULER
 
@@ -45,6 +46,8 @@ class GenerationRequest:
     # tags and the `loras` field; the prompt keeps its tags (the PNG's infotext shows them).
     loras: tuple[tuple[str, float, float], ...] = ()
     model: str | None = None  # a catalogue model to switch to first (None: the served one)
+    # txt2img only: upscale the first pass and run an img2img pass at the larger size
+    hires: HiresFix | None = None
 
     @property
     def clip_prompt(self) -> str:
@@ -60,10 +63,11 @@ class GenerationRequest:
 
     @property
     def denoising_steps(self) -> int:
-        """The steps that really run: all of them for txt2img, steps x strength for img2img
-        (as diffusers and A1111 count them)."""
+        """The steps that really run: all of them for txt2img (plus the hires fix's second
+        pass), steps x strength for img2img (as diffusers and A1111 count them)."""
         if self.init_image is None:
-            return self.steps
+            return self.steps + (second_pass_schedule(self.steps, self.hires)[1]
+                                 if self.hires is not None else 0)
         return min(int(self.steps * self.strength), self.steps)
 
     def as_run(self, tiny_decoder: bool) -> "GenerationRequest":
@@ -78,6 +82,7 @@ class GenerationRequest:
         must give back the very request after a restart)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["loras"] = [list(lora) for lora in self.loras]
+        out["hires"] = None if self.hires is None else self.hires.to_record()
         for name in IMAGE_FIELDS:
             if out[name] is not None:
                 buffer = io.BytesIO()
@@ -90,6 +95,7 @@ class GenerationRequest:
         """The request `to_record` wrote (already validated when it was accepted)."""
         values = dict(record)
         values["loras"] = tuple(tuple(lora) for lora in values.get("loras") or ())
+        values["hires"] = HiresFix.from_record(values.get("hires"))
         for name in IMAGE_FIELDS:
             if values.get(name) is not None:
                 from PIL import Image
@@ -103,6 +109,7 @@ class GenerationRequest:
     def to_dict(self) -> dict[str, Any]:
         """The request as JSON-ready values (an image as its size, never its pixels)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["hires"] = None if self.hires is None else self.hires.to_record()
         for name in IMAGE_FIELDS:
             image = out[name]
             out[name] = None if image is None else {"width": image.width,

@@ -13,6 +13,7 @@ from config import Settings
 from errors import LoraError, ModelUnavailable, UnknownModel, ValidationError
 from params import uploads
 from params.fields import checked_defaults, field_value, json_object, request_fields, with_preset
+from params.hires_validate import parse_hires
 from params.prompt import MAX_LORA_WEIGHT, MAX_LORAS, MIN_LORA_WEIGHT, lora_tags
 from params.recipes import (deep_cache_problem, lora_problem, lora_recipe, model_card,
                             recipe_fields)
@@ -35,7 +36,7 @@ def parse_generation_request(body: Any, settings: Settings, served: ModelEntry |
     if unknown:
         raise ValidationError(unknown[0], f"unknown field '{unknown[0]}'; allowed fields: "
                                           f"{', '.join(sorted(known))}")
-    special = (*IMAGE_FIELDS, "loras")
+    special = (*IMAGE_FIELDS, "loras", "hires")
     images = {name: body.get(name) for name in IMAGE_FIELDS}
     if images["init_image"] is not None:
         # img2img may go without a prompt (A1111 and webuiapi send "" by default).
@@ -54,10 +55,15 @@ def parse_generation_request(body: Any, settings: Settings, served: ModelEntry |
         defaults.update(checked_defaults(left_out, specs, source))
     values = with_preset(text_only, [s for s in specs if s.name not in special], defaults)
     values["loras"] = loras
+    values["hires"] = parse_hires(body.get("hires"), values["width"], values["height"],
+                                  settings)
     if target is not None:
         values["model"] = target.name if values["model"] is not None else None
         _fit_family(values, target, lora_entries, explicit if explicit is not None else
                     {name for name, value in body.items() if value is not None})
+    if values["hires"] is not None and images["init_image"] is not None:
+        raise ValidationError("hires", "'hires' is a txt2img option: send it without "
+                                       "'init_image'")
     if images["init_image"] is None:
         if images["mask_image"] is not None:
             raise ValidationError("mask_image", "'mask_image' needs 'init_image': inpainting "

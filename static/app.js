@@ -6,6 +6,7 @@ import { CredentialPanel, PAGE_HEADER, authorization } from "./auth.js";
 import { readEvents } from "./events.js";
 import { HEALTH_SOON_MS, readHealth } from "./health.js";
 import { Estimate } from "./estimate.js";
+import { HiresFix, hiresSummary } from "./hires.js";
 import { History } from "./history.js";
 import { InputImage } from "./input-image.js";
 import { LiveMode } from "./live.js";
@@ -28,6 +29,7 @@ const credentials = new CredentialPanel(limits, () => {
   loadHistory();
 });
 const inputImage = new InputImage(limits, showFormError);
+const hires = new HiresFix(limits);
 const live = new LiveMode($("live-offer"), $("live-mode"), $("live-hint"), generateLive);
 const estimate = new Estimate($("estimate"), apiJson, document.body.dataset.estimateUrl,
                               (seconds) => live.offer(seconds));
@@ -259,7 +261,8 @@ function requestFromForm() {
   };
   if (!$("seed-random").checked && $("seed").value !== "") body.seed = Number($("seed").value);
   if ($("model").value) body.model = $("model").value;
-  return { ...body, ...inputImage.fields() };
+  const withImage = { ...body, ...inputImage.fields() };
+  return { ...withImage, ...hires.fields(withImage) };
 }
 
 /** Put a request's settings (and optionally its seed) back into the form. */
@@ -272,6 +275,7 @@ function fillForm(request, seed) {
   setSelect("height", request.height);
   setSelect("scheduler", request.scheduler);
   inputImage.fill(request);
+  hires.fill(request);
   if (request.speed_preset) {
     $("speed_preset").value = request.speed_preset;
     applyPreset(false);
@@ -539,6 +543,7 @@ function paramRows(job) {
     rows.push(["Input", `${r.init_image.width}×${r.init_image.height} image, ${what}, ` +
                         `strength ${r.strength}`]);
   }
+  if (r.hires) rows.push(["Hires fix", hiresSummary(r.hires)]);
   const speed = [];
   if (r.cfg_cutoff !== undefined && r.cfg_cutoff < 1) speed.push(`CFG cutoff ${r.cfg_cutoff}`);
   if (r.deep_cache > 1) speed.push(`DeepCache ${r.deep_cache}`);

@@ -111,11 +111,12 @@ def test_bad_bodies_are_4xx_never_500(client):
 def test_unsupported_a1111_fields_are_ignored_and_logged(client, caplog):
     caplog.set_level(logging.INFO, logger="api.batches")
     r = client.post("/sdapi/v1/txt2img", json={
-        "prompt": "a cat", "steps": 2, "enable_hr": True, "restore_faces": True,
+        "prompt": "a cat", "steps": 2, "restore_faces": True, "hr_checkpoint_name": "x",
         "override_settings": {"CLIP_stop_at_last_layers": 2}, "script_name": "x/y/z plot",
         "alwayson_scripts": {"ControlNet": {"args": []}}, "subseed": 5, "send_images": True})
     assert r.status_code == 200 and len(r.json["images"]) == 1
-    ignored = ["alwayson_scripts", "enable_hr", "override_settings.CLIP_stop_at_last_layers",
+    ignored = ["alwayson_scripts", "hr_checkpoint_name",
+               "override_settings.CLIP_stop_at_last_layers",
                "restore_faces",
                "script_name", "subseed"]
     assert json.loads(r.json["info"])["ignored_fields"] == ignored

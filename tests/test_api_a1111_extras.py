@@ -182,8 +182,7 @@ def test_interrogate_is_a_clear_501(client):
 
 
 @pytest.mark.parametrize("path", ["loras", "hypernetworks", "face-restorers",
-                                  "realesrgan-models", "prompt-styles", "latent-upscale-modes",
-                                  "sd-vae"])
+                                  "realesrgan-models", "prompt-styles", "sd-vae"])
 def test_what_this_server_has_none_of_is_an_empty_list(client, path):
     r = client.get(f"{URL}/{path}")
     assert r.status_code == 200 and r.json == []

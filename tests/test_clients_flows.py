@@ -43,7 +43,7 @@ def test_sillytavern_lists_sets_the_model_waits_and_generates(live_server, gate)
                                                  timeout=TIMEOUT).json()]
     latent = [m["name"] for m in requests.get(f"{url}/sdapi/v1/latent-upscale-modes",
                                               timeout=TIMEOUT).json()]
-    assert upscalers[0] == "None" and latent == []
+    assert upscalers[0] == "None" and latent[0] == "Latent" and len(latent) == 6
     assert requests.get(f"{url}/sdapi/v1/sd-vae", timeout=TIMEOUT).json() == []
     # A generation is running when the user picks the model: setting it answers at once,
     # and the poll reports the running job until it ends.

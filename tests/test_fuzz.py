@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 FIELDS = ["prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height",
           "scheduler", "n", "size", "response_format", "cfg_scale", "sampler_name",
-          "batch_size", "n_iter", "model"]
+          "batch_size", "n_iter", "model", "hires", "enable_hr", "hr_scale", "hr_upscaler",
+          "hr_resize_x", "hr_sampler_name", "denoising_strength"]
 
 scalars = (st.none() | st.booleans() | st.integers(-2**70, 2**70)
            | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=300))

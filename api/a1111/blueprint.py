@@ -49,7 +49,7 @@ def txt2img_schema() -> dict[str, Any]:
     native = {s.name: s.schema() for s in request_fields(settings)}
     limit = settings.max_batch
     return {"type": "object", "required": ["prompt"], "additionalProperties": True,
-            "description": "Other A1111 fields (enable_hr, restore_faces, scripts, other "
+            "description": "Other A1111 fields (restore_faces, scripts, other "
                            "override_settings, ...) are accepted and ignored. The speed "
                            "options may also come in override_settings (a body field wins).",
             "properties": {

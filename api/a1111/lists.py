@@ -51,7 +51,6 @@ def _empty_list(path: str, what: str) -> None:
 for _path, _what in (("hypernetworks", "hypernetworks"),
                      ("face-restorers", "face restorers"),
                      ("prompt-styles", "prompt styles"),
-                     ("latent-upscale-modes", "latent upscale modes"),
                      ("sd-vae", "VAE files (the vae_decoder option picks full or TAESD)")):
     _empty_list(_path, _what)
 

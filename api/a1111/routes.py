@@ -11,9 +11,11 @@ from flask import jsonify, request
 
 from api import json_body, listed_models, model_facts, services
 from api.a1111.blueprint import (A1111_DOC, GENERATION_DOC, MODELS_RESPONSE, PROGRESS_RESPONSE,
-                                 SAMPLERS_RESPONSE, bp, txt2img_schema)
+                                 SAMPLERS_RESPONSE, bp)
 from api.a1111.generation import (SAMPLER_ALIASES, generate,
                                   model_hash, model_title, parse_a1111)
+from api.a1111.hires import (HIRES_KNOWN, HIRES_RENAMED, hires_fields, hires_info,
+                             txt2img_hires_schema)
 from api.openapi import doc
 from params import SCHEDULERS
 
@@ -24,19 +26,24 @@ log = logging.getLogger(__name__)
 @doc("AUTOMATIC1111 txt2img: batch_size x n_iter images with consecutive seeds, as base64 "
      "PNGs. After POST /sdapi/v1/interrupt it answers 200 with the images finished before "
      "the interrupt (maybe none) and \"interrupted\": true in info; an image skipped with "
-     "POST /sdapi/v1/skip is left out (its seed in info's skipped_seeds).",
-     request=txt2img_schema, **GENERATION_DOC)
+     "POST /sdapi/v1/skip is left out (its seed in info's skipped_seeds). enable_hr runs the "
+     "hires fix: the first pass at width x height, an upscale (hr_scale or hr_resize_x/y, by "
+     "hr_upscaler), then hr_second_pass_steps of img2img at denoising_strength.",
+     request=txt2img_hires_schema, **GENERATION_DOC)
 def txt2img():
     """Generate like A1111's /sdapi/v1/txt2img and answer images, parameters and info."""
     body = json_body()
-    return generate("txt2img", body, parse_a1111(body))
+    parsed = parse_a1111(body, extra=hires_fields(body), renamed=HIRES_RENAMED,
+                         known=HIRES_KNOWN)
+    return generate("txt2img", body, parsed, info_extra=hires_info(parsed.request))
 
 
 @bp.get("/progress")
 @doc("AUTOMATIC1111 progress over the running request's batch: job_count = its images, "
      "job_no = the image being made (0-based), progress = (images done + this image's "
      "fraction) / job_count, sampling_steps = the steps that really run (steps, or steps x "
-     "denoising_strength for img2img; PNDM's extra internal step is never counted), and a "
+     "denoising_strength for img2img, plus the second pass's with enable_hr; PNDM's extra "
+     "internal step is never counted), and a "
      "base64 preview of the current latents. Idle: job_count 0.",
      responses={200: PROGRESS_RESPONSE}, errors=(401,),
      query={"skip_current_image": {"type": "boolean", "default": False}}, **A1111_DOC)
