@@ -92,6 +92,16 @@ def test_the_catalogue_lists_it_by_its_name(baked, settings):
     assert BAKE[0] in [e.name for e in list_models(settings)]
 
 
+def test_a_few_step_loras_recipe_becomes_the_baked_models_card(settings):
+    from params.recipes import model_card
+
+    bake_model(settings, ("tiny-lcm", "tiny", (("lcm-lora-tiny", 1.0),)))
+    card = model_card(find_model(settings, "tiny-lcm"))
+    assert (card["scheduler"], card["steps"], card["guidance_scale"]) == ("LCM", 4, 1.0)
+    assert card["negative_prompt"] is False  # guidance 1: no classifier-free guidance
+    assert "scheduler" not in model_card(find_model(settings, BAKE[0]))  # ordinary LoRAs
+
+
 def test_the_same_bake_again_reuses_the_folder_and_a_new_name_renames_it(baked, settings,
                                                                        monkeypatch):
     import engine.bake
@@ -183,5 +193,8 @@ def test_health_shows_the_bakes_progress_then_serves_the_baked_model(
     assert app.extensions["sd_server"].queue.wait_until_loaded(120)
     body = app.test_client().get("/health").get_json()
     assert body["status"] == "healthy" and body["model"] == "quick"
+    client = app.test_client()
+    assert "quick" in [m["model_name"] for m in client.get("/sdapi/v1/sd-models").get_json()]
+    assert "quick" in [m["id"] for m in client.get("/v1/models").get_json()["data"]]
     assert os.path.islink(Path(find_model(app.extensions["sd_server"].settings,
                                           "quick").source) / "vae")
