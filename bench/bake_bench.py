@@ -123,6 +123,7 @@ def report(rows: dict, size: int, steps: int) -> str:
     written = sum(p.stat().st_size for p in folder.rglob("*.safetensors")
                   if not any(part.is_symlink() for part in [p, *p.parents][:3]))
     ratio = baked["seconds_per_step"] / unbaked["seconds_per_step"]
+    bake_seconds = json.loads((folder / "bake.json").read_text())["seconds"]
     return f"""# Baking a LoRA (bench/bake_bench.py)
 
 Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, each phase under `flock /tmp/heavy.lock`. CPU:
@@ -137,6 +138,9 @@ Each row is a fresh process going through the server's own code (Engine.load wit
 | bake at first start (load included) | {bake['load_seconds']} | {bake['peak_rss_during_load']} | {bake['peak_anon_during_load']} | {bake['RssAnon']} / {bake['RssFile']} |
 | the same BAKE again (key on disk, reused) | {again['load_seconds']} | {again['peak_rss_during_load']} | {again['peak_anon_during_load']} | {again['RssAnon']} / {again['RssFile']} |
 
+The bake itself (merging and writing, inside that first start) took {bake_seconds} s.
+Peak RSS counts the base's memory-mapped pages read while merging (file-backed: the kernel
+drops them under pressure); anonymous memory is what a bake really takes.
 Written: {written / 1e9:.2f} GB (the merged UNet and text encoder); the VAE, tokenizer and
 scheduler are links to the base's folders.
 
