@@ -198,3 +198,31 @@ def test_health_shows_the_bakes_progress_then_serves_the_baked_model(
     assert "quick" in [m["id"] for m in client.get("/v1/models").get_json()["data"]]
     assert os.path.islink(Path(find_model(app.extensions["sd_server"].settings,
                                           "quick").source) / "vae")
+
+
+def test_openvino_runs_the_baked_model_to_the_unbaked_loras_picture(make_app, loras,
+                                                                   tiny_model_dir, tmp_path):
+    """ENGINE=openvino exports the baked UNet like any model's (its LoRAs are in its weights).
+    Needs openvino installed (as tests/test_engine_openvino.py: a missing one fails)."""
+    import io
+
+    from PIL import Image
+
+    (tmp_path / "tiny").symlink_to(tiny_model_dir)
+    env = {"LORA_DIR": str(loras), "MODELS_DIR": str(tmp_path),
+           "BAKE": "styled=tiny+style-peft:0.8"}
+    body = {"prompt": "a lighthouse", "seed": 5, "steps": 3, "width": 64, "height": 64}
+    ov = make_app(ENGINE="openvino", OPENVINO_CACHE_DIR=str(tmp_path / "ov"), MODEL_ID="styled",
+                  **env).test_client()
+    baked = ov.post("/generate", json=body)
+    assert baked.status_code == 200, baked.json
+    torch_app = make_app(**env).test_client()
+    unbaked = torch_app.post("/generate", json={**body, "prompt": "a lighthouse "
+                                                "<lora:style-peft:0.8>"})
+    plain = torch_app.post("/generate", json=body)
+
+    def pixels(response) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(response.data)).convert("RGB")).astype(int)
+
+    assert np.abs(pixels(unbaked) - pixels(plain)).max() > 40  # the LoRA shows
+    assert np.abs(pixels(baked) - pixels(unbaked)).max() <= 8  # another kernel library
