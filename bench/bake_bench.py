@@ -83,6 +83,44 @@ def phase(name: str, size: int, steps: int) -> dict:
     return out
 
 
+def interleaved(size: int, rounds: int) -> dict:
+    """One UNet call (CFG batch 2) of the base with the LoRA active, then of the baked UNet,
+    alternately `rounds` times in this process, so load from other programs hits both
+    alike; the seconds of each call."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from catalog.loras import find_lora
+    from config import Settings
+    from engine import Engine
+
+    settings = Settings.from_env(settings_env())
+    engine = Engine(settings)
+    engine.load()
+    pipe = engine.pipe
+    baked = UNet2DConditionModel.from_pretrained(
+        _baked_folder() / "unet", low_cpu_mem_usage=True)
+    engine.loras.activate(pipe, [(find_lora(settings, LORA), WEIGHT)])
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(2, 4, size // 8, size // 8, generator=generator)
+    context = torch.randn(2, 77, 768, generator=generator)
+    times: dict[str, list[float]] = {"unbaked": [], "baked": []}
+    with torch.inference_mode():
+        for unet in (pipe.unet, baked):  # warm both once, untimed
+            unet(sample, 500, encoder_hidden_states=context)
+        for _ in range(rounds):
+            for name, unet in (("unbaked", pipe.unet), ("baked", baked)):
+                started = time.perf_counter()
+                unet(sample, 500, encoder_hidden_states=context)
+                times[name].append(round(time.perf_counter() - started, 2))
+    return {"phase": "interleaved", **times, "threads": torch.get_num_threads()}
+
+
+def _baked_folder() -> Path:
+    """The one baked folder this bench writes."""
+    return next(p for p in (MODELS / ".baked").iterdir() if p.is_dir())
+
+
 def _hwm_mib() -> float:
     """This process's peak RSS (VmHWM) in MiB."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -119,7 +157,7 @@ def pixel_difference() -> int:
 def report(rows: dict, size: int, steps: int) -> str:
     """The Markdown page."""
     bake, again, unbaked, baked = (rows[n] for n in ("bake", "again", "unbaked", "baked"))
-    folder = next((MODELS / ".baked").iterdir())
+    folder = _baked_folder()
     written = sum(p.stat().st_size for p in folder.rglob("*.safetensors")
                   if not any(part.is_symlink() for part in [p, *p.parents][:3]))
     ratio = baked["seconds_per_step"] / unbaked["seconds_per_step"]
@@ -149,9 +187,24 @@ scheduler are links to the base's folders.
 | base + LoRA per job (peft adapter, unbaked) | {unbaked['seconds_per_step']:.2f} | {unbaked['seconds']} | {unbaked['RssAnon']} | {unbaked['peak_anon_during_image']} |
 | baked model, no LoRA | {baked['seconds_per_step']:.2f} | {baked['seconds']} | {baked['RssAnon']} | {baked['peak_anon_during_image']} |
 
-Baked / unbaked s/step: {ratio:.2f}. Largest pixel difference between the two images (same
-seed): {pixel_difference()} of 255.
+Baked / unbaked s/step: {ratio:.2f} (two processes a few minutes apart: {unbaked['threads']}
+and {baked['threads']} torch threads, as many as the cores other programs left free).
+{_interleaved(rows.get("interleaved"), size)}
+Largest pixel difference between the two images (same seed): {pixel_difference()} of 255.
 """
+
+
+def _interleaved(row: dict | None, size: int) -> str:
+    """The interleaved UNet calls as a sentence (empty when that phase did not run)."""
+    if not row:
+        return ""
+    import statistics
+
+    unbaked, baked = (statistics.median(row[n]) for n in ("unbaked", "baked"))
+    return (f"\nOne UNet call ({size}x{size}, CFG batch 2), alternating in one process "
+            f"({row['threads']} threads): unbaked {', '.join(map(str, row['unbaked']))} s, "
+            f"baked {', '.join(map(str, row['baked']))} s; medians {unbaked:.2f} vs "
+            f"{baked:.2f} s, baked/unbaked {baked / unbaked:.3f}.\n")
 
 
 def main() -> None:
@@ -160,10 +213,22 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--write", action="store_true")
+    parser.add_argument("--report", action="store_true",
+                        help="only rewrite the page from the last run's figures")
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.report:
+        text = report(json.loads((CACHE / "bake-rows.json").read_text()), args.size,
+                      args.steps)
+        print(text)
+        if args.write:
+            RESULT_FILE.write_text(text)
+        return
     if args.phase == "lora":
         ensure_lora()
+        return
+    if args.phase == "interleaved":
+        print("RESULT " + json.dumps(interleaved(args.size, args.steps)), flush=True)
         return
     if args.phase:
         print("RESULT " + json.dumps(phase(args.phase, args.size, args.steps)), flush=True)
@@ -172,7 +237,7 @@ def main() -> None:
     subprocess.run(["flock", LOCK, sys.executable, __file__, "--phase", "lora"], check=True)
     shutil.rmtree(MODELS / ".baked", ignore_errors=True)  # the first phase bakes from scratch
     rows = {}
-    for name in ("bake", "again", "unbaked", "baked"):
+    for name in ("bake", "again", "unbaked", "baked", "interleaved"):
         out = subprocess.run(["flock", LOCK, sys.executable, __file__, "--phase", name, "--size",
                               str(args.size), "--steps", str(args.steps)],
                              capture_output=True, text=True, check=False)
@@ -181,6 +246,7 @@ def main() -> None:
             raise SystemExit(f"phase {name} failed:\n{out.stderr[-3000:]}")
         rows[name] = json.loads(line[len("RESULT "):])
         print(name, rows[name], flush=True)
+    (CACHE / "bake-rows.json").write_text(json.dumps(rows))  # `--report` rewrites the page
     text = report(rows, args.size, args.steps)
     print(text)
     if args.write:
