@@ -41,6 +41,7 @@ WEIGHT = 0.8
 BASE = MODEL_DIR.name
 BAKED = f"{BASE}+{LORA}:{WEIGHT:g}"
 RESULT_FILE = BENCH / "bake-results.md"
+PHASES = ("bake", "again", "unbaked", "baked", "interleaved")
 
 
 def settings_env(**extra: str) -> dict[str, str]:
@@ -213,6 +214,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--write", action="store_true")
+    parser.add_argument("--only", help="comma-separated phases to run again (of "
+                        f"{', '.join(PHASES)}), the others' figures kept from the last run")
     parser.add_argument("--report", action="store_true",
                         help="only rewrite the page from the last run's figures")
     parser.add_argument("--phase", help=argparse.SUPPRESS)
@@ -235,9 +238,11 @@ def main() -> None:
         return
     ensure_model()
     subprocess.run(["flock", LOCK, sys.executable, __file__, "--phase", "lora"], check=True)
-    shutil.rmtree(MODELS / ".baked", ignore_errors=True)  # the first phase bakes from scratch
-    rows = {}
-    for name in ("bake", "again", "unbaked", "baked", "interleaved"):
+    phases = args.only.split(",") if args.only else list(PHASES)
+    rows = json.loads((CACHE / "bake-rows.json").read_text()) if args.only else {}
+    if "bake" in phases:
+        shutil.rmtree(MODELS / ".baked", ignore_errors=True)  # it bakes from scratch
+    for name in phases:
         out = subprocess.run(["flock", LOCK, sys.executable, __file__, "--phase", name, "--size",
                               str(args.size), "--steps", str(args.steps)],
                              capture_output=True, text=True, check=False)

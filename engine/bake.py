@@ -30,12 +30,12 @@ from catalog.cards import card_path, read_card
 from catalog.files import remove_abandoned_partials, staged
 from catalog.hashes import file_sha256
 from catalog.loras import LoraEntry, find_lora
-from catalog.models import find_model
-from config import TINY_MODEL_ID, Settings
+from catalog.models import find_model, list_models
+from config import Settings
 from engine.loading import model_source
 from engine.loras import LoraAdapters
 from engine.safetensors_stream import write_streamed
-from errors import LoraError, ModelLoadError
+from errors import LoraError, ModelLoadError, ModelUnavailable
 from knobs import Bake
 from params.recipes import lora_problem, lora_recipe
 
@@ -55,14 +55,21 @@ def bake_model(settings: Settings, bake: Bake, progress: BakeProgress | None = N
     these LoRA files and these weights were baked before, else written now. LoraError or
     UnknownModel naming what is wrong."""
     name, base_name, wanted = bake
-    entry = find_model(settings, base_name)
+    # The base is named as MODEL_ID may name a model: a catalogue name, a path, tiny-random
+    # or a Hub id (so MODEL_ID may name the baked model while its base is none of MODELS_DIR).
+    base_settings = settings.with_overrides(model_id=base_name)
+    entry = list_models(base_settings)[0]
+    if entry.kind == "hub" and "/" not in base_name:  # not a Hub id: MODEL_ID's own name,
+        entry = find_model(settings, base_name)  # or UnknownModel listing the models
+        base_settings = settings.with_overrides(model_id=entry.source)
+    if entry.problem:
+        raise ModelUnavailable(f"model {entry.name!r}: {entry.problem}")
     loras = [(find_lora(settings, lora), weight) for lora, weight in wanted]
     for lora, _weight in loras:
         problem = lora_problem(lora, entry.family, entry.name)
         if problem:
             raise LoraError(problem)
-    base = Path(model_source(settings.with_overrides(
-        model_id=TINY_MODEL_ID if base_name == TINY_MODEL_ID else entry.source)))
+    base = Path(model_source(base_settings))
     hashes = [(file_sha256(lora.path), weight) for lora, weight in loras]
     folder = baked_root(settings) / bake_key(base, hashes)
     manifest = {"name": name, "base": entry.name, "base_folder": str(base),

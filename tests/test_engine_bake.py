@@ -178,9 +178,9 @@ def test_health_shows_the_bakes_progress_then_serves_the_baked_model(
         return real(settings, bake, report)
 
     monkeypatch.setattr(engine.slot, "bake_model", gated)
-    (tmp_path / "tiny").symlink_to(tiny_model_dir)  # the base, in MODELS_DIR
+    # the base named by its path (as MODEL_ID may name one): MODEL_ID names the bake
     app = make_app(wait=False, LORA_DIR=str(loras), MODELS_DIR=str(tmp_path),
-                   BAKE="quick=tiny+style-peft", MODEL_ID="quick")
+                   BAKE=f"quick={tiny_model_dir}+style-peft", MODEL_ID="quick")
     try:
         assert reached.wait(120), "the bake never reported 5 layers"
         body = app.test_client().get("/health").get_json()
