@@ -48,7 +48,9 @@ def settings_env(**extra: str) -> dict[str, str]:
     """The bench's settings: the full-size model, its LoRA folder, float32."""
     return {"MODEL_ID": str(MODEL_DIR), "LORA_DIR": str(LORAS), "MODELS_DIR": str(MODELS),
             "OUTPUT_DIR": "", "TAESD_MODEL": "", "DTYPE": "float32", "JOURNAL_PATH": "",
-            "BAKE": BAKED, **extra}
+            # the base by its path, as MODEL_ID may name it (the baked phase's MODEL_ID is
+            # the bake, and the base is in no MODELS_DIR)
+            "BAKE": f"{BAKED}={MODEL_DIR}+{LORA}:{WEIGHT:g}", **extra}
 
 
 def phase(name: str, size: int, steps: int) -> dict:
