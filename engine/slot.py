@@ -125,8 +125,10 @@ class ModelSlot:
             try:
                 bake_model(self.settings, bake, lambda done, total, **extra: (
                     self.report_progress(f"baking {name}", done, total, **extra)))
-            except (LoraError, UnknownModel, ModelUnavailable, ModelLoadError) as exc:
-                raise ModelLoadError(f"BAKE {name!r}: {exc}") from exc
+            except Exception as exc:  # a download or load of the base: explained as such
+                reason = str(exc) if isinstance(exc, (LoraError, UnknownModel, ModelLoadError)) \
+                    else explain_load_error(self.settings.with_overrides(model_id=bake[1]), exc)
+                raise ModelLoadError(f"BAKE {name!r}: {reason}") from exc
         self.publish(phase="loading", progress=None)
         release_freed_memory()
 
