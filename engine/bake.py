@@ -199,10 +199,33 @@ def _write_components(pipe, base: Path, changes: dict, out: Path,
         for config in (base / component).glob("*.json"):
             if not config.name.endswith(".index.json"):  # the base's shard index, if sharded
                 shutil.copyfile(config, folder / config.name)
-        layout = [(key.replace(".base_layer.", "."), state[key].dtype, tuple(state[key].shape))
-                  for key in keys]
+        names = _as_the_base_names_them([k.replace(".base_layer.", ".") for k in keys],
+                                        base / component)
+        layout = [(name, state[key].dtype, tuple(state[key].shape))
+                  for name, key in zip(names, keys)]
         write_streamed(folder / WEIGHT_FILES.get(component, "model.safetensors"), layout,
                        merged(changed, state, keys), metadata={"format": "pt"})
+
+
+def _as_the_base_names_them(keys: list[str], folder: Path) -> list[str]:
+    """The tensor names the base's own files use for these state-dict keys: a text encoder
+    saved by transformers 4 (as SD 1.x's is) says `text_model.encoder...` where transformers
+    5's module says `encoder...`; the baked file keeps the base's names, so whatever reads
+    the base reads it."""
+    from catalog.loras import read_header
+
+    on_disk: set[str] = set()
+    for path in folder.glob("*.safetensors"):
+        on_disk.update(read_header(path)[0])
+    if not on_disk or all(key in on_disk for key in keys):
+        return keys
+    prefixes = {name[: -len(key)] for key in keys if key not in on_disk
+                for name in on_disk if name.endswith("." + key)}
+    if len(prefixes) != 1:  # not one plain prefix: keep the module's own names
+        return keys
+    prefix = prefixes.pop()
+    return [key if key in on_disk or prefix + key not in on_disk else prefix + key
+            for key in keys]
 
 
 def _write_card(folder: Path, base_source: str | None, loras: list[tuple[LoraEntry, float]]):

@@ -226,3 +226,28 @@ def test_openvino_runs_the_baked_model_to_the_unbaked_loras_picture(make_app, lo
 
     assert np.abs(pixels(unbaked) - pixels(plain)).max() > 40  # the LoRA shows
     assert np.abs(pixels(baked) - pixels(unbaked)).max() <= 8  # another kernel library
+
+
+def test_a_text_encoder_saved_by_transformers_4_keeps_its_tensor_names(settings, tiny_model_dir,
+                                                                       tmp_path):
+    """SD 1.x's text encoder file says `text_model.encoder...` (transformers 4's names); the
+    baked one says so too, and computes what the unbaked LoRA does."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    base = tmp_path / "old-te"
+    base.mkdir()
+    for item in tiny_model_dir.iterdir():
+        if item.name != "text_encoder":
+            (base / item.name).symlink_to(item.resolve())
+    (base / "text_encoder").mkdir()
+    shutil.copy(tiny_model_dir / "text_encoder" / "config.json", base / "text_encoder")
+    state = load_file(tiny_model_dir / "text_encoder" / "model.safetensors")
+    save_file({f"text_model.{k}": v for k, v in state.items()},
+              base / "text_encoder" / "model.safetensors", metadata={"format": "pt"})
+    folder = bake_model(settings, ("old-te+style", str(base), (("style-peft", 0.8),)))
+    with safe_open(str(folder / "text_encoder" / "model.safetensors"), "pt") as f:
+        names = set(f.keys())
+    assert names == {f"text_model.{k}" for k in state}
+    unbaked = image(base, settings, (("style-peft", 0.8),))
+    assert np.abs(image(folder) - unbaked).max() < 1e-4
