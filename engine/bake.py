@@ -32,10 +32,11 @@ from catalog.hashes import file_sha256
 from catalog.loras import LoraEntry, find_lora
 from catalog.models import find_model, list_models
 from config import Settings
+from engine.load_errors import explain_load_error
 from engine.loading import model_source
 from engine.loras import LoraAdapters
 from engine.safetensors_stream import write_streamed
-from errors import LoraError, ModelLoadError, ModelUnavailable
+from errors import LoraError, ModelLoadError, ModelUnavailable, UnknownModel
 from knobs import Bake
 from params.recipes import lora_problem, lora_recipe
 
@@ -48,6 +49,23 @@ _ADAPTER_PARTS = (".lora_A.", ".lora_B.", ".lora_embedding_A.", ".lora_embedding
                   ".lora_magnitude_vector.")
 WEIGHT_FILES = {"unet": "diffusion_pytorch_model.safetensors",
                 "text_encoder": "model.safetensors"}
+
+
+def bake_all(settings: Settings, report: Callable[..., None]) -> None:
+    """Write the models BAKE asks for that are not on disk yet (reusing those that are),
+    each reported as `report("baking <name>", bytes done, bytes total, layers_done=...,
+    layers_total=...)` for /health; ModelLoadError naming the bake that cannot be done."""
+    for bake in settings.bake:
+        name = bake[0]
+        try:
+            bake_model(settings, bake, lambda done, total, **extra: (
+                report(f"baking {name}", done, total, **extra)))
+        except Exception as exc:  # a download or load of the base too: explained as such
+            reason = str(exc) if isinstance(exc, (LoraError, UnknownModel, ModelLoadError)) \
+                else explain_load_error(settings.with_overrides(model_id=bake[1]), exc)
+            raise ModelLoadError(f"BAKE {name!r}: {reason}") from exc
+    if settings.bake:
+        gc.collect()
 
 
 def bake_model(settings: Settings, bake: Bake, progress: BakeProgress | None = None) -> Path:

@@ -16,7 +16,7 @@ from typing import Any
 
 from catalog.models import ModelEntry, find_model, list_models, model_id_name, with_hash
 from config import Settings
-from engine.bake import bake_model
+from engine.bake import bake_all
 from engine.cpu import PrecisionProbe, probe_precision, threads_for_next_job
 from engine.decoders import load_tiny_decoder
 from engine.load_errors import explain_load_error
@@ -26,8 +26,7 @@ from engine.embeddings import TextualInversions
 from engine.loras import LoraAdapters
 from engine.status import EngineStatus
 from engine.unet_backend import UNetBackend
-from errors import (LoraError, ModelLoadError, ModelUnavailable, UnknownModel,
-                    UnsupportedRequest)
+from errors import ModelUnavailable, UnknownModel, UnsupportedRequest
 from params.recipes import model_card
 from params.samplers import sampler_of_config
 
@@ -112,25 +111,12 @@ class ModelSlot:
         self._bf16 = self._choose_precision(threads)
         self.taesd = load_tiny_decoder(self.settings.taesd_model,
                                        required=self.settings.vae_decoder == "tiny")
-        self._bake_all()  # first: MODEL_ID may name a baked model
+        bake_all(self.settings, self.report_progress)  # first: MODEL_ID may name a bake
+        self.publish(phase="loading", progress=None)
+        release_freed_memory()  # what merging the layers took goes back before the load
         startup = list_models(self.settings)[0]
         self._startup_source = startup.source  # MODEL_ID's model, named as MODEL_ID says
         self.load_model(startup)
-
-    def _bake_all(self) -> None:
-        """Write the models BAKE asks for that are not on disk yet (reusing those that are),
-        with their progress in /health; a bake that cannot be done stops the load, naming it."""
-        for bake in self.settings.bake:
-            name = bake[0]
-            try:
-                bake_model(self.settings, bake, lambda done, total, **extra: (
-                    self.report_progress(f"baking {name}", done, total, **extra)))
-            except Exception as exc:  # a download or load of the base: explained as such
-                reason = str(exc) if isinstance(exc, (LoraError, UnknownModel, ModelLoadError)) \
-                    else explain_load_error(self.settings.with_overrides(model_id=bake[1]), exc)
-                raise ModelLoadError(f"BAKE {name!r}: {reason}") from exc
-        self.publish(phase="loading", progress=None)
-        release_freed_memory()
 
     def _choose_precision(self, threads: int) -> bool:
         """Probe this CPU, publish the figures and the choice; True for bf16."""

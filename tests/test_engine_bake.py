@@ -167,17 +167,17 @@ def test_health_shows_the_bakes_progress_then_serves_the_baked_model(
     import engine.slot
 
     reached, go = threading.Event(), threading.Event()
-    real = engine.slot.bake_model
+    real = engine.slot.bake_all
 
-    def gated(settings, bake, progress=None):
-        def report(done, total, **extra):
-            progress(done, total, **extra)
+    def gated(settings, report):
+        def gate(phase, done, total, **extra):
+            report(phase, done, total, **extra)
             if extra["layers_done"] == 5:
                 reached.set()
                 assert go.wait(60), "the test never let the bake go on"
-        return real(settings, bake, report)
+        return real(settings, gate)
 
-    monkeypatch.setattr(engine.slot, "bake_model", gated)
+    monkeypatch.setattr(engine.slot, "bake_all", gated)
     # the base named by its path (as MODEL_ID may name one): MODEL_ID names the bake
     app = make_app(wait=False, LORA_DIR=str(loras), MODELS_DIR=str(tmp_path),
                    BAKE=f"quick={tiny_model_dir}+style-peft", MODEL_ID="quick")
