@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 # ConfigError, Knob and redact_url are config's own names too (other modules import them
 # from here); the parsers build the KNOBS table.
-from knobs import (ConfigError, Knob, choice, credentials, flag, fraction, integer,  # noqa: F401
-                   names, number, rate_limit, redact_url, redis_url, text)
+from knobs import (ConfigError, Knob, bakes, choice, credentials, flag, fraction,  # noqa: F401
+                   integer, names, number, rate_limit, redact_url, redis_url, text)
 
 PROJECT_DIR = Path(__file__).resolve().parent
 TINY_MODEL_ID = "tiny-random"
@@ -85,6 +85,11 @@ KNOBS: tuple[Knob, ...] = (
     Knob("BF16_CACHE_DIR", "models/bf16-cache", "Where the bfloat16 copy of the weights is "
          "kept (keyed by the model files, so a changed model is converted again)", text,
          "a folder path"),
+    Knob("BAKE", "", "LoRAs baked into models at start: comma-separated "
+         "[name=]model+lora[:weight][+lora[:weight]...]; each merged model is written once to "
+         "MODELS_DIR/.baked/ (keyed by the model, the LoRA files and the weights), memory-mapped "
+         "and listed as a model (default name model+lora); see README: Baking LoRAs", bakes,
+         "[name=]model+lora[:weight]..., comma-separated, or empty"),
     Knob("SPEED_PRESET", "quality", "Default speed preset for requests that name none: "
          "quality (no lossy option), balanced or fast (see README: Speed options)",
          choice("quality", "balanced", "fast"), "quality, balanced or fast"),

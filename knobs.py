@@ -161,3 +161,42 @@ def redis_url(raw: str, knob: Knob) -> str:
 
 def _bad(knob: Knob, raw: str) -> str:
     return f"{knob.name}={raw!r} is not valid: allowed {knob.allowed}"
+
+
+# A bake: (its model name, the base model's name, ((LoRA name, weight), ...)).
+Bake = tuple[str, str, tuple[tuple[str, float], ...]]
+MAX_BAKE_WEIGHT = 10.0
+
+
+def bakes(raw: str, knob: Knob) -> tuple[Bake, ...]:
+    """Comma-separated `[name=]model+lora[:weight][+lora[:weight]...]` items; a missing name is
+    `model+lora` with each weight other than 1 written after its LoRA (`sd+detail:0.8`)."""
+    out = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        name, equals, spec = item.partition("=")
+        if not equals:
+            name, spec = "", item
+        base, *parts = [p.strip() for p in spec.split("+")]
+        if not base or not parts or not all(parts) or (equals and not name.strip()):
+            raise ConfigError(f"{knob.name}: {item!r} is not valid: allowed {knob.allowed}")
+        loras = tuple(_bake_lora(part, knob) for part in parts)
+        shown = "+".join(n if w == 1 else f"{n}:{w:g}" for n, w in loras)
+        out.append((name.strip() or f"{base}+{shown}", base, loras))
+    return tuple(out)
+
+
+def _bake_lora(part: str, knob: Knob) -> tuple[str, float]:
+    """`name` or `name:weight` (a finite weight of at most MAX_BAKE_WEIGHT either way)."""
+    name, colon, weight = part.rpartition(":")
+    if not colon:
+        return part, 1.0
+    try:
+        value = float(weight)
+    except ValueError:
+        raise ConfigError(f"{knob.name}: the weight in {part!r} is not a number") from None
+    if not name or not abs(value) <= MAX_BAKE_WEIGHT:
+        raise ConfigError(f"{knob.name}: {part!r} is not valid: a LoRA name and a weight "
+                          f"-{MAX_BAKE_WEIGHT:g}..{MAX_BAKE_WEIGHT:g}")
+    return name.strip(), value

@@ -13,6 +13,8 @@ Layout of MODELS_DIR (all optional):
     <stem>.ckpt                  listed but refused: a Python pickle can run code
     .sha256.json                 the hash cache (keyed by real path, size, mtime)
     .converted/<stem>-<key>/     the diffusers copy of a checkpoint (keyed the same way)
+    .baked/<key>/                a model with LoRAs merged in (catalog.bakes), listed by the
+                                 name its manifest gives
 
 Each entry carries its family (catalog.families), read from its configs: the folder's, a
 checkpoint's converted copy or sidecar config folder, else its tensor names; a Hub model's from
@@ -33,6 +35,7 @@ from typing import Any, Callable, Mapping
 
 from config import TINY_MODEL_ID, Settings
 from catalog import checkpoints
+from catalog.bakes import list_baked
 from catalog.cards import read_card
 from catalog.families import ModelFamily, folder_family, read_json, with_card
 from catalog.files import PARTIAL, staged
@@ -163,6 +166,9 @@ def _scan(settings: Settings) -> list[ModelEntry]:
             entries.append(_folder_entry(item))
         elif item.is_file() and item.suffix.lower() in (".safetensors", ".ckpt"):
             entries.append(_file_entry(item, settings))
+    taken = {e.name for e in entries}  # a model the user put there wins over a bake's name
+    entries += [_folder_entry(folder, name) for name, folder in list_baked(settings)
+                if name not in taken]
     return sorted(entries, key=lambda e: e.name.lower())
 
 

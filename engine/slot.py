@@ -16,6 +16,7 @@ from typing import Any
 
 from catalog.models import ModelEntry, find_model, list_models, model_id_name, with_hash
 from config import Settings
+from engine.bake import bake_all
 from engine.cpu import PrecisionProbe, probe_precision, threads_for_next_job
 from engine.decoders import load_tiny_decoder
 from engine.load_errors import explain_load_error
@@ -110,6 +111,9 @@ class ModelSlot:
         self._bf16 = self._choose_precision(threads)
         self.taesd = load_tiny_decoder(self.settings.taesd_model,
                                        required=self.settings.vae_decoder == "tiny")
+        bake_all(self.settings, self.report_progress)  # first: MODEL_ID may name a bake
+        self.publish(phase="loading", progress=None)
+        release_freed_memory()  # what merging the layers took goes back before the load
         startup = list_models(self.settings)[0]
         self._startup_source = startup.source  # MODEL_ID's model, named as MODEL_ID says
         self.load_model(startup)

@@ -1,4 +1,6 @@
 """Settings: defaults, parsing, and one-line errors naming variable, value and range."""
+import re
+
 import pytest
 
 from config import KNOBS, ConfigError, Settings, TINY_MODEL_ID, env_example, knob_table
@@ -141,3 +143,13 @@ def test_env_example_is_a_valid_configuration(tmp_path):
             key, _, value = line.partition("=")
             env[key.strip()] = value.strip()
     Settings.from_env(env)  # must not raise
+
+
+def test_bake_lists_name_model_and_weighted_loras():
+    s = Settings.from_env({"BAKE": "sd+fast:0.8+detail, mine=sd+style"})
+    assert s.bake == (("sd+fast:0.8+detail", "sd", (("fast", 0.8), ("detail", 1.0))),
+                      ("mine", "sd", (("style", 1.0),)))
+    for bad, says in (("sd", "BAKE: 'sd'"), ("sd+a:x", "not a number"), ("sd+a:11", "-10..10"),
+                      ("=sd+a", "BAKE: '=sd+a'")):
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            Settings.from_env({"BAKE": bad})
