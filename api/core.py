@@ -11,11 +11,12 @@ from api import (ApiError, failed_job_error, json_body, listed_models, model_fac
 from api.openapi import doc
 from api.security import auth_kind
 from catalog.loras import list_loras
+from catalog.upscalers import upscaler_names
 from errors import ValidationError
 from jobs.pace import estimate as pace_estimate
 from params import (DEFAULT_MASK_BLUR, DEFAULT_SCHEDULER, IMAGE_FIELDS, PRESETS, SCHEDULERS,
                     lora_recipe, model_card)
-from params.hires import IMAGE_UPSCALERS, LATENT_UPSCALERS
+from params.hires import LATENT_UPSCALERS
 
 bp = Blueprint("core", __name__)
 
@@ -82,7 +83,7 @@ def index():
         "api_key_required": bool(s.api_key), "auth": auth_kind(s),
         "default_preset": s.speed_preset, "default_mask_blur": DEFAULT_MASK_BLUR},
         schedulers=[DEFAULT_SCHEDULER, *SCHEDULERS], presets=PRESETS,
-        hires_upscalers=[*LATENT_UPSCALERS, *IMAGE_UPSCALERS])
+        hires_upscalers=[*LATENT_UPSCALERS, *upscaler_names(s)])
 
 
 def recipe_label(lora, recipe: dict) -> str:

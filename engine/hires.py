@@ -12,22 +12,13 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import replace
 
-from PIL import Image
 
 from engine.decoders import decode_full
 from engine.status import StepCallback
+from engine.upscalers import upscale_image
 from params import GenerationRequest
 from params.hires import LATENT_UPSCALERS, hires_sizes, second_pass_schedule
 from params.prompt import clip_prompt
-
-
-def upscale_image(image: Image.Image, name: str, size: tuple[int, int]) -> Image.Image:
-    """`image` resized to `size` by the upscaler `name` (as GET /sdapi/v1/upscalers lists it;
-    "None" is a plain Lanczos resize, as in A1111). The one seam to the image upscalers: at
-    merge, engine.upscalers.upscale_image (Pillow and ESRGAN) takes its place."""
-    resample = Image.Resampling.LANCZOS if name == "None" else \
-        Image.Resampling[name.upper()]
-    return image.resize(size, resample)
 
 
 def upscale_latents(latents, upscaler: str, size: tuple[int, int]):

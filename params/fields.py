@@ -7,10 +7,11 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from catalog.upscalers import upscaler_names
 from config import Settings
 from errors import ValidationError
-from params.hires import (DEFAULT_DENOISING, DEFAULT_UPSCALER, IMAGE_UPSCALERS,
-                          LATENT_UPSCALERS, MAX_SCALE, MIN_SCALE)
+from params.hires import (DEFAULT_DENOISING, DEFAULT_UPSCALER, LATENT_UPSCALERS, MAX_SCALE,
+                          MIN_SCALE)
 from params.prompt import MAX_LORA_WEIGHT, MAX_LORAS, MIN_LORA_WEIGHT
 from params.request import DEFAULT_MASK_BLUR, DEFAULT_STRENGTH, MAX_SEED
 from params.samplers import DEFAULT_SCHEDULER, ETA_SAMPLERS, SCHEDULERS
@@ -175,7 +176,7 @@ def hires_fields(settings: Settings) -> list[FieldSpec]:
                   "hr_resize_y); 0 = from width's aspect or scale.", **size),
         FieldSpec("hires.upscaler", "string", "A1111's latent modes (interpolate the latents) "
                   "or an image upscaler of GET /sdapi/v1/upscalers (decode, upscale, encode).",
-                  enum=(*LATENT_UPSCALERS, *IMAGE_UPSCALERS), default=DEFAULT_UPSCALER),
+                  enum=(*LATENT_UPSCALERS, *upscaler_names(settings)), default=DEFAULT_UPSCALER),
         FieldSpec("hires.steps", "integer", "Second-pass denoising steps; 0 = as many as the "
                   "first pass.", minimum=0, maximum=settings.max_steps, default=0,
                   setting="MAX_STEPS"),

@@ -21,9 +21,8 @@ LATENT_UPSCALERS: dict[str, tuple[str, bool]] = {
     "Latent": ("bilinear", False), "Latent (antialiased)": ("bilinear", True),
     "Latent (bicubic)": ("bicubic", False), "Latent (bicubic antialiased)": ("bicubic", True),
     "Latent (nearest)": ("nearest", False), "Latent (nearest-exact)": ("nearest-exact", False)}
-# The image upscalers GET /sdapi/v1/upscalers lists ("None": a plain Lanczos resize, as in
-# A1111). At merge, the upscalers branch's torch-free name list replaces this tuple.
-IMAGE_UPSCALERS = ("None", "Lanczos", "Nearest", "Bicubic", "Bilinear")
+# The image upscalers are those GET /sdapi/v1/upscalers lists (catalog.upscalers
+# upscaler_names: "None" is a plain Lanczos resize, as in A1111; Pillow's; the ESRGAN files).
 DEFAULT_UPSCALER = "Latent"  # A1111's default hires upscaler
 DEFAULT_DENOISING = 0.7  # A1111's UI default for the hires pass
 MIN_SCALE, MAX_SCALE = 1.0, 4.0  # A1111's UI slider

@@ -146,3 +146,35 @@ def test_native_hires_object_on_generate_and_jobs(client):
     assert r.status_code == 400 and "'hires.upscaler'" in r.json["message"]
     r = client.post("/generate", json={**body, "hires": {"scale": 9}})
     assert r.status_code == 400 and "'hires.scale'" in r.json["message"]
+
+
+def test_an_esrgan_file_upscales_between_the_passes(make_app, tmp_path):
+    """A model upscaler of MODELS_DIR/RealESRGAN is offered to the hires fix (A1111 field,
+    native object, the page's menu) and runs: its image differs from Lanczos' at one seed."""
+    from safetensors.torch import save_file
+
+    from engine import upscalers
+    from tests.random_upscaler import real_esrgan_state
+
+    (tmp_path / "RealESRGAN").mkdir()
+    save_file(real_esrgan_state(2, seed=12),
+              str(tmp_path / "RealESRGAN" / "RealESRGAN_x2plus.safetensors"))
+    upscalers.unload_upscaler()
+    client = make_app(MODELS_DIR=str(tmp_path)).test_client()
+    assert "R-ESRGAN 2x+" in client.get("/").get_data(as_text=True)  # the page's menu
+    body = {"prompt": "a lighthouse", "steps": 2, "width": 64, "height": 64, "seed": 3,
+            "enable_hr": True, "hr_scale": 2, "hr_second_pass_steps": 1,
+            "denoising_strength": 0.3}
+    images = {}
+    for name in ("R-ESRGAN 2x+", "Lanczos"):
+        r = client.post(f"{URL}/txt2img", json={**body, "hr_upscaler": name})
+        assert r.status_code == 200, r.json
+        assert f"Hires upscaler: {name}" in json.loads(r.json["info"])["infotexts"][0]
+        images[name] = Image.open(io.BytesIO(base64.b64decode(r.json["images"][0])))
+    assert images["R-ESRGAN 2x+"].size == (128, 128)
+    assert images["R-ESRGAN 2x+"].tobytes() != images["Lanczos"].tobytes()
+    r = client.post("/generate", json={"prompt": "a lighthouse", "steps": 2, "width": 64,
+                                       "height": 64, "hires": {"upscaler": "R-ESRGAN 2x+",
+                                                               "steps": 1}})
+    assert r.status_code == 200, r.json
+    upscalers.unload_upscaler()
