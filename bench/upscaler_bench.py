@@ -137,12 +137,16 @@ def main() -> None:
         saved = [r for r in saved if (r["label"], r["size"], r["tile"]) != (label, size, tile)]
         saved.append(row)
         ROWS.write_text(json.dumps(saved))
+        text = report(ordered(saved))
+        if args.write:  # after every row: a run cut short keeps what it measured
+            RESULT_FILE.write_text(text)
+    print(report(ordered(saved)))
+
+
+def ordered(rows: list[dict]) -> list[dict]:
+    """The rows in CONFIGS' order."""
     order = {(label, size, tile): i for i, (label, size, tile, _) in enumerate(CONFIGS)}
-    rows = sorted(saved, key=lambda r: order.get((r["label"], r["size"], r["tile"]), 99))
-    text = report(rows)
-    print(text)
-    if args.write:
-        RESULT_FILE.write_text(text)
+    return sorted(rows, key=lambda r: order.get((r["label"], r["size"], r["tile"]), 99))
 
 
 if __name__ == "__main__":
