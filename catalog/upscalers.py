@@ -89,12 +89,16 @@ def describe_rrdbnet(shapes: Mapping[str, Sequence[int]]) -> RRDBSpec:
         return _basicsr(shapes)
     if "model.0.weight" in keys and any(k.startswith("model.1.sub.") for k in keys):
         return _old_esrgan(shapes)
+    raise ValueError(_not_rrdbnet(keys))
+
+
+def _not_rrdbnet(keys: set[str]) -> str:
+    """Why a file with these tensor names is no RRDBNet."""
     if "body.0.weight" in keys:
-        raise ValueError("it is an SRVGGNetCompact net (realesr-general / animevideo), not "
-                         "an RRDBNet: only the ESRGAN / Real-ESRGAN RRDBNet family is "
-                         "supported")
+        return ("it is an SRVGGNetCompact net (realesr-general / animevideo), not an RRDBNet: "
+                "only the ESRGAN / Real-ESRGAN RRDBNet family is supported")
     sample = ", ".join(sorted(keys)[:3]) or "no tensors"
-    raise ValueError(f"its keys ({sample}, ...) are not an ESRGAN / Real-ESRGAN RRDBNet's")
+    return f"its keys ({sample}, ...) are not an ESRGAN / Real-ESRGAN RRDBNet's"
 
 
 def _need(shapes: Mapping[str, Sequence[int]], key: str) -> Sequence[int]:
@@ -155,8 +159,8 @@ def _old_esrgan(shapes: Mapping[str, Sequence[int]]) -> RRDBSpec:
 
 
 def pth_problem(path: Path) -> str:
-    """Why a .pth cannot be read as a plain state dict without torch ('' when it can): it
-    must be torch's zip format whose pickle names only tensor-rebuilding globals."""
+    """Why a .pth cannot be used, found without torch ('' when it can): it must be torch's
+    zip format whose pickle names only tensor-rebuilding globals, and an RRDBNet's tensors."""
     try:
         with zipfile.ZipFile(path) as archive:
             pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")
@@ -186,6 +190,10 @@ def pth_problem(path: Path) -> str:
                         ".safetensors")
     except Exception as exc:  # noqa: BLE001  (any malformed pickle is simply unreadable)
         return f"its pickle is damaged ({type(exc).__name__})"
+    # The tensor names are strings in the pickle (their shapes are not, readily): enough to
+    # tell an RRDBNet's first convolution from another architecture's.
+    if not {"conv_first.weight", "model.0.weight"} & set(strings):
+        return _not_rrdbnet({k for k in strings if k.endswith((".weight", ".bias"))})
     return ""
 
 

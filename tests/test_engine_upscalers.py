@@ -47,6 +47,7 @@ def models_dir(tmp_path):
     torch.save({"params_ema": real_esrgan_state(4, seed=5), "extra": NotATensor()},
                esrgan / "evil.pth")
     save_file({"body.0.weight": torch.zeros(4, 3, 3, 3)}, str(esrgan / "compact.safetensors"))
+    torch.save({"params": {"body.0.weight": torch.zeros(4, 3, 3, 3)}}, real / "general.pth")
     return tmp_path
 
 
@@ -92,6 +93,7 @@ def test_the_listing_reads_safetensors_headers_and_checks_pickles(settings):
     assert "not a PyTorch zip checkpoint" in entries["garbage.pth"].problem
     assert "NotATensor" in entries["evil.pth"].problem and "refused" in entries["evil.pth"].problem
     assert "SRVGGNetCompact" in entries["compact.safetensors"].problem
+    assert "SRVGGNetCompact" in entries["general.pth"].problem  # from the pickle's names
     names = upscaler_names(settings)
     assert names[:5] == ["None", "Lanczos", "Nearest", "Bicubic", "Bilinear"]
     assert "evil" not in names and "R-ESRGAN 4x+" in names and "4x-Old" in names
