@@ -37,6 +37,7 @@ A1111_NAMES = {"realesrgan_x4plus": "R-ESRGAN 4x+",
 SAFE_GLOBALS = re.compile(r"^(collections (OrderedDict)|torch\._utils _rebuild_\w+|"
                           r"torch (\w+Storage|Size|device|bfloat16|float16|float32)|"
                           r"torch\.serialization _get_layout|builtins (set|frozenset))$")
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER, first in a legacy file
 _NAME_SCALE = re.compile(r"(?:^|[^a-z0-9])(?:x([1248])|([1248])x)(?:[^a-z0-9]|$)", re.I)
 
 
@@ -89,12 +90,16 @@ def describe_rrdbnet(shapes: Mapping[str, Sequence[int]]) -> RRDBSpec:
         return _basicsr(shapes)
     if "model.0.weight" in keys and any(k.startswith("model.1.sub.") for k in keys):
         return _old_esrgan(shapes)
+    raise ValueError(_not_rrdbnet(keys))
+
+
+def _not_rrdbnet(keys: set[str]) -> str:
+    """Why a file with these tensor names is no RRDBNet."""
     if "body.0.weight" in keys:
-        raise ValueError("it is an SRVGGNetCompact net (realesr-general / animevideo), not "
-                         "an RRDBNet: only the ESRGAN / Real-ESRGAN RRDBNet family is "
-                         "supported")
+        return ("it is an SRVGGNetCompact net (realesr-general / animevideo), not an RRDBNet: "
+                "only the ESRGAN / Real-ESRGAN RRDBNet family is supported")
     sample = ", ".join(sorted(keys)[:3]) or "no tensors"
-    raise ValueError(f"its keys ({sample}, ...) are not an ESRGAN / Real-ESRGAN RRDBNet's")
+    return f"its keys ({sample}, ...) are not an ESRGAN / Real-ESRGAN RRDBNet's"
 
 
 def _need(shapes: Mapping[str, Sequence[int]], key: str) -> Sequence[int]:
@@ -155,23 +160,44 @@ def _old_esrgan(shapes: Mapping[str, Sequence[int]]) -> RRDBSpec:
 
 
 def pth_problem(path: Path) -> str:
-    """Why a .pth cannot be read as a plain state dict without torch ('' when it can): it
-    must be torch's zip format whose pickle names only tensor-rebuilding globals."""
+    """Why a .pth cannot be used, found without torch ('' when it can): torch's zip format or
+    its legacy (pre-1.6) one, whose pickle names only tensor-rebuilding globals, holding an
+    RRDBNet's tensors."""
     try:
         with zipfile.ZipFile(path) as archive:
             pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")
                        or n == "data.pkl"]
             if not pickles:
                 return "it is a zip without data.pkl, not a PyTorch checkpoint"
-            data = archive.read(pickles[0])
+            return _pickle_problem(io.BytesIO(archive.read(pickles[0])))
     except zipfile.BadZipFile:
-        return ("it is not a PyTorch zip checkpoint (an old pre-1.6 pickle or another file): "
-                "convert it to .safetensors")
+        pass
     except OSError as exc:
         return f"it cannot be read ({exc.strerror or exc})"
+    # torch's legacy format (most 2018-2019 ESRGAN files): pickles of the magic number, the
+    # protocol version and the system info, then the state dict's, then the raw storages.
+    not_torch = "it is not a PyTorch checkpoint (neither torch's zip nor its legacy format)"
+    try:
+        with open(path, "rb") as f:
+            try:
+                if LEGACY_MAGIC not in [arg for _, arg, _ in pickletools.genops(f)]:
+                    return not_torch
+                for _ in range(2):  # the protocol version, the system info
+                    for _ in pickletools.genops(f):
+                        pass
+            except Exception:  # noqa: BLE001  (not a pickle at all)
+                return not_torch
+            return _pickle_problem(f)
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror or exc})"
+
+
+def _pickle_problem(stream) -> str:
+    """Why the state-dict pickle on `stream` is refused ('' when it is plain tensors of an
+    RRDBNet): any global but a tensor's, or no RRDBNet first convolution among its names."""
     strings: list[str] = []
     try:
-        for opcode, arg, _ in pickletools.genops(io.BytesIO(data)):
+        for opcode, arg, _ in pickletools.genops(stream):
             if opcode.name == "GLOBAL":
                 name = str(arg)
             elif opcode.name == "STACK_GLOBAL":
@@ -186,6 +212,10 @@ def pth_problem(path: Path) -> str:
                         ".safetensors")
     except Exception as exc:  # noqa: BLE001  (any malformed pickle is simply unreadable)
         return f"its pickle is damaged ({type(exc).__name__})"
+    # The tensor names are strings in the pickle (their shapes are not, readily): enough to
+    # tell an RRDBNet's first convolution from another architecture's.
+    if not {"conv_first.weight", "model.0.weight"} & set(strings):
+        return _not_rrdbnet({k for k in strings if k.endswith((".weight", ".bias"))})
     return ""
 
 

@@ -28,12 +28,13 @@ log = logging.getLogger(__name__)
 RESAMPLERS = {"Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEAREST,
               "Bicubic": Image.Resampling.BICUBIC, "Bilinear": Image.Resampling.BILINEAR}
 assert tuple(RESAMPLERS) == PILLOW_UPSCALERS
-# Input pixels per tile side. A full RealESRGAN_x4plus tile holds ~3 float32 feature maps of
-# 64 channels at 4x its padded size: 4 x 4 x (192+2x16)^2 x 64 x 4 B x 3 ~ 0.6 GiB at 192
-# (bench/upscaler.md measures it); the picture's size no longer matters.
+# Input pixels per tile side. A RealESRGAN_x4plus tile holds two 64-channel maps at 4x its
+# padded size, 2 x (4 x 224)^2 x 64 x 4 B ~ 0.4 GiB in float32: a 4x of 512 or 1024 px peaks
+# at ~0.8 GiB RssAnon in all (bench/upscaler.md); the picture's size no longer matters.
 TILE = 192
-# Input pixels each tile sees beyond its own edge: the net's features near a tile edge
-# then come from real neighbours, so seams are below one grey level (Real-ESRGAN uses 10).
+# Input pixels each tile sees beyond its own edge, so the features near a tile's edge come
+# from real neighbours, not padding (Real-ESRGAN's own tiling uses 10; the tests check tiled
+# against whole pictures within one grey level).
 TILE_OVERLAP = 16
 # A1111 runs a model at most 3 times (64x with a 4x model); more would only blow up memory.
 MAX_PASSES = 3
@@ -103,7 +104,7 @@ def upscale_image(image: Image.Image, name: str, size: tuple[int, int],
 def use_bf16(settings: Settings) -> bool:
     """Whether a model runs under bfloat16 autocast: DTYPE as for the SD model (bfloat16
     always, auto where the load-time probe measures bf16 faster on this CPU, float32 never).
-    Measured on an AMX Xeon, RealESRGAN_x4plus runs ~2.7x faster in bf16 (bench/upscaler.md);
+    Measured on an AMX Xeon, RealESRGAN_x4plus runs 2.3x faster in bf16 (bench/upscaler.md);
     where the CPU has no bf16 kernels it would be many times slower, hence the probe."""
     global _bf16_measured
     if settings.dtype != "auto":

@@ -46,6 +46,8 @@ def upscaler_models(tmp_path_factory):
     save_file(real_esrgan_state(2, seed=12), str(root / "RealESRGAN" / "RealESRGAN_x2plus"
                                                                        ".safetensors"))
     (root / "ESRGAN" / "broken.pth").write_bytes(b"\x80\x02}q\x00.")  # a bare pickle
+    # names an RRDBNet's first conv, so it is listed (a .pth's shapes are read on use) ...
+    torch.save({"model.0.weight": torch.zeros(4, 3, 3, 3)}, root / "ESRGAN" / "2x-Half.pth")
     return root
 
 
@@ -59,7 +61,8 @@ def up_client(make_app, upscaler_models):
 def test_the_files_are_listed_beside_the_pillow_upscalers(up_client):
     items = up_client.get(f"{URL}/upscalers").json
     assert [i["name"] for i in items] == ["None", "Lanczos", "Nearest", "Bicubic", "Bilinear",
-                                          "4x-Test", "R-ESRGAN 2x+"]
+                                          "2x-Half", "4x-Test", "R-ESRGAN 2x+"]
+    items.pop(5)
     assert items[5] == {"name": "4x-Test", "model_name": "4x-Test",
                         "model_path": "ESRGAN/4x-Test.pth", "model_url": None, "scale": 4}
     assert items[6]["scale"] == 2 and items[6]["model_path"].startswith("RealESRGAN/")
@@ -96,7 +99,14 @@ def test_a_file_we_cannot_read_is_a_400_naming_it(up_client):
     r = up_client.post(f"{URL}/extra-single-image", json={
         "image": b64(picture()), "upscaler_1": "broken", "upscaling_resize": 2})
     assert r.status_code == 400
-    assert "ESRGAN/broken.pth" in r.json["detail"] and "not a PyTorch zip" in r.json["detail"]
+    assert "ESRGAN/broken.pth" in r.json["detail"] and "not a PyTorch" in r.json["detail"]
+    # ... and refused with the reason when its tensors are loaded
+    r = up_client.post(f"{URL}/extra-single-image", json={
+        "image": b64(picture()), "upscaler_1": "Nearest", "upscaler_2": "2x-Half",
+        "extras_upscaler_2_visibility": 0.5, "upscaling_resize": 2})
+    assert r.status_code == 400
+    assert r.json["detail"].startswith("'upscaler_2': upscaler '2x-Half'")
+    assert "are not an ESRGAN / Real-ESRGAN RRDBNet" in r.json["detail"]
     r = up_client.post(f"{URL}/extra-single-image", json={
         "image": b64(picture()), "upscaler_2": "missing", "upscaling_resize": 2})
     assert r.status_code == 422 and "4x-Test" in r.json["detail"]

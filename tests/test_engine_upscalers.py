@@ -38,6 +38,11 @@ def models_dir(tmp_path):
     esrgan.mkdir()
     real.mkdir()
     torch.save(old_esrgan_state(4, seed=1), esrgan / "4x-Old.pth")
+    # torch's pre-1.6 format, which most 2018-2019 ESRGAN files are in
+    torch.save(old_esrgan_state(2, seed=6), esrgan / "2x-Legacy.pth",
+               _use_new_zipfile_serialization=False)
+    torch.save({"x": NotATensor()}, esrgan / "evil-legacy.pth",
+               _use_new_zipfile_serialization=False)
     save_file(old_esrgan_state(2, seed=2), str(esrgan / "2x-OldSafe.safetensors"))
     torch.save({"params_ema": real_esrgan_state(4, seed=3),
                 "params": real_esrgan_state(4, seed=9)}, real / "RealESRGAN_x4plus.pth")
@@ -47,6 +52,7 @@ def models_dir(tmp_path):
     torch.save({"params_ema": real_esrgan_state(4, seed=5), "extra": NotATensor()},
                esrgan / "evil.pth")
     save_file({"body.0.weight": torch.zeros(4, 3, 3, 3)}, str(esrgan / "compact.safetensors"))
+    torch.save({"params": {"body.0.weight": torch.zeros(4, 3, 3, 3)}}, real / "general.pth")
     return tmp_path
 
 
@@ -89,9 +95,12 @@ def test_the_listing_reads_safetensors_headers_and_checks_pickles(settings):
     assert not any(entries[n].problem for n in ("4x-Old.pth", "RealESRGAN_x4plus.pth",
                                                 "RealESRGAN_x2plus.safetensors"))
     assert "safetensors header" in entries["broken.safetensors"].problem
-    assert "not a PyTorch zip checkpoint" in entries["garbage.pth"].problem
+    assert "not a PyTorch checkpoint" in entries["garbage.pth"].problem
+    assert entries["2x-Legacy.pth"].problem == "" and entries["2x-Legacy.pth"].scale == 2
+    assert "NotATensor" in entries["evil-legacy.pth"].problem
     assert "NotATensor" in entries["evil.pth"].problem and "refused" in entries["evil.pth"].problem
     assert "SRVGGNetCompact" in entries["compact.safetensors"].problem
+    assert "SRVGGNetCompact" in entries["general.pth"].problem  # from the pickle's names
     names = upscaler_names(settings)
     assert names[:5] == ["None", "Lanczos", "Nearest", "Bicubic", "Bilinear"]
     assert "evil" not in names and "R-ESRGAN 4x+" in names and "4x-Old" in names
@@ -106,6 +115,7 @@ def test_weights_only_refuses_a_pickled_object(models_dir):
 @pytest.mark.parametrize("file, scale, reference", [
     ("ESRGAN/4x-Old.pth", 4, lambda s, x: reference_old_esrgan(s, x)),
     ("ESRGAN/2x-OldSafe.safetensors", 2, lambda s, x: reference_old_esrgan(s, x)),
+    ("ESRGAN/2x-Legacy.pth", 2, lambda s, x: reference_old_esrgan(s, x)),
     ("RealESRGAN/RealESRGAN_x4plus.pth", 4, lambda s, x: reference_real_esrgan(s, x, 4)),
     ("RealESRGAN/RealESRGAN_x2plus.safetensors", 2,
      lambda s, x: reference_real_esrgan(s, x, 2))])

@@ -150,9 +150,9 @@ def upscale(image: Image.Image, field: str, opts: dict[str, Any]) -> Image.Image
             raise _invalid(knob, f"'{field}' ({image.width}x{image.height}) would become "
                            f"{size[0]}x{size[1]} = {size[0] * size[1]} pixels; the limit is "
                            f"{limit} (MAX_INPUT_PIXELS): ask for a smaller size")
-    out = _engine_upscale(image, opts["upscaler_1"], scaled)
+    out = _engine_upscale(image, "upscaler_1", opts, scaled)
     if opts["upscaler_2"] != NONE and opts["extras_upscaler_2_visibility"] > 0:
-        out = Image.blend(out, _engine_upscale(image, opts["upscaler_2"], scaled),
+        out = Image.blend(out, _engine_upscale(image, "upscaler_2", opts, scaled),
                           opts["extras_upscaler_2_visibility"])
     if final != scaled:
         left, top = (scaled[0] - final[0]) // 2, (scaled[1] - final[1]) // 2
@@ -160,15 +160,17 @@ def upscale(image: Image.Image, field: str, opts: dict[str, Any]) -> Image.Image
     return out
 
 
-def _engine_upscale(image: Image.Image, name: str, size: tuple[int, int]) -> Image.Image:
-    """The engine's upscale through the queue backend, its refusals as JSON errors."""
+def _engine_upscale(image: Image.Image, field: str, opts: dict[str, Any],
+                    size: tuple[int, int]) -> Image.Image:
+    """The engine's upscale by `opts[field]` through the queue backend, its refusals as JSON
+    errors naming the field."""
     try:
-        out = services().queue.upscale(image, name, size)
+        out = services().queue.upscale(image, opts[field], size)
     except NotAccepting as exc:  # shutting down, or a backend without model upscalers
         headers = {"Retry-After": exc.retry_after} if exc.retry_after else {}
         raise ApiError(exc.status, exc.reason, exc.message, headers) from None
-    except UnsupportedRequest as exc:  # the file turned out unreadable when loaded
-        raise ApiError(400, "upscaler_unusable", str(exc), param="upscaler_1") from None
+    except UnsupportedRequest as exc:  # unreadable when loaded, or too big for the memory
+        raise ApiError(400, "upscale_refused", f"'{field}': {exc}", param=field) from None
     # RGBA in, RGBA out (a model upscales the colours, Lanczos the alpha)
     return out.convert(image.mode) if out.mode != image.mode else out
 
