@@ -124,6 +124,17 @@ def _baked_folder() -> Path:
     return next(p for p in (MODELS / ".baked").iterdir() if p.is_dir())
 
 
+def _cpu_flags() -> str:
+    """' (AMX, AVX512-BF16)' as far as this CPU has them (the bf16 kernels torch can use)."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n")[0].split())
+    except (OSError, IndexError):
+        return ""
+    found = [name for flag, name in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512-BF16"),
+                                     ("avx2", "AVX2")) if flag in flags]
+    return f" ({', '.join(found[:2])})" if found else ""
+
+
 def _hwm_mib() -> float:
     """This process's peak RSS (VmHWM) in MiB."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -168,7 +179,7 @@ def report(rows: dict, size: int, steps: int) -> str:
     return f"""# Baking a LoRA (bench/bake_bench.py)
 
 Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, each phase under `flock /tmp/heavy.lock`. CPU:
-{cpu_model()}, 2 cores shared with other work; torch threads {unbaked['threads']}; float32.
+{cpu_model()}{_cpu_flags()}, 2 cores shared with other work; float32.
 Full-size SD v1-4 architecture with random weights; a random rank-64 LoRA on the attention
 projections of the UNet (to_q/k/v/out) and of the text encoder (q/k/v/out), weight {WEIGHT}.
 Each row is a fresh process going through the server's own code (Engine.load with
@@ -190,8 +201,10 @@ scheduler are links to the base's folders.
 | base + LoRA per job (peft adapter, unbaked) | {unbaked['seconds_per_step']:.2f} | {unbaked['seconds']} | {unbaked['RssAnon']} | {unbaked['peak_anon_during_image']} |
 | baked model, no LoRA | {baked['seconds_per_step']:.2f} | {baked['seconds']} | {baked['RssAnon']} | {baked['peak_anon_during_image']} |
 
-Baked / unbaked s/step: {ratio:.2f} (two processes a few minutes apart: {unbaked['threads']}
-and {baked['threads']} torch threads, as many as the cores other programs left free).
+Baked / unbaked s/step: {ratio:.2f} (two processes minutes apart, with {unbaked['threads']}
+and {baked['threads']} torch threads: as many as the cores other programs left free, so this
+ratio says more about the shared machine than about the LoRA{"" if unbaked['threads'] ==
+baked['threads'] else "; the interleaved calls below are the fair comparison"}).
 {_interleaved(rows.get("interleaved"), size)}
 Largest pixel difference between the two images (same seed): {pixel_difference()} of 255.
 """
