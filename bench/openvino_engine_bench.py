@@ -70,7 +70,7 @@ def report(rows: list[dict], fidelity: dict, size: int, steps: int) -> str:
         if "error" in r:
             lines.append(f"| {r['name']} | error: {r['error'][-200:]!r} ||||||")
             continue
-        ov = [o for o in r["optimizations"] if o.startswith("openvino-unet")]
+        ov = [o for o in r["optimizations"] if o.startswith("openvino")]
         step = r["step_median_s"]
         lines.append(
             f"| {r['name']} | {ov[0] if ov else 'torch ' + r['dtype']} | {step:.2f} | "

@@ -130,7 +130,11 @@ def worker(row: dict, timed: bool) -> dict:
     from engine import Engine
     from params import parse_generation_request
 
-    settings = Settings.from_env(row["env"])
+    # bf16, as DTYPE=auto chose on this CPU when quiet (its probe: bf16 5.2x f32); under load
+    # the probe once measured less than its 1.3x threshold and chose float32, which would
+    # make rows differ by the machine's mood rather than by what they compare.
+    env = {**row["env"], "DTYPE": "bfloat16"} if row["env"].get("DTYPE") == "auto" else row["env"]
+    settings = Settings.from_env(env)
     engine = Engine(settings)
     t0 = time.perf_counter()
     engine.load()
