@@ -96,8 +96,8 @@ class OpenVinoBackend:
                                      "use ENGINE=torch")
         if request.loras:
             raise UnsupportedRequest("LoRAs are not available with ENGINE=openvino (they "
-                                     "patch the torch UNet's layers); remove the <lora:...> "
-                                     "tags or use ENGINE=torch")
+                                     "patch the torch UNet's layers); bake them into a model, "
+                                     "remove the <lora:...> tags or use ENGINE=torch")
 
     def info(self, pipe) -> dict[str, Any]:
         """The name, and once loaded where each part runs, in what precision, compile and
