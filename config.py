@@ -75,6 +75,12 @@ KNOBS: tuple[Knob, ...] = (
     Knob("OPENVINO_CACHE_DIR", "models/openvino-cache", "Where ENGINE=openvino keeps the "
          "exported model (keyed by the model files, so a changed model is exported again)",
          text, "a folder path"),
+    Knob("OPENVINO_SHAPES", "shared", "How ENGINE=openvino compiles the UNet: shared = one "
+         "compiled model for every size and batch (one copy of the weights in RAM; a size's "
+         "first call is about 1 s slower); static = one per size and batch, the 2 most recent "
+         "kept, each with its own copy of the weights (OpenVINO's CPU plugin shares none "
+         "between compiled models: bench/openvino-pipeline-results.md)",
+         choice("shared", "static"), "shared or static"),
     Knob("ATTENTION_SLICING", "auto", "auto = off where PyTorch SDPA is available (measured: "
          "slicing is 1.6x slower on CPU and saves no memory); on = the seed's behaviour",
          choice("auto", "on", "off"), "auto, on or off"),

@@ -70,7 +70,7 @@ def report(rows: list[dict], fidelity: dict, size: int, steps: int) -> str:
         if "error" in r:
             lines.append(f"| {r['name']} | error: {r['error'][-200:]!r} ||||||")
             continue
-        ov = [o for o in r["optimizations"] if o.startswith("openvino-unet")]
+        ov = [o for o in r["optimizations"] if o.startswith("openvino")]
         step = r["step_median_s"]
         lines.append(
             f"| {r['name']} | {ov[0] if ov else 'torch ' + r['dtype']} | {step:.2f} | "
@@ -100,7 +100,7 @@ def shapes_worker(threads: int) -> dict:
     out = {"after_load": process_memory()}
     for shape in ((2, 64, 80, 77), (2, 80, 64, 77), (1, 64, 64, 77)):
         started = time.perf_counter()
-        engine.pipe.unet.compiled_for(shape)
+        engine.pipe.unet.warm(shape)
         out[f"after_{shape[0]}x{shape[1] * 8}x{shape[2] * 8}"] = {
             **process_memory(), "compile_s": round(time.perf_counter() - started, 1)}
     return out

@@ -15,6 +15,9 @@ check() {  # the imports the benchmark needs, and no torchvision
 import importlib.util, sys
 if importlib.util.find_spec("torchvision"):
     sys.exit("torchvision is installed in the OpenVINO venv")
+from importlib.metadata import distributions
+if any((d.metadata["Name"] or "").lower().startswith("nvidia") for d in distributions()):
+    sys.exit("nvidia (CUDA) packages are installed in the OpenVINO venv: install a CPU torch")
 import transformers, diffusers, openvino, optimum.intel  # noqa: F401,E401
 from optimum.intel import OVStableDiffusionPipeline  # noqa: F401
 PY
@@ -28,7 +31,10 @@ start=$(date +%s)
 mkdir -p "$BENCH/cache"
 [[ -x "$PY" ]] || python3 -m venv "$VENV"
 rm -f "$STAMP"
-"$PY" -m pip install -q --disable-pip-version-check -r "$REQ"
+# PyPI's torch for Linux is the CUDA build (several GB of nvidia packages): a local CPU
+# wheel (TORCH_WHEELS, default /opt/wheels, e.g. torch-2.13.0+cpu) sorts above it when present.
+"$PY" -m pip install -q --disable-pip-version-check --find-links "${TORCH_WHEELS:-/opt/wheels}" \
+  -r "$REQ"
 "$PY" -m pip uninstall -q -y torchvision 2>/dev/null || true
 check
 echo "$want" > "$STAMP"

@@ -71,6 +71,35 @@ _TINY_SDXS_UNET = dict(sample_size=8, in_channels=4, out_channels=4, layers_per_
                        mid_block_type=None, cross_attention_dim=48, attention_head_dim=4,
                        use_linear_projection=True)
 
+# Full-size stand-ins for the benchmark. SD 2.1-base's UNet (SD-Turbo's), 865M parameters.
+_SD21_BASE_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+                       block_out_channels=(320, 640, 1280, 1280),
+                       down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                       up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+                       cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
+                       use_linear_projection=True)
+# SDXS-512's pruned UNet, reconstructed (its config could not be fetched here): three levels,
+# one layer per block, no mid block, cross-attention at the two lower-resolution levels. This
+# layout counts 318.7M parameters, the paper's 319M; attention only at the top level would
+# count 192M.
+_SDXS_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=1,
+                  block_out_channels=(320, 640, 1280), mid_block_type=None,
+                  down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                  up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                  cross_attention_dim=1024, attention_head_dim=(5, 10, 20),
+                  use_linear_projection=True)
+_FULL_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+                 block_out_channels=(128, 256, 512, 512), sample_size=512,
+                 down_block_types=("DownEncoderBlock2D",) * 4,
+                 up_block_types=("UpDecoderBlock2D",) * 4)
+_CLIP_L = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+               num_attention_heads=12, max_position_embeddings=77, projection_dim=768,
+               hidden_act="quick_gelu")
+# OpenCLIP-H as SD 2.x ships it: 23 of its 24 layers (the penultimate layer's output is used).
+_OPENCLIP_H = dict(vocab_size=49408, hidden_size=1024, intermediate_size=4096,
+                   num_hidden_layers=23, num_attention_heads=16, max_position_embeddings=77,
+                   projection_dim=512, hidden_act="gelu")
+
 # Each architecture: the UNet, VAE (`vae_class` "tiny": an AutoencoderTiny of
 # TAESD_ARCHITECTURES[vae]) and text encoder configs, the scheduler (class, config) and the
 # tokenizer's pad token. New families are one entry here (the benchmark builds them too).
@@ -99,6 +128,16 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
                                            use_linear_projection=False),
                               "vae": "tiny", "vae_class": "tiny", "text": _TINY_TEXT,
                               "scheduler": ("DDPMScheduler", dict(_BETAS, clip_sample=False))},
+    # Full-size SD-Turbo (stabilityai/sd-turbo: SD 2.1-base's shapes), SDXS-512-0.9 (its tiny
+    # VAE as vae/, the full one as vae_large/) and SDXS-512-DreamShaper (CLIP-L).
+    "sd-turbo": {"unet": _SD21_BASE_UNET, "vae": _FULL_VAE, "text": _OPENCLIP_H,
+                 "scheduler": _TURBO_SCHEDULER, "pad_token": "!"},
+    "sdxs": {"unet": _SDXS_UNET, "vae": "full", "vae_class": "tiny", "vae_large": _FULL_VAE,
+             "text": _OPENCLIP_H, "scheduler": _TURBO_SCHEDULER, "pad_token": "!"},
+    "sdxs-dreamshaper": {"unet": dict(_SDXS_UNET, cross_attention_dim=768,
+                                      attention_head_dim=8, use_linear_projection=False),
+                         "vae": "full", "vae_class": "tiny", "vae_large": _FULL_VAE,
+                         "text": _CLIP_L, "scheduler": _TURBO_SCHEDULER},
     # Exactly CompVis/stable-diffusion-v1-4: compute and memory match the real model.
     "full": {
         "unet": dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,

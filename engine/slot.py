@@ -146,8 +146,11 @@ class ModelSlot:
         if apply_card_prediction(pipe, card):
             log.info("model %s: prediction_type %s, as its card says", entry.name,
                      card["prediction_type"])
+        # The model's defaults as its family and card give them (OpenVINO compiles them now).
+        defaults = model_card(replace(entry, family=pipeline_family(pipe, card)))
         optimizations += self.backend.attach(pipe, self._bf16, self.status.torch_threads,
-                                             self.report_progress)
+                                             self.report_progress, taesd=self.taesd,
+                                             defaults=defaults)
         if self.taesd is not None:
             optimizations.append("taesd-previews")
         optimizations.append(f"torch-threads={s.torch_threads}" if s.torch_threads else

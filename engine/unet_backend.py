@@ -1,9 +1,10 @@
-"""What runs the UNet, chosen once from ENGINE: torch (diffusers' own UNet) or OpenVINO
-(the UNet exported and compiled, engine/openvino_engine.py). The rest of the pipeline is the
-same diffusers code either way; the backend answers the four questions that differ:
+"""What runs the model, chosen once from ENGINE: torch (diffusers' own modules) or OpenVINO
+(text encoder, UNet and decoders exported and compiled, engine/openvino_engine.py). The rest
+of the pipeline is the same diffusers code either way; the backend answers the four
+questions that differ:
 
     weights_bf16   load the torch weights in bf16? (OpenVINO takes bf16 as a compile hint)
-    attach         what to do to a freshly loaded pipeline (OpenVINO: swap its UNet)
+    attach         what to do to a freshly loaded pipeline (OpenVINO: swap its parts)
     check_request  what this backend cannot run (a 400 naming the engine)
     info           /health's `engine`
 
@@ -29,8 +30,10 @@ class UNetBackend(Protocol):
     def weights_bf16(self, bf16: bool) -> bool:
         """Whether the torch weights are loaded in bf16, given the precision chosen."""
 
-    def attach(self, pipe, bf16: bool, threads: int, progress: Progress) -> list[str]:
-        """Make a freshly loaded pipeline run its UNet here; what was applied, for /health."""
+    def attach(self, pipe, bf16: bool, threads: int, progress: Progress, taesd=None,
+               defaults: dict[str, Any] | None = None) -> list[str]:
+        """Make a freshly loaded pipeline (and TAESD) run here, ready for the `defaults` (the
+        model card's size and guidance); what was applied, for /health."""
 
     def check_request(self, request: GenerationRequest) -> None:
         """UnsupportedRequest when this backend cannot run the request."""
@@ -48,8 +51,9 @@ class TorchBackend:
         """bf16 weights are the bf16 choice itself."""
         return bf16
 
-    def attach(self, pipe, bf16: bool, threads: int, progress: Progress) -> list[str]:
-        """Nothing to do: the loaded UNet runs as it is."""
+    def attach(self, pipe, bf16: bool, threads: int, progress: Progress, taesd=None,
+               defaults: dict[str, Any] | None = None) -> list[str]:
+        """Nothing to do: the loaded modules run as they are."""
         return []
 
     def check_request(self, request: GenerationRequest) -> None:
@@ -61,7 +65,8 @@ class TorchBackend:
 
 
 class OpenVinoBackend:
-    """The UNet exported to OpenVINO IR once and compiled per shape; see openvino_engine."""
+    """Text encoder, UNet and decoders exported to OpenVINO IR once and compiled; see
+    openvino_engine."""
 
     name = "openvino"
 
@@ -73,11 +78,14 @@ class OpenVinoBackend:
         there, not a second copy of the weights) and the rest stays float32."""
         return False
 
-    def attach(self, pipe, bf16: bool, threads: int, progress: Progress) -> list[str]:
-        """Swap the pipeline's UNet for its OpenVINO-compiled copy (exported first if needed)."""
-        from engine.openvino_engine import use_openvino_unet  # imports openvino: lazily
+    def attach(self, pipe, bf16: bool, threads: int, progress: Progress, taesd=None,
+               defaults: dict[str, Any] | None = None) -> list[str]:
+        """Swap the pipeline's parts (and TAESD's decode) for OpenVINO-compiled ones,
+        exported first if needed."""
+        from engine.openvino_engine import use_openvino_pipeline  # imports openvino: lazily
 
-        return use_openvino_unet(pipe, self.settings, bf16, threads, progress)
+        return use_openvino_pipeline(pipe, taesd, self.settings, bf16, threads, progress,
+                                     defaults or {})
 
     def check_request(self, request: GenerationRequest) -> None:
         """DeepCache and LoRAs patch the torch UNet's layers, which this engine no longer
@@ -88,17 +96,17 @@ class OpenVinoBackend:
                                      "use ENGINE=torch")
         if request.loras:
             raise UnsupportedRequest("LoRAs are not available with ENGINE=openvino (they "
-                                     "patch the torch UNet's layers); remove the <lora:...> "
-                                     "tags or use ENGINE=torch")
+                                     "patch the torch UNet's layers); bake them into a model, "
+                                     "remove the <lora:...> tags or use ENGINE=torch")
 
     def info(self, pipe) -> dict[str, Any]:
-        """The name, and once loaded OpenVINO's precision, compile and export times, memory."""
-        if pipe is None:
+        """The name, and once loaded where each part runs, in what precision, compile and
+        export times, memory."""
+        if pipe is None or not hasattr(pipe, "openvino_parts"):
             return {"name": self.name}
-        from engine.openvino_engine import OpenVinoUNet
+        from engine.openvino_engine import engine_report
 
-        unet = getattr(pipe, "unet", None)
-        return unet.report() if isinstance(unet, OpenVinoUNet) else {"name": self.name}
+        return engine_report(pipe)
 
 
 def unet_backend(settings: Settings) -> UNetBackend:

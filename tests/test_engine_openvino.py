@@ -1,8 +1,12 @@
-"""ENGINE=openvino on the tiny model: the one-off export, generation with progress and cancel,
-a scheduler change, an A1111 request, what the engine refuses (400 naming it), the same seed
-giving the same bytes, and the one-line error when openvino is not installed.
+"""ENGINE=openvino on the tiny models: the one-off export of text encoder, UNet and decoders,
+every family (SD 1.x, SD 2.x v-prediction, SD-Turbo, SDXS-0.9 and SDXS-DreamShaper, each
+with its VAE and with TAESD) close to torch's image, generation with progress and cancel, a
+scheduler change, an A1111 request, shapes (one shared compiled UNet, or static ones within
+their bound), what the engine refuses (400 naming it), the same seed giving the same bytes,
+and the one-line error when openvino is not installed.
 
-The UNet really runs in OpenVINO here (exported from the tiny random model); nothing is faked.
+Everything really runs in OpenVINO here (exported from the tiny random models); nothing is
+faked.
 """
 from __future__ import annotations
 
@@ -62,15 +66,24 @@ def test_first_start_exports_shows_it_and_later_starts_reuse_the_export(make_app
     assert "exporting" in phases  # the tiny export takes seconds: polling sees it
     engine = body["engine"]
     assert engine["name"] == "openvino" and engine["precision"] == "f32"
-    assert engine["export_seconds"] > 0 and list(engine["compile_seconds"]) == ["2x64x64"]
+    parts = engine["parts"]
+    for name in ("unet", "text_encoder", "vae"):
+        assert parts[name]["device"] == "openvino CPU" and parts[name]["precision"] == "f32"
+    assert parts["vae_encoder"] == {"device": "torch CPU", "precision": "float32"}
+    assert set(engine["export_seconds"]) == {"unet", "text-encoder", "vae-decoder"}
+    # One compiled UNet for every size (OPENVINO_SHAPES=shared), run once at the default.
+    assert list(engine["compile_seconds"]) == ["dynamic"]
+    assert parts["unet"]["shapes_run"] == ["2x64x64"]
     assert engine["memory"]["vmrss_gib"] > 0
-    assert any(o.startswith("openvino-unet (f32") for o in body["optimizations"])
-    exported = [p for p in tmp_path.iterdir() if p.is_dir()]
-    assert len(exported) == 1 and (exported[0] / "unet.xml").is_file()
+    assert any(o.startswith("openvino (text encoder, unet, vae decoder; f32")
+               for o in body["optimizations"])
+    exported = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    assert [p.name.split("-")[0] for p in exported] == ["text", "unet", "vae"]
+    assert all((p / "model.xml").is_file() for p in exported)
     again = make_app(ENGINE="openvino", OPENVINO_CACHE_DIR=str(tmp_path)).test_client()
     engine = again.get("/health").json["engine"]
-    assert engine["export_seconds"] is None and engine["compile_seconds"]["2x64x64"] > 0
-    assert [p for p in tmp_path.iterdir() if p.is_dir()] == exported
+    assert engine["export_seconds"] == {} and engine["compile_seconds"]["dynamic"] > 0
+    assert sorted(p for p in tmp_path.iterdir() if p.is_dir()) == exported
 
 
 def test_same_seed_same_bytes_and_close_to_torch(ov_app, make_app):
@@ -86,16 +99,50 @@ def test_same_seed_same_bytes_and_close_to_torch(ov_app, make_app):
     assert difference.max() <= 8, difference.max()
 
 
-def test_other_sizes_compile_on_first_use_within_the_bound(ov_app):
+def test_other_sizes_run_on_the_one_shared_compiled_unet(ov_app):
+    client = ov_app.test_client()
+    for width in (64, 128, 96, 72):
+        r = client.post("/generate", json={**BODY, "width": width, "steps": 2})
+        assert r.status_code == 200 and Image.open(io.BytesIO(r.data)).width == width
+    unet = client.get("/health").json["engine"]["parts"]["unet"]
+    assert list(unet["compile_seconds"]) == ["dynamic"]
+    assert unet["shapes_run"] == ["2x64x64", "2x64x128", "2x64x96", "2x64x72"]
+
+
+def test_static_shapes_compile_on_first_use_within_the_bound(make_app, ov_cache_dir):
     from engine.openvino_engine import COMPILED_SHAPES
 
-    client = ov_app.test_client()
+    client = make_app(ENGINE="openvino", OPENVINO_CACHE_DIR=str(ov_cache_dir),
+                      OPENVINO_SHAPES="static").test_client()
     for width in (64, 128, 96, 72):
         r = client.post("/generate", json={**BODY, "width": width, "steps": 2})
         assert r.status_code == 200 and Image.open(io.BytesIO(r.data)).width == width
     compiled = client.get("/health").json["engine"]["compile_seconds"]
     assert len(compiled) == COMPILED_SHAPES
     assert "2x64x72" in compiled and "2x64x64" not in compiled  # least recently used went
+
+
+@pytest.mark.parametrize("arch", ["tiny-sd2-v", "tiny-sd-turbo", "tiny-sdxs",
+                                  "tiny-sdxs-dreamshaper"])
+def test_every_family_runs_on_openvino_close_to_torch(make_app, ov_cache_dir, family_model,
+                                                      taesd_dir, arch):
+    env = {"MODEL_ID": str(family_model(arch)), "TAESD_MODEL": str(taesd_dir)}
+    torch_client = make_app(**env).test_client()
+    ov_client = make_app(ENGINE="openvino", OPENVINO_CACHE_DIR=str(ov_cache_dir),
+                         **env).test_client()
+    engine = ov_client.get("/health").json["engine"]
+    assert {p["device"] for n, p in engine["parts"].items() if n != "vae_encoder"} == \
+        {"openvino CPU"} and set(engine["parts"]) >= {"unet", "text_encoder", "vae", "taesd"}
+    # The family's own defaults (1 step, no CFG for SD-Turbo and SDXS: the UNet at batch 1).
+    one_step = arch != "tiny-sd2-v"
+    assert engine["parts"]["unet"]["shapes_run"][0].startswith("1x" if one_step else "2x")
+    for decoder in ("full", "tiny"):
+        body = {"prompt": "a lighthouse", "seed": 5, "vae_decoder": decoder}
+        ours = ov_client.post("/generate", json=body)
+        theirs = torch_client.post("/generate", json=body)
+        assert ours.status_code == theirs.status_code == 200, ours.json
+        difference = np.abs(pixels(ours.data).astype(int) - pixels(theirs.data).astype(int))
+        assert difference.max() <= 8, (decoder, difference.max())
 
 
 def test_progress_and_cancel_through_the_step_callback(ov_app, gate):
@@ -145,6 +192,18 @@ def test_loras_are_refused_naming_the_engine(make_app, ov_cache_dir, lora_dir):
     r = client.post("/generate", json={**BODY, "prompt": "a cat <lora:style-peft:1>"})
     assert r.status_code == 400 and "LoRAs are not available with ENGINE=openvino" in \
         r.json["message"]
+
+
+def test_embeddings_are_refused_naming_the_engine(make_app, ov_cache_dir, tmp_path):
+    from tests.random_embedding import build_random_embedding
+
+    build_random_embedding(tmp_path / "shiny.safetensors", "diffusers")
+    client = make_app(ENGINE="openvino", OPENVINO_CACHE_DIR=str(ov_cache_dir),
+                      EMBEDDINGS_DIR=str(tmp_path)).test_client()
+    r = client.post("/generate", json={**BODY, "prompt": "a shiny cat"})
+    assert r.status_code == 400 and "ENGINE=openvino" in r.json["message"]
+    assert "embeddings" in r.json["message"]
+    assert client.post("/generate", json=BODY).status_code == 200  # the server goes on
 
 
 def test_without_openvino_the_start_fails_with_one_line_saying_what_to_install(
