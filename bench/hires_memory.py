@@ -128,7 +128,11 @@ def main() -> None:
     """Measure, print, and with --write save bench/hires-memory.md."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help=f"write {RESULT_FILE.name}")
+    parser.add_argument("--only", default="", help="run only the runs whose name contains "
+                        "this text (the 512 px reference always runs)")
     args = parser.parse_args()
+    for name in [n for n in RUNS if args.only not in n and n != "txt2img 512"]:
+        del RUNS[name]
     if not (MODEL_DIR / "model_index.json").exists():
         raise SystemExit(f"no model in {MODEL_DIR}: run bench/run.py once to build it")
     rows, facts = measure()

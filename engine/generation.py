@@ -17,8 +17,8 @@ from catalog.loras import find_lora
 from config import Settings
 from engine.cpu import threads_for_next_job
 from engine.decoders import decode_image
-from engine.hires import (counting_both_passes, second_pass_prompts, second_pass_request,
-                          upscaled_latents, vae_in_tiles)
+from engine.hires import (counting_both_passes, guidance_halves_in_turn, second_pass_prompts,
+                          second_pass_request, upscaled_latents, vae_in_tiles)
 from engine.images import encode_png
 from engine.img2img import TENSOR_INPUTS, mode_arguments, paste_over_input, pipeline_view
 from engine.slot import ModelSlot, release_freed_memory
@@ -340,9 +340,11 @@ class Generation:
         second = without_unused_eta(view, second)
         hooks = StepHooks(second, counting_both_passes(on_step, request.steps,
                                                        request.denoising_steps))
-        latents = self.denoise(view, second, generator, hooks,
-                               DeepCache(view.unet, second.deep_cache),
-                               second_pass_prompts(request, prompts))
+        deep_cache = DeepCache(view.unet, second.deep_cache)
+        with guidance_halves_in_turn(view.unet, split=not deep_cache.active
+                                     and self.settings.engine == "torch"):
+            latents = self.denoise(view, second, generator, hooks, deep_cache,
+                                   second_pass_prompts(request, prompts))
         first_hooks.step_times.extend(hooks.step_times)
         return latents
 

@@ -156,3 +156,33 @@ def test_other_families_run_the_hires_fix(make_settings, family_model, arch, ups
         scale=1.5, upscaler=upscaler, steps=1, denoising_strength=0.6))
     result = e.generate(request, seed=1)
     assert (result.width, result.height) == (96, 96)
+
+
+def test_the_second_pass_runs_the_guidance_halves_in_turn(engine, monkeypatch):
+    """At the hires size the UNet sees the unconditional and conditional latents one at a
+    time (its activations set the image's peak memory there), to the batch's picture."""
+    import numpy as np
+
+    from engine import hires
+
+    batches = []
+    # conv_in is the UNet's first layer: it sees every real call's latents
+    hook = engine.pipe.unet.conv_in.register_forward_pre_hook(
+        lambda _module, args: batches.append((args[0].shape[0], tuple(args[0].shape[2:]))))
+    try:
+        halves = engine.generate(hires_request(), seed=5)
+        assert set(batches[:3]) == {(2, (8, 8))}  # the first pass: one CFG batch per step
+        assert set(batches[3:]) == {(1, (16, 16))} and len(batches[3:]) == 4  # 2 steps x 2
+        assert "forward" not in engine.pipe.unet.__dict__  # the class's forward again
+        real = hires.guidance_halves_in_turn
+        monkeypatch.setattr(hires, "guidance_halves_in_turn",
+                            lambda unet, split=True: real(unet, split=False))
+        monkeypatch.setattr("engine.generation.guidance_halves_in_turn",
+                            hires.guidance_halves_in_turn)
+        batches.clear()
+        whole = engine.generate(hires_request(), seed=5)
+        assert set(batches[3:]) == {(2, (16, 16))}
+    finally:
+        hook.remove()
+    a, b = (np.asarray(Image.open(io.BytesIO(r.png)), dtype=np.int16) for r in (halves, whole))
+    assert np.abs(a - b).max() <= 2
