@@ -335,7 +335,7 @@ class Generation:
         modules (no checkpoints: a resumed job replays its first pass from one and runs this
         pass whole); its step times join `first_hooks`' for the image's pace."""
         second = second_pass_request(request, upscaled_latents(
-            pipe, request, latents, generator, self.hires_tiles(request)))
+            pipe, request, latents, generator, self.settings, self.hires_tiles(request)))
         view = self.pipeline_for(second.mode, second.scheduler)
         second = without_unused_eta(view, second)
         hooks = StepHooks(second, counting_both_passes(on_step, request.steps,

@@ -4,8 +4,11 @@ across both passes.
 
 The second pass is an img2img view of the loaded pipeline (engine.img2img.pipeline_view: the
 same UNet, VAE and text encoder objects, no weight copied) started from those latents, as
-A1111's `sample_hr_pass` does; the final decode at the large size is the loaded VAE's, which
-runs in row bands (engine.vae_bands), so the decode's peak stays near a 512 px one's.
+A1111's `sample_hr_pass` does, its guidance halves through the UNet in turn (the UNet's
+activations set the peak at that size). The VAE's work at the large size runs in its own
+512 px tiles, each decoded in row bands (HIRES_VAE_TILES): one banded pass over a 1024 px
+image still peaks at 2.3 GiB, the tiles near a 512 px decode's 1.0 GiB
+(bench/hires-memory.md).
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 
 
+from config import Settings
 from engine.decoders import decode_full
 from engine.status import StepCallback
 from engine.upscalers import upscale_image
@@ -40,8 +44,9 @@ def vae_in_tiles(vae, tiles: bool):
     worker thread is the VAE's only user), each tile decoded in row bands; else unchanged.
 
     Measured at 1024 px (bench/hires-memory.md): the decode's peak drops to about a 512 px
-    one's, the encode's likewise; the price is ~1.6x the VAE's time (the overlap) and pixels
-    blended across the seams instead of one exact pass."""
+    one's, the encode's likewise; the price is ~2.7x the VAE's time (1.56x the pixels in
+    overlapping tiles, and each tile's fixed cost) and pixels blended across the seams
+    instead of one exact pass."""
     if not tiles or not hasattr(vae, "use_tiling"):
         yield
         return
@@ -101,14 +106,15 @@ def guidance_halves_in_turn(unet, split: bool = True):
 
 
 def upscale_through_image(pipe, latents, upscaler: str, size: tuple[int, int], generator,
-                          tiles: bool = False):
-    """Latents decoded by the VAE (at the first pass's size), upscaled as an image to `size`,
-    and encoded again as img2img encodes its input (a sample of the VAE's distribution,
-    scaled to the UNet's latent space); encoded in tiles with `tiles`."""
+                          settings: Settings, tiles: bool = False):
+    """Latents decoded by the VAE (at the first pass's size), upscaled as an image to `size`
+    (the upscaler found in `settings`' MODELS_DIR), and encoded again as img2img encodes its
+    input (a sample of the VAE's distribution, scaled to the UNet's latent space); encoded in
+    tiles with `tiles`."""
     pixels = decode_full(pipe.vae, latents, generator)
     image = pipe.image_processor.postprocess(pixels, output_type="pil")[0]
     del pixels
-    image = upscale_image(image, upscaler, size)
+    image = upscale_image(image, upscaler, size, settings)
     vae = pipe.vae
     tensor = pipe.image_processor.preprocess(image).to(vae.dtype)
     from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import \
@@ -129,7 +135,7 @@ def crop_latents(latents, size: tuple[int, int]):
 
 
 def upscaled_latents(pipe, request: GenerationRequest, latents, generator,
-                     tiles: bool = False):
+                     settings: Settings, tiles: bool = False):
     """The second pass's starting latents at the hires output size (an image upscaler's
     encode in VAE tiles with `tiles`)."""
     import torch
@@ -141,7 +147,7 @@ def upscaled_latents(pipe, request: GenerationRequest, latents, generator,
             start = upscale_latents(latents, hires.upscaler, upscale)
         else:
             start = upscale_through_image(pipe, latents, hires.upscaler, upscale, generator,
-                                          tiles)
+                                          settings, tiles)
         return crop_latents(start, output)
 
 

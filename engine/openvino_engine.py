@@ -171,10 +171,11 @@ def use_openvino_decoder(export: PipelineExport, vae, name: str,
 
 def unet_bounds(config, settings: Settings) -> list:
     """OPENVINO_SHAPES=shared: the UNet's inputs as bounded ranges (batch 1..MAX_BATCH, every
-    size MIN_SIZE..MAX_SIZE allows), for its one compiled model."""
+    size MIN_SIZE..MAX_SIZE allows, and up to MAX_HIRES_SIZE for a hires fix's second pass),
+    for its one compiled model."""
     import openvino as ov
 
-    lo, hi = settings.min_size // 8, settings.max_size // 8
+    lo, hi = settings.min_size // 8, max(settings.max_size, settings.max_hires_size) // 8
     batch = ov.Dimension(1, MAX_BATCH)
     return [ov.PartialShape([batch, config.in_channels, ov.Dimension(lo, hi),
                              ov.Dimension(lo, hi)]),

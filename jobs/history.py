@@ -58,6 +58,14 @@ class KeptImage:
             return None
 
 
+def _kept(job: Job) -> KeptImage | None:
+    """A finished job's image as a kept one; None for a job that holds no image."""
+    if job.kind != "generate" or job.state is not JobState.SUCCEEDED or job.png is None:
+        return None
+    return KeptImage(image_name(job), job.finished_at or job.created_at, job,
+                     Path(job.saved_path) if job.saved_path else None)
+
+
 def image_name(job: Job) -> str:
     """The name a kept job's image goes by: its saved file's, else `<job id>.png`."""
     return Path(job.saved_path).name if job.saved_path else f"{job.id}.png"
@@ -75,11 +83,9 @@ class ImageHistory:
         OUTPUT_DIR that no job holds only `with_files` (they record no owner)."""
         images: dict[str, KeptImage] = {}
         for job in self.queue.recent():
-            if job.kind == "generate" and job.state is JobState.SUCCEEDED and \
-                    job.png is not None and visible(job):
-                name = image_name(job)
-                images[name] = KeptImage(name, job.finished_at or job.created_at, job,
-                                         Path(job.saved_path) if job.saved_path else None)
+            kept = _kept(job)
+            if kept is not None and visible(job):
+                images[kept.name] = kept
         if with_files:
             for mtime, path in self.store.saved_files():
                 if NAME.match(path.name) and path.name not in images:
@@ -90,13 +96,12 @@ class ImageHistory:
              with_files: bool) -> KeptImage | None:
         """The kept image called `name` (BadImageName for a name that cannot be one)."""
         check_name(name)
-        for job in self.queue.recent():
-            if job.kind == "generate" and job.state is JobState.SUCCEEDED and \
-                    job.png is not None and image_name(job) == name:
-                if not visible(job):
-                    return None  # another user's image: as if it did not exist
-                path = Path(job.saved_path) if job.saved_path else None
-                return KeptImage(name, job.finished_at or job.created_at, job, path)
+        # Both kinds of name start with the job's id (`<id>.png`, `<id>-<seed>-<slug>.png`):
+        # one lookup, not a walk over every kept job (under Redis each one a round trip).
+        job = self.queue.get(name.split("-", 1)[0].removesuffix(".png"))
+        kept = _kept(job) if job is not None else None
+        if kept is not None and kept.name == name:
+            return kept if visible(job) else None  # another user's: as if it did not exist
         path = self.store.find(name) if with_files else None
         if path is None:
             return None
@@ -142,8 +147,9 @@ def describe(image: KeptImage) -> dict[str, Any]:
             request = parsed.to_dict()
         except ValueError:
             pass
+    settings = parse_parameters(text)
     return {"name": image.name, "job_id": image.job.id if image.job else None,
             "created_at": datetime.fromtimestamp(image.created, timezone.utc).isoformat(),
             "seed": seed, "width": size[0], "height": size[1],
-            "prompt": request["prompt"] if request else parse_parameters(text).get("Prompt", ""),
-            "parameters": text, "settings": parse_parameters(text), "request": request}
+            "prompt": request["prompt"] if request else settings.get("Prompt", ""),
+            "parameters": text, "settings": settings, "request": request}

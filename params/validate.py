@@ -55,15 +55,15 @@ def parse_generation_request(body: Any, settings: Settings, served: ModelEntry |
         defaults.update(checked_defaults(left_out, specs, source))
     values = with_preset(text_only, [s for s in specs if s.name not in special], defaults)
     values["loras"] = loras
+    if body.get("hires") not in (None, False) and images["init_image"] is not None:
+        raise ValidationError("hires", "'hires' is a txt2img option: send it without "
+                                       "'init_image'")
     values["hires"] = parse_hires(body.get("hires"), values["width"], values["height"],
                                   settings)
     if target is not None:
         values["model"] = target.name if values["model"] is not None else None
         _fit_family(values, target, lora_entries, explicit if explicit is not None else
                     {name for name, value in body.items() if value is not None})
-    if values["hires"] is not None and images["init_image"] is not None:
-        raise ValidationError("hires", "'hires' is a txt2img option: send it without "
-                                       "'init_image'")
     if images["init_image"] is None:
         if images["mask_image"] is not None:
             raise ValidationError("mask_image", "'mask_image' needs 'init_image': inpainting "

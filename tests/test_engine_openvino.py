@@ -109,6 +109,17 @@ def test_other_sizes_run_on_the_one_shared_compiled_unet(ov_app):
     assert unet["shapes_run"] == ["2x64x64", "2x64x128", "2x64x96", "2x64x72"]
 
 
+def test_a_hires_fix_past_max_size_runs_on_the_shared_unet(make_app, ov_cache_dir):
+    """The second pass runs at up to MAX_HIRES_SIZE, over MAX_SIZE: inside the one compiled
+    UNet's bounds too."""
+    client = make_app(ENGINE="openvino", OPENVINO_CACHE_DIR=str(ov_cache_dir),
+                      MAX_SIZE="128", MAX_HIRES_SIZE="256").test_client()
+    r = client.post("/generate", json={**BODY, "width": 128, "height": 128, "steps": 2,
+                                       "hires": {"scale": 2, "steps": 1}})
+    assert r.status_code == 200, r.json
+    assert Image.open(io.BytesIO(r.data)).size == (256, 256)
+
+
 def test_static_shapes_compile_on_first_use_within_the_bound(make_app, ov_cache_dir):
     from engine.openvino_engine import COMPILED_SHAPES
 
