@@ -11,7 +11,7 @@ from api import (ApiError, failed_job_error, json_body, listed_models, model_fac
 from api.openapi import doc
 from api.security import auth_kind
 from catalog.loras import list_loras
-from catalog.upscalers import upscaler_names
+from catalog.upscalers import list_upscalers, upscaler_names
 from errors import ValidationError
 from jobs.pace import estimate as pace_estimate
 from params import (DEFAULT_MASK_BLUR, DEFAULT_SCHEDULER, IMAGE_FIELDS, PRESETS, SCHEDULERS,
@@ -29,6 +29,11 @@ HEALTH_SCHEMA = {"type": "object", "required": ["status"], "properties": {
     "model_hash": {"type": "string", "nullable": True, "description": "A1111's short hash "
                    "(sha256[:10]) of a one-file model; null for a folder or Hub model"},
     "dtype": {"type": "string"},
+    "upscalers_skipped": {"type": "array", "description": "ESRGAN-family files in "
+                          "MODELS_DIR that cannot be used, each with the reason (A1111's "
+                          "upscalers list has no place for them)", "items": {
+                              "type": "object", "properties": {
+                                  "file": {"type": "string"}, "reason": {"type": "string"}}}},
     "optimizations": {"type": "array", "items": {"type": "string"}},
     "phase": {"type": "string", "description": "what the load is doing now"},
     "progress": {"type": "object", "nullable": True, "description": "bytes_done, bytes_total "
@@ -117,7 +122,10 @@ def health():
     """Report model state, device, dtype, active optimizations and queue figures."""
     svc = services()
     health = svc.queue.health()
-    response = jsonify({**health.body, "limits": request_limits(svc.settings)})
+    skipped = [{"file": entry.relative, "reason": entry.problem}
+               for entry in list_upscalers(svc.settings) if entry.problem]
+    response = jsonify({**health.body, "limits": request_limits(svc.settings),
+                        "upscalers_skipped": skipped})
     if health.retry_after:
         response.headers["Retry-After"] = str(health.retry_after)
     return response, health.code

@@ -70,6 +70,13 @@ def test_the_files_are_listed_beside_the_pillow_upscalers(up_client):
         {"name": "R-ESRGAN 2x+", "path": "RealESRGAN/RealESRGAN_x2plus.safetensors", "scale": 2}]
 
 
+def test_a_file_we_cannot_use_is_listed_as_skipped_with_the_reason(up_client):
+    skipped = up_client.get("/health").json["upscalers_skipped"]
+    assert [item["file"] for item in skipped] == ["ESRGAN/broken.pth"]
+    assert "not a PyTorch" in skipped[0]["reason"]
+    assert "broken" not in [i["name"] for i in up_client.get(f"{URL}/upscalers").json]
+
+
 def test_extra_single_image_runs_the_model(up_client, make_settings, upscaler_models):
     source = picture()
     r = up_client.post(f"{URL}/extra-single-image", json={
