@@ -232,6 +232,10 @@ class RedisRecorder:
     def _finish(self, state: JobState, error: str | None) -> None:
         """Record a job's outcome in its meta (RQ marks the job finished after we return)."""
         self.rq_job.meta.update(outcome=state.value, error=error, finished_at=rc.now())
+        # A finished job never resumes: its checkpoint goes before the outcome shows, so
+        # whoever sees the outcome never finds a stale checkpoint (run_job's finally also
+        # drops it when the runner raised).
+        self.context.connection.delete(rc.checkpoint_key(self.rq_job.id))
         # Counted before the outcome shows: once it does, nothing but the news is left to do.
         count_end(self.context.connection, self.rq_job.id, state,
                   worker_figures(self.rq_job, self.context.engine))
