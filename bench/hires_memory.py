@@ -42,15 +42,16 @@ RUNS = {"txt2img 512": (None, "on"),
         "hires 512->1024, Lanczos, one VAE pass": (LANCZOS, "off")}
 
 
-def measure() -> tuple[list[dict], dict]:
-    """Load, then each run; per run the peak RssAnon of each phase and the seconds."""
+def measure(threads: str = "0") -> tuple[list[dict], dict]:
+    """Load, then each run; per run the peak RssAnon of each phase and the seconds
+    (`threads`: TORCH_THREADS, 0 = adaptive as the server runs)."""
     from config import Settings
     from engine import Engine
     from params import parse_generation_request
 
     settings = Settings.from_env({"MODEL_ID": str(MODEL_DIR), "OUTPUT_DIR": "",
                                   "TAESD_MODEL": "", "MIN_SIZE": "64", "MAX_SIZE": "1024",
-                                  "MAX_HIRES_SIZE": "1024"})
+                                  "MAX_HIRES_SIZE": "1024", "TORCH_THREADS": threads})
     engine = Engine(settings)
     engine.load()
     if engine.status.state != "ready":
@@ -130,12 +131,14 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help=f"write {RESULT_FILE.name}")
     parser.add_argument("--only", default="", help="run only the runs whose name contains "
                         "this text (the 512 px reference always runs)")
+    parser.add_argument("--threads", default="0", help="TORCH_THREADS (0 = adaptive, "
+                        "one per free core: fewer on a busy machine)")
     args = parser.parse_args()
     for name in [n for n in RUNS if args.only not in n and n != "txt2img 512"]:
         del RUNS[name]
     if not (MODEL_DIR / "model_index.json").exists():
         raise SystemExit(f"no model in {MODEL_DIR}: run bench/run.py once to build it")
-    rows, facts = measure()
+    rows, facts = measure(args.threads)
     text = report(rows, facts)
     print(text)
     if args.write:
