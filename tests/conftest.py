@@ -67,6 +67,18 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_random_pipeline(tmp_path_factory.mktemp("models") / "tiny", "tiny")
 
 
+@pytest.fixture(scope="module")
+def tiny_engine(tiny_model_dir, bf16_cache_dir):
+    """A loaded Engine on the tiny model with the suite's settings, one per test module."""
+    from engine import Engine
+
+    e = Engine(Settings.from_env({"MODEL_ID": str(tiny_model_dir), **BASE_ENV,
+                                  "BF16_CACHE_DIR": str(bf16_cache_dir)}))
+    e.load()
+    assert e.status.state == "ready", e.status.error
+    return e
+
+
 @pytest.fixture(scope="session")
 def family_model(tmp_path_factory):
     """`family_model(arch)`: a tiny random model of another family (an engine.random_model

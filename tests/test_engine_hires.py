@@ -12,15 +12,8 @@ from params.infotext import parse_parameters, request_from_infotext
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_model_dir, bf16_cache_dir):
-    from config import Settings
-    from tests.conftest import BASE_ENV
-
-    e = Engine(Settings.from_env({"MODEL_ID": str(tiny_model_dir), **BASE_ENV,
-                                  "BF16_CACHE_DIR": str(bf16_cache_dir)}))
-    e.load()
-    assert e.status.state == "ready", e.status.error
-    return e
+def engine(tiny_engine):
+    return tiny_engine
 
 
 def hires_request(**hires) -> GenerationRequest:

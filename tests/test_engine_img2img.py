@@ -7,20 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import Engine
 from params import GenerationRequest
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_model_dir, bf16_cache_dir):
-    from config import Settings
-    from tests.conftest import BASE_ENV
-
-    e = Engine(Settings.from_env({"MODEL_ID": str(tiny_model_dir), **BASE_ENV,
-                                  "BF16_CACHE_DIR": str(bf16_cache_dir)}))
-    e.load()
-    assert e.status.state == "ready", e.status.error
-    return e
+def engine(tiny_engine):
+    return tiny_engine
 
 
 def two_colours(flip: bool = False) -> Image.Image:
